@@ -1,0 +1,252 @@
+"""Typed configuration: pydantic models (extra keys forbidden, bounds, descriptions) loaded from TOML.
+
+`load_config(path)` returns an `AppConfig` or raises `ConfigError` whose one-line message names the offending key
+and its line in the file, which is what `edge-mtl check-config` prints before exiting 2.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_mtl.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+
+Backend = Literal["onnxruntime", "tensorrt", "torch"]
+Device = Literal["cpu", "cuda", "tensorrt"]
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class BackendConfig(Strict):
+    """How a model is run. `type` picks the plugin; a missing optional dependency names its extra."""
+
+    type: Backend = Field("onnxruntime", description="Inference backend plugin.")
+    device: Device = Field(
+        "cpu",
+        description="onnxruntime execution provider: cpu, cuda or tensorrt. Never replaced silently: if the "
+        "provider asked for is not the one active, loading fails.",
+    )
+    precision: Precision = Field("fp32", description="Which exported variant to load (fp32, fp16 or int8 Q/DQ).")
+    threads: int = Field(0, ge=0, le=256, description="Intra-op CPU threads (0: the runtime's default).")
+    engine_cache: Path | None = Field(None, description="Folder for TensorRT engines and timing caches.")
+
+
+class DetectorConfig(Strict):
+    model: Path | None = Field(None, description="Detector ONNX; default: the shipped export/detector.onnx.")
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    input_size: int = Field(
+        640, ge=128, le=4096, description="Frames are resized so their long side is this many pixels."
+    )
+    score_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Minimum face score kept.")
+    nms_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="IoU above which overlapping boxes merge.")
+    min_face: int = Field(
+        0, ge=0, le=4096, description="Drop faces whose box is narrower than this (input pixels)."
+    )
+
+
+class RecognizerConfig(Strict):
+    model: Path | None = Field(None, description="Recognizer ONNX; default: the shipped export/recognizer.onnx.")
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    max_batch: int = Field(16, ge=1, le=256, description="Faces per inference call, batched across cameras.")
+
+
+class TrackerConfig(Strict):
+    """ByteTrack-style tracker settings (see edge_mtl.track for what raising or lowering each does)."""
+
+    high_threshold: float = Field(0.6, gt=0, lt=1, description="Detections above this start and match tracks.")
+    low_threshold: float = Field(0.2, gt=0, lt=1, description="Second-stage matches use detections above this.")
+    new_track_threshold: float = Field(0.7, gt=0, lt=1, description="Score needed to open a new track.")
+    match_iou: float = Field(0.3, gt=0, lt=1, description="Minimum IoU for the first-stage match.")
+    lost_frames: int = Field(30, ge=1, le=10000, description="Frames a track survives unseen before it ends.")
+    confirm_frames: int = Field(3, ge=1, le=100, description="Consecutive hits before a track is confirmed.")
+
+
+class RecognitionConfig(Strict):
+    """When a track is (re)analysed by the recognizer."""
+
+    every_n_frames: int = Field(15, ge=1, le=10000, description="Re-run on a track at least this often.")
+    quality_gain: float = Field(
+        0.05, ge=0, le=1, description="Re-run sooner when the face's box-based quality improves by this much."
+    )
+    min_face_px: int = Field(24, ge=8, le=1024, description="Faces with a smaller inter-ocular-based size wait.")
+
+
+class IdentityConfig(Strict):
+    gallery: Path | None = Field(None, description="SQLite gallery of enrolled people (none: all unknown).")
+    threshold: float = Field(0.45, gt=-1, lt=1, description="Cosine similarity needed to accept a match.")
+    margin: float = Field(
+        0.05, ge=0, lt=1, description="Hysteresis: a different identity must beat the current one by this much."
+    )
+    min_observations: int = Field(2, ge=1, le=1000, description="Analyses needed before a name is announced.")
+
+
+class EventsConfig(Strict):
+    db: Path = Field(Path("events.db"), description="SQLite event queue (WAL).")
+    jsonl: Path | None = Field(None, description="JSONL events log written from the queue.")
+    jsonl_max_bytes: int = Field(64 << 20, ge=4096, description="Rotate the JSONL log at this size.")
+    jsonl_backups: int = Field(5, ge=0, le=1000, description="Rotated JSONL files kept.")
+    retention_days: float = Field(30.0, gt=0, description="Delete queued events older than this.")
+    retention_max_events: int = Field(1_000_000, ge=1000, description="Keep at most this many events.")
+    store_images: bool = Field(False, description="Store face thumbnails with events (off: no images kept).")
+
+
+class MqttForwarder(Strict):
+    type: Literal["mqtt"] = "mqtt"
+    host: str = Field("127.0.0.1", description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535)
+    topic: str = Field("edge-mtl/events", min_length=1, description="Topic; the camera name is appended.")
+    qos: Literal[0, 1, 2] = 1
+    client_id: str = Field("edge-mtl", min_length=1)
+    username: str | None = None
+    password_file: Path | None = Field(None, description="File holding the password (never inline).")
+    tls: bool = False
+    cursor: Path | None = Field(None, description="Where delivered progress (last seq) is kept.")
+
+
+Forwarder = Annotated[MqttForwarder, Field(discriminator="type")]
+
+
+class CameraConfig(Strict):
+    name: str = Field(..., min_length=1, max_length=64, description="Camera name used in events and track ids.")
+    source: str = Field(..., min_length=1, description="File path, rtsp:// URL or /dev/videoN.")
+    loop: bool = Field(False, description="Restart a file source at its end (demos, soak tests).")
+    realtime: bool = Field(
+        False, description="Pace a file source at its native frame rate (as a camera would deliver it)."
+    )
+    reconnect_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Reconnect delays double up to this.")
+    watchdog_s: float = Field(10.0, gt=0, le=3600, description="Reconnect when no frame arrives for this long.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_chars(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError("camera name may contain only letters, digits, '_', '.', '-'")
+        return v
+
+
+class ServiceConfig(Strict):
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve /metrics and /health on 127.0.0.1:PORT (none: no listener)."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Listen address for metrics (keep it on localhost).")
+    stop_timeout_s: float = Field(10.0, gt=0, le=600, description="Drain and flush within this on SIGTERM.")
+    watchdog_stall_s: float = Field(
+        30.0, gt=0, description="Stop petting the systemd watchdog when no frame was processed for this long."
+    )
+
+
+class AppConfig(Strict):
+    """The daemon's configuration (edge-mtl.toml)."""
+
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    recognition: RecognitionConfig = Field(default_factory=RecognitionConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    forwarders: list[Forwarder] = Field(default_factory=list)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> AppConfig:
+        names = [c.name for c in self.cameras]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"camera names must be unique, repeated: {sorted(dup)}")
+        return self
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _key_line(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort line number (1-based) of the key at `loc` in TOML `text`.
+
+    Tracks [table] and [[array]] headers (counting array entries) and matches `key =` lines; falls back to the
+    line of the nearest enclosing table.
+    """
+    table: list[str | int] = []
+    counts: dict[tuple[str, ...], int] = {}
+    header_line: dict[tuple[str | int, ...], int] = {}
+    key_lines: dict[tuple[str | int, ...], int] = {}
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        m = re.fullmatch(r"\[\[\s*([^\]]+?)\s*\]\]", line)
+        if m:
+            parts = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+            idx = counts.get(parts, 0)
+            counts[parts] = idx + 1
+            table = [*parts, idx]
+            header_line[tuple(table)] = n
+            continue
+        m = re.fullmatch(r"\[\s*([^\]]+?)\s*\]", line)
+        if m:
+            parts = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+            # a sub-table of an array entry: [cameras.x] after [[cameras]]
+            base: list[str | int] = []
+            if table and isinstance(table[-1], int) and tuple(table[:-1]) == parts[: len(table) - 1]:
+                base = [*table, *parts[len(table) - 1 :]]
+            table = base or list(parts)
+            header_line[tuple(table)] = n
+            continue
+        m = re.match(r"([A-Za-z0-9_\-\"\.]+)\s*=", line)
+        if m:
+            key = tuple(p.strip('"') for p in m.group(1).split("."))
+            key_lines[(*table, *key)] = n
+    path = tuple(loc)
+    while path:
+        if path in key_lines:
+            return key_lines[path]
+        if path in header_line:
+            return header_line[path]
+        path = path[:-1]
+    return None
+
+
+def parse_toml(text: str, source: str, model: type[M]) -> M:
+    """Validate TOML `text` against `model`; errors name the key, its line and the reason."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err.get("loc", ()))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _key_line(text, loc)
+        where = f"{source}:{line}" if line else source
+        msg = err.get("msg", "invalid value")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{where}: {key}: {msg}{more}") from None
+
+
+def load_toml(path: str | Path, model: type[M]) -> M:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read: {e}") from None
+    return parse_toml(text, str(p), model)
+
+
+def load_config(path: str | Path) -> AppConfig:
+    return load_toml(path, AppConfig)

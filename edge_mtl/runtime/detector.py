@@ -1,0 +1,97 @@
+"""Face detection on frames of any size and orientation, through any `Engine`."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge_mtl.errors import ModelError
+from edge_mtl.runtime.engine import Engine, normalize
+from edge_mtl.runtime.postprocess import decode
+from edge_mtl.types import Detections
+
+PAD = 32  # the input must be a multiple of the largest stride
+
+
+class FaceDetector:
+    """Letterboxes a frame (long side -> `input_size`, padded to a multiple of 32), runs the engine, decodes.
+
+    Works on portrait and landscape frames, grayscale (2-D or 1-channel) input, and any size from tiny to 4K;
+    boxes and landmarks come back in the original frame's pixels.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        input_size: int | None = None,
+        score_threshold: float = 0.5,
+        nms_threshold: float = 0.4,
+        min_face: int = 0,
+    ) -> None:
+        meta = engine.metadata
+        if meta.kind != "detector":
+            raise ModelError(f"expected a detector model, got a {meta.kind!r} model")
+        self.engine = engine
+        self.meta = meta
+        self.input_size = int(input_size or meta.input_size)
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.min_face = min_face
+        names = list(meta.output_names)
+        self._levels = [
+            (names.index(f"score_{s}"), names.index(f"box_{s}"), names.index(f"kps_{s}")) for s in meta.strides
+        ]
+
+    def prepare(self, image: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], float]:
+        """BGR uint8 frame -> padded network input (BGR) and the scale applied."""
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        elif image.ndim == 3 and image.shape[2] == 1:
+            image = cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+        elif image.ndim == 3 and image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        h, w = image.shape[:2]
+        scale = self.input_size / max(h, w)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        ph, pw = -(-nh // PAD) * PAD, -(-nw // PAD) * PAD
+        canvas = np.zeros((ph, pw, 3), np.uint8)
+        canvas[:nh, :nw] = resized
+        return canvas, scale
+
+    def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: list[npt.NDArray[np.uint8]]) -> list[Detections]:
+        """Detect on several frames; frames of equal prepared size run as one batch."""
+        prepared = [self.prepare(im) for im in images]
+        results: list[Detections | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (canvas, _) in enumerate(prepared):
+            groups.setdefault(canvas.shape[:2], []).append(i)
+        for (ph, pw), idx in groups.items():
+            batch = normalize(np.stack([prepared[i][0] for i in idx]), self.meta, bgr_input=True)
+            out = self.engine.run(batch)
+            arrs = [out[n] for n in self.meta.output_names]
+            for j, i in enumerate(idx):
+                scale = prepared[i][1]
+                boxes, scores, lms = decode(
+                    [arrs[a][j] for a, _, _ in self._levels],
+                    [arrs[b][j] for _, b, _ in self._levels],
+                    [arrs[k][j] for _, _, k in self._levels],
+                    self.meta.strides,
+                    (ph, pw),
+                    self.score_threshold,
+                    self.nms_threshold,
+                )
+                boxes /= scale
+                lms /= scale
+                h, w = images[i].shape[:2]
+                boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+                boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+                if self.min_face:
+                    keep = (boxes[:, 2] - boxes[:, 0]) >= self.min_face
+                    boxes, scores, lms = boxes[keep], scores[keep], lms[keep]
+                results[i] = Detections(boxes.astype(np.float32), scores.astype(np.float32), lms.astype(np.float32))
+        return [r if r is not None else Detections.empty(self.meta.points) for r in results]

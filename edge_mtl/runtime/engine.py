@@ -1,0 +1,104 @@
+"""The `Engine` protocol every backend implements, and the model metadata that makes artifacts self-describing.
+
+Preprocessing is read from the model's metadata (input size, colour order, mean/std, output names), never guessed:
+a model exported with other settings keeps working, and a file without the metadata is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_mtl.errors import ModelError
+
+META_PREFIX = "edge_mtl."
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model says about itself (stored as ONNX metadata_props `edge_mtl.*`)."""
+
+    kind: str  # "detector" or "recognizer"
+    version: str
+    input_name: str
+    output_names: tuple[str, ...]
+    color: str  # "RGB" or "BGR"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int  # recognizer: crop side; detector: default long side
+    strides: tuple[int, ...] = ()
+    points: int = 4
+    template: tuple[tuple[float, float], ...] = ()
+    precision: str = "fp32"
+    args: dict[str, Any] = field(default_factory=dict)
+    provenance: str = ""
+
+    def to_props(self) -> dict[str, str]:
+        d = {
+            "kind": self.kind,
+            "version": self.version,
+            "input_name": self.input_name,
+            "output_names": json.dumps(list(self.output_names)),
+            "color": self.color,
+            "mean": json.dumps(list(self.mean)),
+            "std": json.dumps(list(self.std)),
+            "input_size": str(self.input_size),
+            "strides": json.dumps(list(self.strides)),
+            "points": str(self.points),
+            "template": json.dumps([list(p) for p in self.template]),
+            "precision": self.precision,
+            "args": json.dumps(self.args),
+            "provenance": self.provenance,
+        }
+        return {META_PREFIX + k: v for k, v in d.items()}
+
+    @staticmethod
+    def from_props(props: dict[str, str], source: str = "model") -> ModelMetadata:
+        p = {k[len(META_PREFIX) :]: v for k, v in props.items() if k.startswith(META_PREFIX)}
+        if "kind" not in p:
+            raise ModelError(f"{source}: no edge-mtl metadata (was it exported by 'edge-mtl export'?)")
+        try:
+            mean = tuple(float(v) for v in json.loads(p["mean"]))
+            std = tuple(float(v) for v in json.loads(p["std"]))
+            return ModelMetadata(
+                kind=p["kind"],
+                version=p.get("version", ""),
+                input_name=p["input_name"],
+                output_names=tuple(json.loads(p["output_names"])),
+                color=p.get("color", "RGB"),
+                mean=(mean[0], mean[1], mean[2]),
+                std=(std[0], std[1], std[2]),
+                input_size=int(p["input_size"]),
+                strides=tuple(int(s) for s in json.loads(p.get("strides", "[]"))),
+                points=int(p.get("points", "4")),
+                template=tuple((float(a), float(b)) for a, b in json.loads(p.get("template", "[]"))),
+                precision=p.get("precision", "fp32"),
+                args=json.loads(p.get("args", "{}")),
+                provenance=p.get("provenance", ""),
+            )
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise ModelError(f"{source}: malformed edge-mtl metadata ({e})") from None
+
+
+class Engine(Protocol):
+    """A loaded model: NCHW float32 batch in, named outputs out."""
+
+    metadata: ModelMetadata
+    provider: str  # what actually runs it, e.g. "CPUExecutionProvider", "tensorrt-10.3", "torch-cpu"
+
+    def run(self, batch: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]: ...
+
+
+def normalize(images: npt.NDArray[np.uint8], meta: ModelMetadata, bgr_input: bool = True) -> npt.NDArray[np.float32]:
+    """N x H x W x 3 uint8 (BGR when `bgr_input`) -> N x 3 x H x W float32 per the model's metadata."""
+    x = images
+    if bgr_input != (meta.color == "BGR"):
+        x = x[..., ::-1]
+    x = x.astype(np.float32)
+    x -= np.asarray(meta.mean, np.float32)
+    x /= np.asarray(meta.std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

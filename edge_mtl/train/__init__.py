@@ -1,0 +1,1 @@
+"""Training: datasets, augmentation, losses, task weighting, distillation, trainer and checkpoints."""

@@ -1,0 +1,107 @@
+"""Training configuration (TOML), validated like the daemon's: unknown keys and out-of-range values are errors.
+
+Paths to the larger public datasets are settings: a user reproduces a run by cloning the same repository at the
+commit named in the model card and pointing these at it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from edge_mtl.config import Strict
+
+
+class DataPaths(Strict):
+    shared: Path | None = Field(None, description="../shared/data (default: $EDGE_MTL_DATA or ../shared/data).")
+    celeba_samples: Path | None = Field(
+        None, description="ShaharKSegal/CelebA_Samples @ 2a68dac5: celeba_identity_samples/"
+    )
+    celeba_identity_file: Path | None = Field(None, description="CelebA_Samples/identity_CelebA.txt")
+    celeba_gender: Path | None = Field(None, description="naheri/gender_detection @ e8883ee2: datasets/dataset/")
+    utkface_full: Path | None = Field(None, description="mattans/AgeProgression @ 2d937c61: data/UTKFace/unlabeled/")
+    wider_images: Path | None = Field(None, description="himanshuchopade97/Crowd-Counting: widerface/images/train")
+    wider_labels: Path | None = Field(None, description="himanshuchopade97/Crowd-Counting: widerface/labels/train")
+    maskon_images: Path | None = Field(None, description="marellanoc/MaskON @ b6c6b2da: archive/images")
+    maskon_annotations: Path | None = Field(None, description="marellanoc/MaskON: archive/annotations")
+    teacher: Path | None = Field(None, description="Teacher embeddings from `edge_mtl.train.teacher`.")
+    crops: Path | None = Field(None, description="Cache of aligned 112x112 training crops.")
+
+
+class OptimConfig(Strict):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0, le=10)
+    weight_decay: float = Field(0.05, ge=0, le=1)
+    epochs: int = Field(30, ge=1, le=10000)
+    batch_size: int = Field(32, ge=2, le=4096)
+    warmup_steps: int = Field(300, ge=0)
+    grad_clip: float = Field(10.0, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="Stop early after this many steps (smoke tests).")
+
+
+class DetectorModelConfig(Strict):
+    widths: tuple[int, int, int, int, int] = (16, 32, 64, 96, 128)
+    depths: tuple[int, int, int, int] = (1, 2, 2, 2)
+    neck: int = Field(48, ge=8, le=512)
+    head_convs: int = Field(2, ge=0, le=8)
+
+
+class DetectorTrain(Strict):
+    kind: Literal["detector"] = "detector"
+    model: DetectorModelConfig = Field(default_factory=DetectorModelConfig)
+    size: int = Field(320, ge=64, le=2048, description="Side of the square training crops.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Caltech images held out (split by image).")
+    split_seed: int = 0
+    sources: list[Literal["caltech", "wider", "maskon"]] = Field(default_factory=lambda: ["caltech"])
+    loss_weights: tuple[float, float, float] = Field((1.0, 2.0, 0.2), description="cls, box, landmarks")
+    val_size: int = Field(480, ge=64, le=4096, description="Long side at validation.")
+    val_limit: int = Field(0, ge=0, description="Validate on at most this many images (0: all).")
+
+
+class RecognizerModelConfig(Strict):
+    widths: tuple[int, int, int, int] = (32, 64, 128, 256)
+    depths: tuple[int, int, int, int] = (1, 2, 6, 2)
+    embedding_dim: int = Field(128, ge=16, le=1024)
+    embedding_hidden: int = Field(384, ge=16, le=2048)
+
+
+class RecognizerTrain(Strict):
+    kind: Literal["recognizer"] = "recognizer"
+    model: RecognizerModelConfig = Field(default_factory=RecognizerModelConfig)
+    tasks: list[Literal["identity", "distill", "age", "gender", "quality"]] = Field(
+        default_factory=lambda: ["identity", "distill", "age", "gender", "quality"]
+    )
+    sources: list[
+        Literal["celeba_crops", "celeba_samples", "celeba_gender", "utkface", "utkface_full", "caltech"]
+    ] = Field(default_factory=lambda: ["celeba_crops", "celeba_samples", "utkface_full", "celeba_gender", "caltech"])
+    weighting: Literal["static", "uncertainty", "dwa", "gradnorm"] = "static"
+    static_weights: dict[str, float] = Field(
+        default_factory=lambda: {"identity": 1.0, "distill": 4.0, "age": 0.5, "gender": 1.0, "quality": 0.5}
+    )
+    sharing: Literal["hard", "soft"] = "hard"
+    soft_l2: float = Field(1e-3, ge=0, description="Soft sharing: L2 penalty tying the per-task backbones.")
+    margin: Literal["arcface", "cosface"] = "cosface"
+    margin_s: float = Field(32.0, gt=0, le=128)
+    margin_m: float = Field(0.3, ge=0, le=1)
+    min_images_per_identity: int = Field(2, ge=1, description="Identities with fewer images get no class.")
+    age_sigma: float = Field(2.5, gt=0, le=20, description="Std (years) of the label distribution for age.")
+    utk_val_fraction: float = Field(0.15, gt=0, lt=1)
+    utk_split_seed: int = 0
+    max_per_source: int = Field(0, ge=0, description="Cap images per source (0: all), for quick runs.")
+    val_every: int = Field(1, ge=1)
+    lfw_dev: bool = Field(True, description="Validate verification on LFW View 1 (development pairs).")
+
+
+class TrainConfig(Strict):
+    """`edge-mtl train --config FILE`."""
+
+    out: Path = Field(Path("runs/train"), description="Run folder: checkpoints, metrics.jsonl, exports.")
+    seed: int = 0
+    workers: int = Field(1, ge=0, le=64, description="Data-loading worker processes.")
+    threads: int = Field(0, ge=0, le=256, description="torch intra-op threads (0: default).")
+    checkpoint_every_s: float = Field(600.0, gt=0)
+    data: DataPaths = Field(default_factory=DataPaths)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    task: Annotated[DetectorTrain | RecognizerTrain, Field(discriminator="kind")]

@@ -1,0 +1,57 @@
+"""`edge-mtl train --config FILE`: build the task named in the config and run the trainer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from edge_mtl.config import load_toml
+from edge_mtl.train.config import DetectorTrain, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def train(config_path: str | Path, resume: bool = True, max_steps: int | None = None) -> dict[str, float]:
+    import torch
+
+    from edge_mtl.train.trainer import Trainer, seed_everything
+
+    cfg = load_toml(config_path, TrainConfig)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    task: Any
+    if isinstance(cfg.task, DetectorTrain):
+        from edge_mtl.train.detector_task import DetectorTask
+
+        task = DetectorTask(cfg)
+    else:
+        from edge_mtl.train.recognizer_task import RecognizerTask
+
+        task = RecognizerTask(cfg)
+    o = cfg.optim
+    trainer = Trainer(
+        task,
+        task.dataset,
+        task.collate,
+        cfg.out,
+        config=cfg.model_dump(mode="json"),
+        kind=cfg.task.kind,
+        epochs=o.epochs,
+        batch_size=o.batch_size,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        optimizer=o.optimizer,
+        warmup_steps=o.warmup_steps,
+        grad_clip=o.grad_clip,
+        workers=cfg.workers,
+        seed=cfg.seed,
+        checkpoint_every_s=cfg.checkpoint_every_s,
+        max_steps=max_steps or o.max_steps,
+        validate_every=getattr(cfg.task, "val_every", 1),
+    )
+    last = Path(cfg.out) / "last.pt"
+    if resume and last.exists():
+        trainer.resume(last)
+    return trainer.fit()

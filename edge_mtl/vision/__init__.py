@@ -1,0 +1,1 @@
+"""Image geometry shared by training and runtime: alignment and drawing."""
