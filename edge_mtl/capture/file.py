@@ -1,0 +1,104 @@
+"""Video files: offline processing (every frame, in order) or, with ``realtime=True``, a camera stand-in paced at
+the file's native frame rate with the latest-frame policy. ``loop=True`` restarts the file at its end."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import cv2
+
+from edge_mtl.capture.base import ThreadedSource, nominal_fps
+from edge_mtl.errors import InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FPS = 25.0  # pacing rate for a realtime file that declares no frame rate
+
+
+def open_video_file(path: Path) -> cv2.VideoCapture:
+    """Open `path` with the FFMPEG backend; InputError (one line) when it is not a readable video."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    try:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    except cv2.error as e:
+        raise InputError(f"{path}: cannot open as a video: {str(e).strip().splitlines()[-1]}") from None
+    if not cap.isOpened():
+        cap.release()
+        raise InputError(f"{path}: cannot open as a video (unsupported, truncated or corrupt file)")
+    w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    if w < 1 or h < 1:
+        cap.release()
+        raise InputError(f"{path}: no video stream")
+    return cap
+
+
+class FileSource(ThreadedSource):
+    """A video file read by its own thread. The file is opened in `start`, so a missing or unreadable file is an
+    InputError there (CLI exit 2) rather than a silent empty run."""
+
+    kind = "file"
+
+    def __init__(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        loop: bool = False,
+        realtime: bool = False,
+        max_frames: int | None = None,
+        queue_size: int = 4,
+    ) -> None:
+        self.path = Path(path)
+        super().__init__(
+            name, str(self.path), live=realtime, reconnecting=False, max_frames=max_frames, queue_size=queue_size
+        )
+        self.loop = loop
+        self.realtime = realtime
+        self._pace_start: float | None = None
+        self._paced = 0
+        self._period = 1.0 / DEFAULT_FPS
+
+    def _prepare(self) -> None:
+        cap = open_video_file(self.path)
+        fps = nominal_fps(cap)
+        if self.realtime:
+            if fps is None:
+                log.warning("%s: %s declares no frame rate; pacing at %.0f fps", self.name, self.path, DEFAULT_FPS)
+            self._period = 1.0 / (fps or DEFAULT_FPS)
+        self._adopt(cap)
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        return open_video_file(self.path)
+
+    def _end_of_stream(self) -> bool:
+        if not self.loop:
+            log.info("%s: end of %s", self.name, self.path)
+            return False
+        try:
+            cap = open_video_file(self.path)
+        except InputError as e:
+            log.error("%s: cannot reopen to loop: %s", self.name, e)
+            return False
+        self._adopt(cap)
+        return True
+
+    def _before_grab(self) -> None:
+        """Realtime pacing: frame n is grabbed at start + n / fps, as a camera would deliver it. A reader that fell
+        more than a second behind (a stall) restarts the schedule instead of bursting to catch up."""
+        if not self.realtime:
+            return
+        now = time.monotonic()
+        if self._pace_start is None:
+            self._pace_start = now
+            self._paced = 0
+        due = self._pace_start + self._paced * self._period
+        if now - due > 1.0:
+            self._pace_start, self._paced, due = now, 0, now
+        if due > now:
+            self._stop.wait(due - now)
+        self._paced += 1

@@ -1,0 +1,110 @@
+"""Network streams (rtsp://, rtsps://, http(s)://) through OpenCV's FFMPEG backend.
+
+Transport and latency: OpenCV passes the environment variable ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (``key;value``
+pairs joined by ``|``) to FFmpeg when it opens a stream, and only then; it has no per-capture property for them.
+`ensure_ffmpeg_options` sets it to `FFMPEG_OPTIONS` (RTP over the RTSP TCP connection, so no UDP loss or
+firewall trouble, and no input buffering while probing) when the user has not set it, and leaves a user's value
+alone: exporting ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` before start is the documented override. The keys are read only
+by the RTSP demuxer and the probe, so other FFMPEG captures in the process are unaffected in practice.
+
+Timeouts: ``CAP_PROP_OPEN_TIMEOUT_MSEC`` and ``CAP_PROP_READ_TIMEOUT_MSEC`` are passed at open (OpenCV's FFmpeg
+interrupt callback enforces them), both equal to the camera's ``watchdog_s``: a dead stream makes ``read`` fail
+after that long instead of blocking forever, and the reader reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+
+from edge_mtl.capture.base import CaptureOpenError, ThreadedSource
+from edge_mtl.errors import InputError
+
+log = logging.getLogger(__name__)
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+FFMPEG_OPTIONS = "rtsp_transport;tcp|fflags;nobuffer"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and metrics (camera URLs often embed credentials)."""
+    parts = urlsplit(url)
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_url(url: str) -> str:
+    """Validate a stream URL's scheme and host; InputError with a one-line reason otherwise."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as e:
+        raise InputError(f"{redact_url(url)}: invalid URL: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in NETWORK_SCHEMES:
+        raise InputError(f"{redact_url(url)}: unsupported scheme {scheme!r} (use one of {', '.join(NETWORK_SCHEMES)})")
+    if not parts.hostname:
+        raise InputError(f"{redact_url(url)}: URL has no host")
+    return url
+
+
+def ensure_ffmpeg_options() -> None:
+    """Set OpenCV's FFmpeg capture options for low-latency RTSP over TCP unless the user already set them."""
+    if FFMPEG_OPTIONS_ENV not in os.environ:
+        os.environ[FFMPEG_OPTIONS_ENV] = FFMPEG_OPTIONS
+        log.debug("set %s=%s", FFMPEG_OPTIONS_ENV, FFMPEG_OPTIONS)
+
+
+class NetworkSource(ThreadedSource):
+    """An RTSP/HTTP camera: live (latest frame only), never an error at start (a camera that is down at boot is
+    retried with backoff like one that drops later)."""
+
+    kind = "rtsp"
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        max_frames: int | None = None,
+        reconnect_initial_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        watchdog_s: float = 10.0,
+    ) -> None:
+        self.url = check_url(url)
+        super().__init__(
+            name,
+            redact_url(url),
+            live=True,
+            reconnecting=True,
+            max_frames=max_frames,
+            reconnect_initial_s=reconnect_initial_s,
+            reconnect_max_s=reconnect_max_s,
+            watchdog_s=watchdog_s,
+        )
+        self.kind = urlsplit(url).scheme.lower()
+
+    def _prepare(self) -> None:
+        ensure_ffmpeg_options()
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        timeout_ms = max(100, int(self.watchdog_s * 1000))
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        try:
+            cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+        except cv2.error as e:
+            raise CaptureOpenError(str(e).strip().splitlines()[-1]) from None
+        if not cap.isOpened():
+            cap.release()
+            raise CaptureOpenError("no connection or no video stream")
+        return cap
