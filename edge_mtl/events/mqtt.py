@@ -1,0 +1,360 @@
+"""MQTT forwarder: delivers the durable queue to a broker, one message per event, without loss (DESIGN §6).
+
+How "never lose an event" is kept:
+
+* The forwarder's progress is a cursor in the queue database (`mqtt:<client_id>` unless named otherwise). It
+  advances only past events the broker has acknowledged (PUBACK for QoS 1, PUBCOMP for QoS 2), and only over a
+  contiguous prefix, so a crash, a restart or an outage resumes at the first unacknowledged event.
+* Each connection uses a fresh paho client and a clean session. When a connection is lost, every event sent on
+  it but not acknowledged is simply sent again on the next one, from the cursor: the forwarder owns
+  retransmission instead of relying on a broker-side session (which a restarted broker without persistence
+  forgets anyway). The price is at-least-once delivery: after an outage the broker may see a few events
+  twice, and subscribers de-duplicate by `seq` (or `id`). QoS 2 does not change that across reconnects.
+* MQTT 5 is used so that a broker that refuses a publish (e.g. not authorised) says so in its PUBACK; such a
+  refusal is never counted as delivered: the forwarder reconnects and retries with growing backoff.
+* QoS 0 has no acknowledgement: events count as delivered once written to the socket (at-most-once).
+
+Subscribers that must not miss events while *they* are offline need a persistent session of their own
+(clean_start=False with a session expiry, QoS >= 1) on a broker with persistence; that is the subscriber's and
+the broker's configuration, not the forwarder's.
+
+The network loop is driven from the forwarder's own thread (select + paho's loop_read/loop_write/loop_misc),
+so there is exactly one thread per forwarder, it polls its stop event, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_mtl.config import MqttForwarder as MqttConfig
+from edge_mtl.errors import InputError, MissingExtraError
+from edge_mtl.events.queue import EventQueue
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
+
+log = logging.getLogger(__name__)
+
+
+def _import_paho() -> Any:
+    """paho-mqtt >= 2.0, imported only when a forwarder is created (it is an optional extra)."""
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise MissingExtraError("paho-mqtt", "mqtt") from None
+    if not hasattr(mqtt, "CallbackAPIVersion"):
+        raise InputError("paho-mqtt is older than 2.0: pip install --upgrade 'edge-mtl[mqtt]'")
+    return mqtt
+
+
+def _read_password(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the MQTT password file: {e}") from None
+    if os.stat(path).st_mode & 0o077:
+        log.warning("%s: MQTT password file is readable by other users (chmod 600 it)", path)
+    return text.rstrip("\r\n")
+
+
+class _Link:
+    """What paho's callbacks report about one connection (they run in the forwarder's thread)."""
+
+    def __init__(self) -> None:
+        self.connack: Any = None
+        self.receive_max: int | None = None
+        self.lost: str | None = None
+        self.acked: list[int] = []
+        self.rejected: list[tuple[int, str]] = []
+
+    def on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connack = reason
+        rm = getattr(properties, "ReceiveMaximum", None)
+        self.receive_max = int(rm) if rm else None
+
+    def on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.lost = str(reason)
+
+    def on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            self.rejected.append((mid, str(reason)))
+        else:
+            self.acked.append(mid)
+
+
+class _LinkDownError(Exception):
+    """A connection ended (lost, refused, timed out); the message says why."""
+
+
+class MqttForwarder:
+    """A thread that publishes every queued event to `<cfg.topic>/<camera>` and commits what the broker acked.
+
+    `cursor_name` names the progress kept in the queue (default `mqtt:<client_id>`). A new forwarder starts
+    at the oldest event still stored. The queue must exist (the pipeline creates it): InputError otherwise.
+    `cfg.cursor` is not used: progress lives in the queue database, where it commits atomically.
+    """
+
+    def __init__(
+        self,
+        queue_path: str | os.PathLike[str],
+        cfg: MqttConfig,
+        cursor_name: str | None = None,
+        *,
+        window: int = 100,
+        keepalive_s: int = 30,
+        connect_timeout_s: float = 10.0,
+        ack_timeout_s: float = 60.0,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        poll_s: float = 0.2,
+    ) -> None:
+        self._mqtt = _import_paho()
+        self.cfg = cfg
+        self.queue_path = Path(queue_path)
+        self.cursor_name = cursor_name or f"mqtt:{cfg.client_id}"
+        self._password = _read_password(cfg.password_file) if cfg.password_file is not None else None
+        if self._password is not None and cfg.username is None:
+            raise InputError("MQTT forwarder: password_file is set but username is not")
+        if cfg.cursor is not None:
+            log.warning("MQTT forwarder: 'cursor' = %s is ignored; progress is kept in %s", cfg.cursor, queue_path)
+        if cfg.qos == 0:
+            log.warning("MQTT forwarder %s: qos 0 has no acknowledgement; events can be lost", cfg.client_id)
+        self._window = max(1, int(window))
+        self._keepalive = int(keepalive_s)
+        self._connect_timeout = float(connect_timeout_s)
+        self._ack_timeout = float(ack_timeout_s)
+        self._backoff_min = float(reconnect_min_s)
+        self._backoff_max = max(float(reconnect_max_s), self._backoff_min)
+        self._poll = float(poll_s)
+        self._queue = EventQueue(self.queue_path, create=False)
+        self._delivered = self._queue.get_cursor(self.cursor_name)
+        self._stop = threading.Event()
+        self._drain_deadline = 0.0
+        self._connected = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    # -- public ----------------------------------------------------------------------------------------------
+
+    @property
+    def delivered_seq(self) -> int:
+        """The last seq acknowledged by the broker and committed to the queue (contiguous up to here)."""
+        return self._delivered
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("MqttForwarder.start: already started (create a new forwarder to restart)")
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.cfg.client_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Deliver what was queued before this call (for up to ~80% of `timeout` if connected), disconnect and
+        join the thread; True if it ended. Events not acknowledged by then are sent by the next forwarder."""
+        self._drain_deadline = time.monotonic() + max(0.0, 0.8 * timeout)
+        self._stop.set()
+        if self._thread is None:
+            self._queue.close()
+            return True
+        self._thread.join(timeout)
+        ended = not self._thread.is_alive()
+        if ended:
+            self._queue.close()
+        else:
+            log.warning("MQTT forwarder %s did not stop within %.1f s", self.cfg.client_id, timeout)
+        return ended
+
+    # -- thread ----------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = self._backoff_min
+        down_since: float | None = None
+        try:
+            while not self._stop.is_set():
+                link = _Link()
+                client = None
+                acked_before = self._delivered
+                started = time.monotonic()
+                try:
+                    client = self._connect(link)
+                    if down_since is not None:
+                        log.info(
+                            "MQTT %s:%d reachable again after %.1f s; resending from seq %d",
+                            self.cfg.host,
+                            self.cfg.port,
+                            time.monotonic() - down_since,
+                            self._delivered + 1,
+                        )
+                    down_since = None
+                    self._connected.set()
+                    self._session(client, link)
+                    return  # stopped
+                except (_LinkDownError, OSError) as e:
+                    if self._stop.is_set():
+                        return
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        log.warning(
+                            "MQTT %s:%d: %s; retrying (undelivered events stay queued)",
+                            self.cfg.host,
+                            self.cfg.port,
+                            self.last_error,
+                        )
+                    else:
+                        log.debug("MQTT %s:%d: %s", self.cfg.host, self.cfg.port, self.last_error)
+                except Exception as e:  # a bug or an odd paho error: keep forwarding, but loudly
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    log.exception("MQTT forwarder %s: unexpected error", self.cfg.client_id)
+                    down_since = down_since or time.monotonic()
+                finally:
+                    self._connected.clear()
+                    if client is not None:
+                        self._close(client)
+                # A healthy session (something delivered, or up for a while) resets the backoff; a broker that
+                # accepts connections and then drops or refuses everything gets ever longer pauses.
+                if self._delivered > acked_before or time.monotonic() - started > 30.0:
+                    backoff = self._backoff_min
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._backoff_max)
+        finally:
+            self._connected.clear()
+
+    def _connect(self, link: _Link) -> paho.Client:
+        mqtt = self._mqtt
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.cfg.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        client.on_connect = link.on_connect
+        client.on_disconnect = link.on_disconnect
+        client.on_publish = link.on_publish
+        client.connect_timeout = self._connect_timeout
+        client.max_inflight_messages_set(self._window)
+        if self.cfg.username is not None:
+            client.username_pw_set(self.cfg.username, self._password)
+        if self.cfg.tls:
+            client.tls_set()
+        try:
+            client.connect(self.cfg.host, self.cfg.port, keepalive=self._keepalive, clean_start=True)
+            deadline = time.monotonic() + self._connect_timeout
+            while link.connack is None:
+                if self._stop.is_set():
+                    raise _LinkDownError("stopped while connecting")
+                if time.monotonic() > deadline:
+                    raise _LinkDownError(f"no CONNACK within {self._connect_timeout:g} s")
+                self._pump(client, link, 0.1)
+        except BaseException:
+            self._close(client)
+            raise
+        if getattr(link.connack, "is_failure", False):
+            self._close(client)
+            raise _LinkDownError(f"broker refused the connection: {link.connack}")
+        return client
+
+    def _pump(self, client: paho.Client, link: _Link, timeout: float) -> None:
+        """One round of network I/O (paho's external-loop API); raises _LinkDownError when the link is gone."""
+        mqtt = self._mqtt
+        sock = client.socket()
+        if sock is None or link.lost is not None:
+            raise _LinkDownError(f"connection lost ({link.lost or 'socket closed'})")
+        pending = getattr(sock, "pending", None)
+        if callable(pending) and pending() > 0:  # TLS: decrypted bytes waiting, select would not see them
+            timeout = 0.0
+        try:
+            readable, writable, _ = select.select([sock], [sock] if client.want_write() else [], [], timeout)
+        except (OSError, ValueError) as e:
+            raise _LinkDownError(f"connection lost ({e})") from None
+        rcs = []
+        if readable or (callable(pending) and pending() > 0):
+            rcs.append(client.loop_read())
+        if writable and client.socket() is not None:
+            rcs.append(client.loop_write())
+        if client.socket() is not None:
+            rcs.append(client.loop_misc())
+        bad = [rc for rc in rcs if rc != mqtt.MQTT_ERR_SUCCESS]
+        if bad or link.lost is not None or client.socket() is None:
+            why = link.lost or (mqtt.error_string(bad[0]) if bad else "socket closed")
+            raise _LinkDownError(f"connection lost ({why})")
+
+    def _close(self, client: paho.Client) -> None:
+        """Say goodbye if still connected and release the socket (the client object is discarded)."""
+        try:
+            if client.socket() is not None:
+                client.disconnect()
+        except (OSError, ValueError) as e:
+            log.debug("MQTT disconnect: %s", e)
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+
+    def _session(self, client: paho.Client, link: _Link) -> None:
+        """Publish from the cursor, commit acknowledged prefixes; returns when stopped, raises when lost."""
+        q = self._queue
+        window = min(self._window, link.receive_max or self._window)
+        inflight: dict[int, tuple[int, float]] = {}  # mid -> (seq, sent at)
+        order: deque[int] = deque()  # seqs sent, ascending
+        done: set[int] = set()  # acknowledged seqs not yet part of the committed prefix
+        next_seq = self._delivered + 1
+        drain_to: int | None = None
+        topic = self.cfg.topic.rstrip("/")
+        while True:
+            if self._stop.is_set():
+                if drain_to is None:
+                    drain_to = q.last_seq()
+                if self._delivered >= drain_to or (not order and next_seq > drain_to):
+                    return
+                if time.monotonic() >= self._drain_deadline:
+                    log.warning("MQTT forwarder stopping with events after seq %d undelivered", self._delivered)
+                    return
+            room = window - len(inflight)
+            rows: list[tuple[int, str]] = []
+            if room > 0 and (drain_to is None or next_seq <= drain_to):
+                rows = q.read_raw(next_seq, room)
+                if drain_to is not None:
+                    rows = [r for r in rows if r[0] <= drain_to]
+                if rows and rows[0][0] > next_seq and next_seq > 1:
+                    log.warning("MQTT: events %d..%d were pruned before delivery", next_seq, rows[0][0] - 1)
+            now = time.monotonic()
+            for seq, body in rows:
+                camera = json.loads(body)["camera"]
+                info = client.publish(f"{topic}/{camera}", body, qos=self.cfg.qos)
+                if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                    raise _LinkDownError(f"publish failed: {self._mqtt.error_string(info.rc)}")
+                inflight[info.mid] = (seq, now)
+                order.append(seq)
+                next_seq = seq + 1
+            self._pump(client, link, 0.0 if rows else self._poll)
+            for mid in link.acked:
+                entry = inflight.pop(mid, None)
+                if entry is not None:
+                    done.add(entry[0])
+            link.acked.clear()
+            advanced = False
+            while order and order[0] in done:
+                seq = order.popleft()
+                done.discard(seq)
+                self._delivered = seq
+                advanced = True
+            if advanced:
+                q.set_cursor(self.cursor_name, self._delivered)
+            if link.rejected:
+                mid, why = link.rejected[0]
+                seq = inflight.get(mid, (-1, 0.0))[0]
+                raise _LinkDownError(f"broker refused event seq {seq}: {why}")
+            if inflight:
+                oldest = min(t for _, t in inflight.values())
+                if time.monotonic() - oldest > self._ack_timeout:
+                    raise _LinkDownError(f"no acknowledgement within {self._ack_timeout:g} s")
