@@ -160,7 +160,7 @@ def _object(where: str, v: object, keys: tuple[str, ...]) -> dict[str, Any]:
     got = set(v)
     if got != set(keys):
         missing = [k for k in keys if k not in got]
-        extra = sorted(repr(k) for k in got - set(keys))
+        extra = sorted(got - set(keys), key=repr)
         parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
         raise ValueError(f"{where}: expected keys {list(keys)}, " + ", ".join(parts))
     return v
@@ -191,7 +191,7 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
     keys = set(d)
     if keys != set(SCHEMA_KEYS):
         missing = [k for k in SCHEMA_KEYS if k not in keys]
-        extra = sorted(repr(k) for k in keys - set(SCHEMA_KEYS))
+        extra = sorted(keys - set(SCHEMA_KEYS), key=repr)
         if missing:
             raise ValueError(f"missing key(s) {missing}")
         raise ValueError(f"unexpected key(s) {extra}")

@@ -1,0 +1,119 @@
+"""Helpers shared by the events tests: an event factory, bounded waits and a real mosquitto broker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge_mtl.events.schema import utc_ts
+from edge_mtl.types import Event
+
+EPOCH = 1_795_370_400.0  # 2026-11-22T18:00:00Z
+
+
+def make_event(i: int = 0, camera: str = "lobby", type: str = "face.identified", **kw: object) -> Event:
+    """A fully populated valid event (every optional field set), varied by `i`."""
+    fields: dict[str, object] = {
+        "type": type,
+        "ts": utc_ts(EPOCH + i * 0.04),
+        "camera": camera,
+        "track_id": f"{camera}-{i % 7}",
+        "frame": i,
+        "identity": {"name": "alice", "similarity": 0.71},
+        "age": {"years": 34.2, "std": 3.1},
+        "gender": {"label": "female", "confidence": 0.96},
+        "bbox": [10.0, 20.0, 64.0, 80.0],
+        "quality": 0.83,
+        "duration_s": 4.2,
+    }
+    fields.update(kw)
+    return Event(**fields)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
+    """Poll `cond` until true; fail the test (not hang) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(step)
+
+
+def mosquitto_path() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if os.access(p, os.X_OK):
+            return p
+    return None
+
+
+class Broker:
+    """A real mosquitto on 127.0.0.1:`port`, restartable on the same port (to simulate outages)."""
+
+    def __init__(self, binary: str, workdir: Path, port: int, extra: str = "", persistence: bool = False) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port
+        self.extra = extra
+        self.persistence = persistence
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "mosquitto.log"
+
+    def config(self) -> Path:
+        lines = [f"listener {self.port} 127.0.0.1", "log_dest stderr", "log_type error", "log_type warning"]
+        if os.geteuid() == 0:
+            lines.append("user root")  # otherwise mosquitto drops to user 'mosquitto' and cannot use workdir
+        if self.persistence:
+            lines += ["persistence true", f"persistence_location {self.workdir}/", "max_queued_messages 100000"]
+        else:
+            lines.append("persistence false")
+        if "allow_anonymous" not in self.extra:
+            lines.append("allow_anonymous true")
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n" + self.extra + "\n")
+        return conf
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self.proc is None, "broker already running"
+        conf = self.config()
+        with self.log.open("ab") as logf:
+            self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=logf, stderr=logf)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM (mosquitto saves its persistence file on the way out), SIGKILL if it hangs."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
