@@ -122,7 +122,3 @@ class DetectorExport(nn.Module):
         for cls, box, kps in self.model(x):
             flat += [torch.sigmoid(cls), box, kps]
         return tuple(flat)
-
-
-def detector_output_names() -> list[str]:
-    return [f"{kind}_{s}" for s in STRIDES for kind in ("score", "box", "kps")]

@@ -145,9 +145,6 @@ class RecognizerExport(nn.Module):
         return emb, torch.stack([mean, std], dim=-1), gender, quality
 
 
-RECOGNIZER_OUTPUTS = ["embedding", "age", "gender", "quality"]
-
-
 def deploy_copy(model: Recognizer) -> Recognizer:
     """An eval-mode copy with RepVGG branches fused; the training model is left untouched."""
     import copy
@@ -155,3 +152,44 @@ def deploy_copy(model: Recognizer) -> Recognizer:
     m = copy.deepcopy(model).eval()
     fuse_repvgg(m)
     return m
+
+
+class SoftSharedRecognizer(nn.Module):
+    """Soft parameter sharing: one backbone per task group, tied by an L2 penalty between corresponding weights
+    (Duong et al. 2015) instead of being one network. Identity embedding and quality read the `identity`
+    backbone; age and gender read the `attributes` backbone. Twice the compute of the hard-shared model: it is
+    here to measure whether hard sharing costs accuracy, not to ship."""
+
+    GROUPS = {"embedding": "identity", "quality": "identity", "age": "attributes", "gender": "attributes"}
+
+    def __init__(self, args: RecognizerArgs | None = None) -> None:
+        super().__init__()
+        self.args = args or RecognizerArgs()
+        a = self.args
+        self.backbones = nn.ModuleDict(
+            {g: Backbone(a.widths, a.depths) for g in ("identity", "attributes")}
+        )
+        c = self.backbones["identity"].out_channels
+        spatial = a.input_size // 16
+        self.heads = nn.ModuleDict(
+            {
+                "embedding": EmbeddingHead(c, a.embedding_hidden, a.embedding_dim, spatial),
+                "age": _mlp(c, 128, AGE_BINS),
+                "gender": _mlp(c, 64, 2),
+                "quality": _mlp(c, 64, 1),
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = {g: b(x) for g, b in self.backbones.items()}
+        pooled = {g: f.mean(dim=(2, 3)) for g, f in feats.items()}
+        out = {"embedding": self.heads["embedding"](feats["identity"])}
+        for task in ("age", "gender", "quality"):
+            out[task] = self.heads[task](pooled[self.GROUPS[task]])
+        return out
+
+    def soft_penalty(self) -> torch.Tensor:
+        """Sum of squared differences between the two backbones' corresponding parameters."""
+        a = dict(self.backbones["identity"].named_parameters())
+        b = dict(self.backbones["attributes"].named_parameters())
+        return sum(((a[k] - b[k]) ** 2).sum() for k in a)  # type: ignore[return-value]

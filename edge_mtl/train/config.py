@@ -91,7 +91,9 @@ class RecognizerTrain(Strict):
     utk_split_seed: int = 0
     max_per_source: int = Field(0, ge=0, description="Cap images per source (0: all), for quick runs.")
     val_every: int = Field(1, ge=1)
-    lfw_dev: bool = Field(True, description="Validate verification on LFW View 1 (development pairs).")
+    detector: Path | None = Field(
+        None, description="Detector (ONNX or checkpoint) that aligns the training crops; needed to build the cache."
+    )
 
 
 class TrainConfig(Strict):

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_mtl.build.metadata import DET_MEAN, DET_STD, detector_metadata
 from edge_mtl.errors import InputError
 from edge_mtl.eval.detection import GroundTruth, evaluate
-from edge_mtl.models.detector import STRIDES, Detector, DetectorArgs, DetectorExport, detector_output_names
+from edge_mtl.models.detector import Detector, DetectorArgs, DetectorExport
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
-from edge_mtl.runtime.engine import ModelMetadata
 from edge_mtl.runtime.torch_engine import TorchEngine
 from edge_mtl.train import sources as S
 from edge_mtl.train.config import DetectorTrain, TrainConfig
@@ -24,27 +24,6 @@ from edge_mtl.train.det_data import DetectionDataset, DetImage, collate, read_rg
 from edge_mtl.train.det_loss import detection_loss
 
 log = logging.getLogger(__name__)
-
-DET_MEAN = (127.5, 127.5, 127.5)
-DET_STD = (128.0, 128.0, 128.0)
-
-
-def detector_metadata(args: DetectorArgs, version: str = "dev", provenance: str = "") -> ModelMetadata:
-    return ModelMetadata(
-        kind="detector",
-        version=version,
-        input_name="input",
-        output_names=tuple(detector_output_names()),
-        color="RGB",
-        mean=DET_MEAN,
-        std=DET_STD,
-        input_size=640,
-        strides=STRIDES,
-        points=args.points,
-        args=args.to_dict(),
-        provenance=provenance,
-    )
-
 
 def caltech_split(root: Path, val_fraction: float, seed: int) -> tuple[list[DetImage], list[DetImage]]:
     by_image = S.caltech(root / "caltech_webfaces")
@@ -101,7 +80,7 @@ class DetectorTask:
     def detector(self, score_threshold: float = 0.02) -> FaceDetector:
         t = self.cfg.task
         assert isinstance(t, DetectorTrain)
-        engine = TorchEngine(DetectorExport(self.model), detector_metadata(self.args))
+        engine = TorchEngine(DetectorExport(self.model), detector_metadata(self.args.to_dict()))
         return FaceDetector(engine, input_size=t.val_size, score_threshold=score_threshold)
 
     def validate(self) -> dict[str, float]:

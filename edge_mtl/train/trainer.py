@@ -192,6 +192,9 @@ class Trainer:
                 drop_last=True,
                 persistent_workers=False,
                 prefetch_factor=4 if self.workers else None,
+                # A fresh worker process per epoch, not a fork of this one: forking after OpenCV's and torch's
+                # thread pools have run (validation) can deadlock the child.
+                multiprocessing_context="forkserver" if self.workers else None,
             )
             sums: dict[str, float] = {}
             n = 0

@@ -1,0 +1,42 @@
+"""Age and gender metrics: MAE (overall and per age band), gender accuracy, calibration of the predicted spread."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+AGE_BANDS: tuple[tuple[int, int], ...] = ((0, 13), (13, 20), (20, 30), (30, 40), (40, 50), (50, 60), (60, 70), (70, 117))
+
+
+def attribute_metrics(
+    age_true: npt.ArrayLike,
+    age_pred: npt.ArrayLike,
+    gender_true: npt.ArrayLike,
+    female_prob: npt.ArrayLike,
+    age_std: npt.ArrayLike | None = None,
+) -> dict[str, object]:
+    at = np.asarray(age_true, np.float64)
+    ap = np.asarray(age_pred, np.float64)
+    gt = np.asarray(gender_true, np.int64)
+    fp = np.asarray(female_prob, np.float64)
+    err = np.abs(at - ap)
+    res: dict[str, object] = {
+        "images": int(at.size),
+        "age_mae": round(float(err.mean()), 3) if at.size else float("nan"),
+        "age_median_ae": round(float(np.median(err)), 3) if at.size else float("nan"),
+        "gender_accuracy": round(float(((fp >= 0.5).astype(np.int64) == gt).mean()), 4) if gt.size else float("nan"),
+    }
+    bands = {}
+    for lo, hi in AGE_BANDS:
+        m = (at >= lo) & (at < hi)
+        if m.any():
+            bands[f"{lo}-{hi - 1}"] = {
+                "n": int(m.sum()),
+                "age_mae": round(float(err[m].mean()), 3),
+                "gender_accuracy": round(float(((fp[m] >= 0.5).astype(np.int64) == gt[m]).mean()), 4),
+            }
+    res["bands"] = bands
+    if age_std is not None:
+        sd = np.asarray(age_std, np.float64)
+        res["age_within_1std"] = round(float((err <= sd).mean()), 4)
+    return res

@@ -1,0 +1,115 @@
+"""Face verification metrics on LFW: the standard 10-fold protocol, TAR at a given FAR, and error by quality.
+
+View 2 (`pairs.txt`): 10 folds of 300 matched + 300 mismatched pairs; for each fold the cosine threshold is chosen
+on the other nine folds and accuracy measured on the held-out one; the result is the mean and std over folds.
+View 1 (`pairsDevTrain.txt` / `pairsDevTest.txt`) is for model selection only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: str  # relative path under images_deepfunneled/
+    b: str
+    same: bool
+    fold: int
+
+
+def lfw_path(name: str, num: int) -> str:
+    return f"{name}/{name}_{num:04d}.jpg"
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Parse an LFW pairs file (View 1 or View 2). Folds follow the file's layout (View 1: one fold)."""
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split()
+    if len(header) == 2:
+        n_folds, per = int(header[0]), int(header[1])
+    else:
+        n_folds, per = 1, int(header[0])
+    pairs = []
+    for i, line in enumerate(lines[1:]):
+        x = line.split()
+        if len(x) == 3:
+            a, b, same = lfw_path(x[0], int(x[1])), lfw_path(x[0], int(x[2])), True
+        elif len(x) == 4:
+            a, b, same = lfw_path(x[0], int(x[1])), lfw_path(x[2], int(x[3])), False
+        else:
+            continue
+        pairs.append(Pair(a, b, same, min(i // (2 * per), n_folds - 1)))
+    return pairs
+
+
+def best_threshold(sims: F64, same: npt.NDArray[np.bool_]) -> float:
+    """The threshold maximising accuracy (midpoints between sorted similarities)."""
+    order = np.argsort(sims)
+    s, y = sims[order], same[order]
+    # predicting "same" for sims > t; accuracy at each cut point computed by cumulative counts
+    n_same = y.sum()
+    below_diff = np.cumsum(~y)  # mismatched pairs correctly below the cut (inclusive)
+    below_same = np.cumsum(y)
+    acc = (below_diff + (n_same - below_same)) / len(s)
+    k = int(np.argmax(acc))
+    if k + 1 < len(s):
+        return float((s[k] + s[k + 1]) / 2)
+    return float(s[k] + 1e-6)
+
+
+def ten_fold_accuracy(sims: F64, same: npt.NDArray[np.bool_], folds: npt.NDArray[np.int64]) -> dict[str, float]:
+    accs, ths = [], []
+    for f in np.unique(folds):
+        te = folds == f
+        th = best_threshold(sims[~te], same[~te]) if (~te).any() else best_threshold(sims, same)
+        accs.append(float(((sims[te] > th) == same[te]).mean()))
+        ths.append(th)
+    return {
+        "accuracy": round(float(np.mean(accs)), 4),
+        "accuracy_std": round(float(np.std(accs)), 4),
+        "threshold": round(float(np.mean(ths)), 4),
+    }
+
+
+def tar_at_far(sims: F64, same: npt.NDArray[np.bool_], far: float) -> float:
+    """True accept rate at the threshold whose false accept rate on mismatched pairs is <= `far`."""
+    neg = np.sort(sims[~same])[::-1]
+    if neg.size == 0:
+        return float("nan")
+    k = int(np.floor(far * neg.size))
+    th = neg[k] if k < neg.size else neg[-1] - 1e-6
+    return float((sims[same] > th).mean())
+
+
+def verification_metrics(
+    sims: F64, same: npt.NDArray[np.bool_], folds: npt.NDArray[np.int64], fars: tuple[float, ...] = (1e-3, 1e-2)
+) -> dict[str, float]:
+    out = ten_fold_accuracy(sims, same, folds)
+    for far in fars:
+        out[f"tar_at_far_{far:g}"] = round(tar_at_far(sims, same, far), 4)
+    out["pairs"] = float(len(sims))
+    return out
+
+
+def error_by_quality(
+    sims: F64, same: npt.NDArray[np.bool_], pair_quality: F64, bins: int, threshold: float
+) -> list[dict[str, float]]:
+    """Verification error at a fixed threshold within quantile bins of pair quality (min of the two faces)."""
+    edges = np.quantile(pair_quality, np.linspace(0, 1, bins + 1))
+    out = []
+    for i in range(bins):
+        lo, hi = edges[i], edges[i + 1]
+        m = (pair_quality >= lo) & ((pair_quality <= hi) if i == bins - 1 else (pair_quality < hi))
+        if not m.any():
+            continue
+        err = float(((sims[m] > threshold) != same[m]).mean())
+        out.append({"quality_lo": round(float(lo), 3), "quality_hi": round(float(hi), 3),
+                    "pairs": float(m.sum()), "error": round(err, 4)})
+    return out

@@ -1,0 +1,1 @@
+"""Who is this: the gallery of enrolled people (SQLite), matching, enrolment, and per-track aggregation."""

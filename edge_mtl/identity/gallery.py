@@ -1,0 +1,185 @@
+"""The gallery: enrolled people and their face embeddings in SQLite, readable while the daemon runs.
+
+The daemon polls `version()` (SQLite's data_version plus a change counter) and reloads the matrix when another
+process (`edge-mtl enroll`, `edge-mtl gallery remove`) changed it: no restart needed. The file is created
+owner-only (0600): embeddings are biometric data.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_mtl.errors import InputError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS people (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    quality REAL,
+    source TEXT,
+    model TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class Gallery:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise InputError(f"{self.path}: no such gallery")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self.db.executescript(SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('changes', '0')")
+            self.db.commit()
+        except sqlite3.DatabaseError as e:
+            raise InputError(f"{self.path}: not a gallery database ({e})") from None
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _bump(self) -> None:
+        self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'changes'")
+
+    def version(self) -> tuple[int, int]:
+        """Changes whenever any connection modifies the gallery."""
+        dv = self.db.execute("PRAGMA data_version").fetchone()[0]
+        ch = self.db.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()[0]
+        return int(dv), int(ch)
+
+    def add(
+        self,
+        name: str,
+        embeddings: npt.NDArray[np.float32],
+        qualities: list[float] | None = None,
+        sources: list[str] | None = None,
+        model: str = "",
+        replace: bool = False,
+    ) -> int:
+        """Add embeddings (N x D, unit norm) for `name` in one transaction; returns the person's total count."""
+        if not name.strip():
+            raise InputError("enrol: the name must not be empty")
+        emb = np.asarray(embeddings, np.float32)
+        if emb.ndim != 2 or emb.shape[0] == 0:
+            raise InputError("enrol: no embeddings to add")
+        dims = {int(r[0]) for r in self.db.execute("SELECT DISTINCT dim FROM embeddings")}
+        if dims and dims != {emb.shape[1]}:
+            raise InputError(
+                f"enrol: gallery holds {sorted(dims)}-d embeddings, this model makes {emb.shape[1]}-d: "
+                "use a new gallery for a new model"
+            )
+        now = time.time()
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO people (name, created) VALUES (?, ?)", (name, now))
+            pid = self.db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()[0]
+            if replace:
+                self.db.execute("DELETE FROM embeddings WHERE person_id = ?", (pid,))
+            for i, e in enumerate(emb):
+                self.db.execute(
+                    "INSERT INTO embeddings (person_id, dim, vector, quality, source, model, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        pid,
+                        emb.shape[1],
+                        e.astype(np.float32).tobytes(),
+                        None if qualities is None else float(qualities[i]),
+                        None if sources is None else sources[i],
+                        model,
+                        now,
+                    ),
+                )
+            self._bump()
+        return int(self.db.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (pid,)).fetchone()[0])
+
+    def remove(self, name: str) -> int:
+        """Remove a person; returns how many embeddings were deleted (0: no such person)."""
+        with self.db:
+            row = self.db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return 0
+            n = self.db.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (row[0],)).fetchone()[0]
+            self.db.execute("DELETE FROM embeddings WHERE person_id = ?", (row[0],))
+            self.db.execute("DELETE FROM people WHERE id = ?", (row[0],))
+            self._bump()
+        return int(n)
+
+    def people(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT p.name, COUNT(e.id), p.created FROM people p LEFT JOIN embeddings e ON e.person_id = p.id "
+            "GROUP BY p.id ORDER BY p.name"
+        ).fetchall()
+        return [{"name": r[0], "embeddings": int(r[1]), "created": round(float(r[2]), 3)} for r in rows]
+
+    def matrix(self) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """Every embedding with its person's name: (names per row, N x D)."""
+        rows = self.db.execute(
+            "SELECT p.name, e.dim, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id ORDER BY e.id"
+        ).fetchall()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32)
+        names = [r[0] for r in rows]
+        mat = np.stack([np.frombuffer(r[2], np.float32, count=int(r[1])) for r in rows])
+        return names, mat
+
+
+class Matcher:
+    """Cosine matching of an embedding against the gallery: per person, the best of their embeddings."""
+
+    def __init__(self, names: list[str], matrix: npt.NDArray[np.float32]) -> None:
+        self.people = sorted(set(names))
+        self.matrix = matrix.astype(np.float32)
+        idx = {n: i for i, n in enumerate(self.people)}
+        self.owner = np.array([idx[n] for n in names], np.int64)
+
+    @staticmethod
+    def load(gallery: Gallery) -> Matcher:
+        return Matcher(*gallery.matrix())
+
+    def __len__(self) -> int:
+        return len(self.people)
+
+    def scores(self, embedding: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Best cosine similarity per person (same order as `people`)."""
+        out = np.full(len(self.people), -1.0, np.float32)
+        if not self.people or self.matrix.shape[1] != embedding.shape[-1]:
+            return out
+        sims = self.matrix @ embedding.astype(np.float32)
+        np.maximum.at(out, self.owner, sims)
+        return out
+
+    def best(self, embedding: npt.NDArray[np.float32]) -> tuple[str | None, float, float]:
+        """(best person, their similarity, the runner-up's similarity)."""
+        s = self.scores(embedding)
+        if s.size == 0:
+            return None, -1.0, -1.0
+        order = np.argsort(-s)
+        second = float(s[order[1]]) if s.size > 1 else -1.0
+        return self.people[int(order[0])], float(s[order[0]]), second

@@ -1,0 +1,52 @@
+"""The multi-task recognizer at runtime: aligned crops in, `FaceAnalysis` out, through any `Engine`."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_mtl.errors import ModelError
+from edge_mtl.runtime.engine import Engine, normalize
+from edge_mtl.types import FaceAnalysis
+
+
+class FaceRecognizer:
+    """Runs aligned BGR crops (N x S x S x 3, S = the model's input size) in batches of at most `max_batch`."""
+
+    def __init__(self, engine: Engine, max_batch: int = 32) -> None:
+        meta = engine.metadata
+        if meta.kind != "recognizer":
+            raise ModelError(f"expected a recognizer model, got a {meta.kind!r} model")
+        self.engine = engine
+        self.meta = meta
+        self.max_batch = max_batch
+        self.size = meta.input_size
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.meta.args.get("embedding_dim", 128))
+
+    def analyze(self, crops: npt.NDArray[np.uint8]) -> FaceAnalysis:
+        if crops.ndim != 4 or crops.shape[1:] != (self.size, self.size, 3):
+            raise ValueError(f"recognizer: expected crops of shape (N, {self.size}, {self.size}, 3), got {crops.shape}")
+        embs, ages, stds, fem, qual = [], [], [], [], []
+        for s in range(0, crops.shape[0], self.max_batch):
+            out = self.engine.run(normalize(crops[s : s + self.max_batch], self.meta, bgr_input=True))
+            embs.append(out["embedding"])
+            ages.append(out["age"][:, 0])
+            stds.append(out["age"][:, 1])
+            fem.append(out["gender"][:, 1])
+            qual.append(out["quality"].reshape(-1))
+        if not embs:
+            d = self.embedding_dim
+            z = np.zeros((0,), np.float32)
+            return FaceAnalysis(np.zeros((0, d), np.float32), z, z.copy(), z.copy(), z.copy())
+        emb = np.concatenate(embs).astype(np.float32)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return FaceAnalysis(
+            emb,
+            np.concatenate(ages).astype(np.float32),
+            np.concatenate(stds).astype(np.float32),
+            np.concatenate(fem).astype(np.float32),
+            np.concatenate(qual).astype(np.float32),
+        )
