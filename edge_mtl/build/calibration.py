@@ -133,14 +133,15 @@ def align_best_face(
     """Detect, keep the most confident face, warp it to the template; None when no face is found."""
     from edge_mtl.vision.align import align_faces
 
+    framed = image
     if pad:
         b = round(pad * max(image.shape[:2]))
-        image = cv2.copyMakeBorder(image, b, b, b, b, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-    det = detector.detect(image)
+        framed = np.asarray(cv2.copyMakeBorder(image, b, b, b, b, cv2.BORDER_CONSTANT, value=(0, 0, 0)), np.uint8)
+    det = detector.detect(framed)
     if len(det.scores) == 0:
         return None
     i = int(np.argmax(det.scores))
-    return np.asarray(align_faces(image, det.landmarks[i : i + 1], size)[0], np.uint8)
+    return np.asarray(align_faces(framed, det.landmarks[i : i + 1], size)[0], np.uint8)
 
 
 def _crops(

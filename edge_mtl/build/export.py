@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.build.metadata import detector_metadata, detector_output_names, recognizer_metadata
+from edge_mtl.build.metadata import detector_metadata, recognizer_metadata
 from edge_mtl.build.onnx_utils import (
     file_sha256,
     import_onnx,
