@@ -70,6 +70,12 @@ class TrackerConfig(Strict):
     lost_frames: int = Field(30, ge=1, le=10000, description="Frames a track survives unseen before it ends.")
     confirm_frames: int = Field(3, ge=1, le=100, description="Consecutive hits before a track is confirmed.")
 
+    @model_validator(mode="after")
+    def _ordered(self) -> TrackerConfig:
+        if self.low_threshold > self.high_threshold:
+            raise ValueError("low_threshold must not exceed high_threshold")
+        return self
+
 
 class RecognitionConfig(Strict):
     """When a track is (re)analysed by the recognizer."""

@@ -107,6 +107,9 @@ class Pipeline:
     ) -> None:
         self.cfg = cfg
         self.detector = detector
+        # The tracker's second (low-score) association stage needs the detections the detector's own threshold
+        # would drop: detect down to the tracker's low threshold and let the tracker decide.
+        detector.score_threshold = min(detector.score_threshold, cfg.tracker.low_threshold)
         self.recognizer = recognizer
         self.cameras: dict[str, CameraState] = {}
         self.timer = StageTimer()

@@ -24,10 +24,10 @@ AGE_BINS = 101  # 0..100 years
 class RecognizerArgs:
     """Everything needed to rebuild the network; stored in checkpoints and ONNX metadata."""
 
-    widths: tuple[int, ...] = (32, 64, 128, 256)
+    widths: tuple[int, ...] = (32, 64, 128, 224)
     depths: tuple[int, ...] = (1, 2, 6, 2)
     embedding_dim: int = 128
-    embedding_hidden: int = 384
+    embedding_hidden: int = 320
     input_size: int = 112
 
     def to_dict(self) -> dict[str, object]:

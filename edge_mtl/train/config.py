@@ -61,10 +61,10 @@ class DetectorTrain(Strict):
 
 
 class RecognizerModelConfig(Strict):
-    widths: tuple[int, int, int, int] = (32, 64, 128, 256)
+    widths: tuple[int, int, int, int] = (32, 64, 128, 224)
     depths: tuple[int, int, int, int] = (1, 2, 6, 2)
     embedding_dim: int = Field(128, ge=16, le=1024)
-    embedding_hidden: int = Field(384, ge=16, le=2048)
+    embedding_hidden: int = Field(320, ge=16, le=2048)
 
 
 class RecognizerTrain(Strict):
@@ -103,6 +103,9 @@ class TrainConfig(Strict):
     seed: int = 0
     workers: int = Field(1, ge=0, le=64, description="Data-loading worker processes.")
     threads: int = Field(0, ge=0, le=256, description="torch intra-op threads (0: default).")
+    bf16: bool = Field(
+        False, description="bfloat16 autocast for the forward pass (CPUs with AVX512-BF16/AMX, GPUs); losses in FP32."
+    )
     checkpoint_every_s: float = Field(600.0, gt=0)
     data: DataPaths = Field(default_factory=DataPaths)
     optim: OptimConfig = Field(default_factory=OptimConfig)

@@ -215,7 +215,9 @@ class RecognizerTask:
 
     def training_step(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
         x = (batch["image"].float() - self._mean) / self._std
-        out = self.model(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            raw = self.model(x)
+        out = {k: v.float() for k, v in raw.items()}
         emb = out["embedding"]
         teacher = batch["teacher"]
         has_t = ~torch.isnan(teacher).any(1)
