@@ -94,6 +94,10 @@ class _LinkDownError(Exception):
     """A connection ended (lost, refused, timed out); the message says why."""
 
 
+class _RefusedError(_LinkDownError):
+    """The broker is up but refused an event (e.g. not authorised for the topic): retried, never skipped."""
+
+
 class MqttForwarder:
     """A thread that publishes every queued event to `<cfg.topic>/<camera>` and commits what the broker acked.
 
@@ -179,7 +183,8 @@ class MqttForwarder:
 
     def _run(self) -> None:
         backoff = self._backoff_min
-        down_since: float | None = None
+        down_since: float | None = None  # when the broker became unreachable (not: when it refused an event)
+        logged: str | None = None  # the last problem logged as a warning (repeats go to debug)
         try:
             while not self._stop.is_set():
                 link = _Link()
@@ -190,34 +195,35 @@ class MqttForwarder:
                     client = self._connect(link)
                     if down_since is not None:
                         log.info(
-                            "MQTT %s:%d reachable again after %.1f s; resending from seq %d",
+                            "MQTT %s:%d reachable again after %.1f s; sending from seq %d",
                             self.cfg.host,
                             self.cfg.port,
                             time.monotonic() - down_since,
                             self._delivered + 1,
                         )
-                    down_since = None
+                        down_since = None
                     self._connected.set()
                     self._session(client, link)
                     return  # stopped
                 except (_LinkDownError, OSError) as e:
                     if self._stop.is_set():
                         return
-                    self.last_error = f"{type(e).__name__}: {e}"
-                    if down_since is None:
+                    self.last_error = str(e) if isinstance(e, _LinkDownError) else f"{type(e).__name__}: {e}"
+                    if not isinstance(e, _RefusedError) and down_since is None:
                         down_since = time.monotonic()
+                    if self.last_error != logged:
                         log.warning(
                             "MQTT %s:%d: %s; retrying (undelivered events stay queued)",
                             self.cfg.host,
                             self.cfg.port,
                             self.last_error,
                         )
+                        logged = self.last_error
                     else:
                         log.debug("MQTT %s:%d: %s", self.cfg.host, self.cfg.port, self.last_error)
                 except Exception as e:  # a bug or an odd paho error: keep forwarding, but loudly
                     self.last_error = f"{type(e).__name__}: {e}"
                     log.exception("MQTT forwarder %s: unexpected error", self.cfg.client_id)
-                    down_since = down_since or time.monotonic()
                 finally:
                     self._connected.clear()
                     if client is not None:
@@ -226,6 +232,7 @@ class MqttForwarder:
                 # accepts connections and then drops or refuses everything gets ever longer pauses.
                 if self._delivered > acked_before or time.monotonic() - started > 30.0:
                     backoff = self._backoff_min
+                    logged = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self._backoff_max)
         finally:
@@ -255,7 +262,11 @@ class MqttForwarder:
                     raise _LinkDownError("stopped while connecting")
                 if time.monotonic() > deadline:
                     raise _LinkDownError(f"no CONNACK within {self._connect_timeout:g} s")
-                self._pump(client, link, 0.1)
+                try:
+                    self._pump(client, link, 0.1)
+                except _LinkDownError:
+                    if link.connack is None:
+                        raise  # a refusing broker closes the link right after its CONNACK: report the CONNACK
         except BaseException:
             self._close(client)
             raise
@@ -353,7 +364,7 @@ class MqttForwarder:
             if link.rejected:
                 mid, why = link.rejected[0]
                 seq = inflight.get(mid, (-1, 0.0))[0]
-                raise _LinkDownError(f"broker refused event seq {seq}: {why}")
+                raise _RefusedError(f"broker refused event seq {seq}: {why}")
             if inflight:
                 oldest = min(t for _, t in inflight.values())
                 if time.monotonic() - oldest > self._ack_timeout:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -106,14 +107,76 @@ class Broker:
                     raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s") from None
                 time.sleep(0.05)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the broker keeps its sockets open but answers nothing (a hung broker or a dead link)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
     def stop(self) -> None:
         """SIGTERM (mosquitto saves its persistence file on the way out), SIGKILL if it hangs."""
         if self.proc is None:
             return
         self.proc.terminate()
+        self.proc.send_signal(signal.SIGCONT)  # in case it was frozen
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+
+class Collector:
+    """A real paho subscriber on `<topic>/#` that records (topic, decoded event) for every message.
+
+    `persistent=True` uses a fixed client id with a persistent session (clean_session=False, QoS 1), so a broker
+    with persistence keeps the subscription and queues messages while this subscriber is away.
+    """
+
+    def __init__(self, port: int, topic: str, client_id: str = "", persistent: bool = False) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        from edge_mtl.events.schema import decode_event
+
+        self._decode = decode_event
+        self.topic = topic
+        self.lock = threading.Lock()
+        self.messages: list[tuple[str, dict[str, object]]] = []
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=not persistent,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        wait_until(self.subscribed.is_set, 10, "the subscriber's SUBACK")
+
+    def _on_connect(self, client: object, userdata: object, flags: object, reason: object, props: object) -> None:
+        self.client.subscribe(f"{self.topic}/#", qos=1)
+
+    def _on_subscribe(self, client: object, userdata: object, mid: int, reasons: object, props: object) -> None:
+        self.subscribed.set()
+
+    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+        ev = self._decode(msg.payload)  # type: ignore[attr-defined]
+        with self.lock:
+            self.messages.append((msg.topic, ev))  # type: ignore[attr-defined]
+
+    def seqs(self) -> list[int]:
+        with self.lock:
+            return [int(ev["seq"]) for _, ev in self.messages]  # type: ignore[call-overload]
+
+    def wait_for(self, seqs: set[int], timeout: float) -> None:
+        wait_until(lambda: seqs <= set(self.seqs()), timeout, f"events {min(seqs)}..{max(seqs)} at the subscriber")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
