@@ -31,7 +31,7 @@ def _check(name: str, arr: np.ndarray, shape: tuple[int | None, ...], dtype: typ
     if not isinstance(arr, np.ndarray):
         raise ShapeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
     if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape, strict=False)):
-        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
         raise ShapeError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
     if dtype is not None and arr.dtype != dtype:
         raise ShapeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {arr.dtype.name}")
