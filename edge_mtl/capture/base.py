@@ -237,7 +237,7 @@ class ThreadedSource(FrameSource):
         self._frames_corrupt = 0
         self._reconnects = 0
         self._reconnect_attempts = 0
-        self._opened_once = False
+        self._attempted = False  # an open was tried: later opens are reconnects
         self._outage_since: float | None = None
         self._last_frame_mono: float | None = None
         self._last_good_mono = time.monotonic()
@@ -295,8 +295,9 @@ class ThreadedSource(FrameSource):
     def stop(self, timeout: float = 5.0) -> bool:
         self.request_stop()
         thread = self._thread
-        if thread is None:
+        if thread is None:  # never started (or start failed): nothing will come
             self._release()
+            self._done.set()
             return True
         thread.join(max(0.0, timeout))
         if thread.is_alive():
@@ -313,10 +314,13 @@ class ThreadedSource(FrameSource):
         return self._done.is_set() and len(self._buffer) == 0
 
     def stats(self) -> dict[str, Any]:
-        """frames_read (from the source), frames_delivered (to `read`), frames_dropped (overwritten by a newer
-        frame), frames_corrupt (grabbed but not decodable), reconnects (successful reopenings), reconnect_attempts,
-        last_frame_age_s (seconds since the last frame was read, None before the first), fps (nominal), connected,
-        finished, error (why the reader thread died, if it did)."""
+        """Counters for metrics and health:
+
+        frames_read (from the source), frames_delivered (returned by `read`), frames_dropped (overwritten by a
+        newer frame, latest-frame policy), frames_corrupt (grabbed but not decodable), reconnects (successful opens
+        after the first attempt), reconnect_attempts (opens tried after the first), last_frame_age_s (seconds since
+        the last frame was read; None before the first), fps (nominal), connected, finished, error (why the reader
+        thread died, if it did)."""
         now = time.monotonic()
         with self._lock:
             return {
@@ -452,7 +456,9 @@ class ThreadedSource(FrameSource):
 
     def _connect(self) -> bool:
         """Open the capture once; on failure wait the next backoff delay. True when open."""
-        if self._opened_once:
+        retry = self._attempted
+        self._attempted = True
+        if retry:
             with self._lock:
                 self._reconnect_attempts += 1
         try:
@@ -461,7 +467,7 @@ class ThreadedSource(FrameSource):
             self._begin_outage(f"cannot open: {e}")
             self._stop.wait(self._backoff.next_delay())
             return False
-        if self._opened_once:
+        if retry:
             with self._lock:
                 self._reconnects += 1
         self._adopt(cap)
@@ -477,7 +483,7 @@ class ThreadedSource(FrameSource):
         with self._lock:
             self._connected = True
             self._fps = fps if fps is not None else self._fps
-        self._opened_once = True
+        self._attempted = True
         self._last_good_mono = time.monotonic()
         log.debug("%s: opened %s (fps=%s)", self.name, self.display, fps)
 
