@@ -46,7 +46,7 @@ def synthesize_clip(path: Path, frames: int = 150) -> Path:
     rng = np.random.default_rng(7)
     background = cv2.GaussianBlur(rng.integers(60, 120, (H, W, 3), dtype=np.uint8), (0, 0), 25)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (W, H))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (W, H))
     if not writer.isOpened():
         raise OSError(f"cannot write {path}")
     for i in range(frames):
@@ -55,7 +55,7 @@ def synthesize_clip(path: Path, frames: int = 150) -> Path:
         if t < 0.45:  # walks in from the left and comes closer
             u = t / 0.45
             _paste(canvas, face, 150 + 500 * u, 300 - 20 * u, 0.55 + 0.45 * u)
-        if 0.55 < t:  # the mirrored copy crosses from the right
+        if t > 0.55:  # the mirrored copy crosses from the right
             u = (t - 0.55) / 0.45
             _paste(canvas, mirrored, 820 - 450 * u, 280, 0.7 + 0.2 * u)
         noise = rng.normal(0, 3, canvas.shape)

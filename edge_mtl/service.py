@@ -127,7 +127,7 @@ class Annotator:
             p = self.path.with_name(f"{self.path.stem}.{camera}{self.path.suffix}") if self.multi else self.path
             p.parent.mkdir(parents=True, exist_ok=True)
             h, wd = image.shape[:2]
-            w = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"mp4v"), fps or 25.0, (wd, h))
+            w = cv2.VideoWriter(str(p), cv2.VideoWriter.fourcc(*"mp4v"), fps or 25.0, (wd, h))
             if not w.isOpened():
                 raise InputError(f"{p}: cannot write video")
             self.writers[camera] = w
@@ -198,7 +198,7 @@ def run_service(args: argparse.Namespace, cfg: AppConfig) -> int:
                 reload_flag.clear()
                 pipeline.reload_gallery(force=True)
                 log.info("SIGHUP: gallery reloaded; other settings apply after a restart")
-            frames = []
+            frames: list[Any] = []
             for s in sources:
                 if s.name in ended:
                     continue

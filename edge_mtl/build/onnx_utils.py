@@ -120,6 +120,8 @@ def ort_cpu_session(path: str | Path, threads: int = 0) -> Any:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # No busy-waiting between ops: build tools run beside training jobs, where spinning threads starve everyone.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

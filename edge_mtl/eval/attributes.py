@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-AGE_BANDS: tuple[tuple[int, int], ...] = ((0, 13), (13, 20), (20, 30), (30, 40), (40, 50), (50, 60), (60, 70), (70, 117))
+AGE_BANDS: tuple[tuple[int, int], ...] = (
+    (0, 13), (13, 20), (20, 30), (30, 40), (40, 50), (50, 60), (60, 70), (70, 117)
+)
 
 
 def attribute_metrics(

@@ -54,7 +54,7 @@ def crops_for_images(
     t_det = 0.0
     for i, p in enumerate(paths):
         img = read_image(p)
-        off = int(round(pad * max(img.shape[:2])))
+        off = round(pad * max(img.shape[:2]))
         if off:
             img = cv2.copyMakeBorder(img, off, off, off, off, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         t = time.perf_counter()
@@ -75,7 +75,7 @@ def crops_for_images(
             if med is None:
                 continue
             img = read_image(paths[i])
-            off = int(round(pad * max(img.shape[:2])))
+            off = round(pad * max(img.shape[:2]))
             if off:
                 img = cv2.copyMakeBorder(img, off, off, off, off, cv2.BORDER_CONSTANT, value=(0, 0, 0))
             lm = (med * np.array([img.shape[1], img.shape[0]])).astype(np.float32)

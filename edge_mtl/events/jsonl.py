@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -65,7 +66,10 @@ def _last_line(path: Path) -> bytes | None:
 
 
 class JsonlLog:
-    """Appends every event of `queue` after the cursor `cursor_name` to `path`, one JSON line each."""
+    """Appends every event of `queue` after the cursor `cursor_name` to `path`, one JSON line each.
+
+    `sync()` may be called from any thread (calls are serialised); one JsonlLog per file and cursor.
+    """
 
     def __init__(
         self,
@@ -89,6 +93,7 @@ class JsonlLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = -1
         self._size = 0
+        self._lock = threading.Lock()
         self._open()
         _fsync_dir(self.path.parent)  # the file's creation survives a power cut
         self._recover()
@@ -104,6 +109,10 @@ class JsonlLog:
         self._size = os.fstat(self._fd).st_size
 
     def close(self) -> None:
+        with self._lock:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -170,7 +179,7 @@ class JsonlLog:
 
     def _rotate(self) -> None:
         """path -> path.1 -> ... -> path.<backups>; the oldest falls off. The current file is already fsync'd."""
-        self.close()
+        self._close_fd()
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
         else:
@@ -194,6 +203,10 @@ class JsonlLog:
 
     def sync(self) -> int:
         """Write every event after the cursor; returns how many lines were written."""
+        with self._lock:
+            return self._sync()
+
+    def _sync(self) -> int:
         if self._fd < 0:
             raise ValueError(f"{self.path}: JSONL log is closed")
         total = 0

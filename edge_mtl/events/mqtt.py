@@ -127,6 +127,8 @@ class MqttForwarder:
         self._password = _read_password(cfg.password_file) if cfg.password_file is not None else None
         if self._password is not None and cfg.username is None:
             raise InputError("MQTT forwarder: password_file is set but username is not")
+        if any(c in cfg.topic for c in "+#\0"):
+            raise InputError(f"MQTT forwarder: topic {cfg.topic!r} must not contain '+', '#' or NUL")
         if cfg.cursor is not None:
             log.warning("MQTT forwarder: 'cursor' = %s is ignored; progress is kept in %s", cfg.cursor, queue_path)
         if cfg.qos == 0:

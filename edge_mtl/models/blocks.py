@@ -37,6 +37,7 @@ class DWSep(nn.Module):
 
 
 def _fuse_conv_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    assert bn.running_var is not None and bn.running_mean is not None
     std = (bn.running_var + bn.eps).sqrt()
     t = (bn.weight / std).reshape(-1, 1, 1, 1)
     return kernel * t, bn.bias - bn.running_mean * bn.weight / std

@@ -81,6 +81,7 @@ class Detector(nn.Module):
 
     def _init_bias(self) -> None:
         # Start with a low face prior (p=0.01) so the focal loss is not swamped by easy negatives.
+        assert self.cls.bias is not None and self.box.bias is not None and self.kps.bias is not None
         nn.init.constant_(self.cls.bias, -4.6)
         nn.init.constant_(self.box.bias, 1.0)
         nn.init.normal_(self.kps.weight, std=0.01)

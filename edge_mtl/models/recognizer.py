@@ -10,6 +10,7 @@ what TensorRT and INT8 run best (DESIGN §4). Training-only parts (margin-loss c
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +161,9 @@ class SoftSharedRecognizer(nn.Module):
     backbone; age and gender read the `attributes` backbone. Twice the compute of the hard-shared model: it is
     here to measure whether hard sharing costs accuracy, not to ship."""
 
-    GROUPS = {"embedding": "identity", "quality": "identity", "age": "attributes", "gender": "attributes"}
+    GROUPS: ClassVar[dict[str, str]] = {
+        "embedding": "identity", "quality": "identity", "age": "attributes", "gender": "attributes"
+    }
 
     def __init__(self, args: RecognizerArgs | None = None) -> None:
         super().__init__()
@@ -169,7 +172,7 @@ class SoftSharedRecognizer(nn.Module):
         self.backbones = nn.ModuleDict(
             {g: Backbone(a.widths, a.depths) for g in ("identity", "attributes")}
         )
-        c = self.backbones["identity"].out_channels
+        c = int(a.widths[-1])
         spatial = a.input_size // 16
         self.heads = nn.ModuleDict(
             {

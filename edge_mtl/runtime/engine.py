@@ -98,7 +98,5 @@ def normalize(images: npt.NDArray[np.uint8], meta: ModelMetadata, bgr_input: boo
     x = images
     if bgr_input != (meta.color == "BGR"):
         x = x[..., ::-1]
-    x = x.astype(np.float32)
-    x -= np.asarray(meta.mean, np.float32)
-    x /= np.asarray(meta.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    xf = (x.astype(np.float32) - np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)
+    return np.ascontiguousarray(xf.transpose(0, 3, 1, 2))

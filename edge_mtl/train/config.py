@@ -54,7 +54,7 @@ class DetectorTrain(Strict):
     size: int = Field(320, ge=64, le=2048, description="Side of the square training crops.")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Caltech images held out (split by image).")
     split_seed: int = 0
-    sources: list[Literal["caltech", "wider", "maskon"]] = Field(default_factory=lambda: ["caltech"])
+    sources: list[Literal["caltech", "wider", "maskon"]] = Field(default_factory=lambda: ["caltech"])  # type: ignore[arg-type]
     loss_weights: tuple[float, float, float] = Field((1.0, 2.0, 0.2), description="cls, box, landmarks")
     val_size: int = Field(480, ge=64, le=4096, description="Long side at validation.")
     val_limit: int = Field(0, ge=0, description="Validate on at most this many images (0: all).")
@@ -71,11 +71,13 @@ class RecognizerTrain(Strict):
     kind: Literal["recognizer"] = "recognizer"
     model: RecognizerModelConfig = Field(default_factory=RecognizerModelConfig)
     tasks: list[Literal["identity", "distill", "age", "gender", "quality"]] = Field(
-        default_factory=lambda: ["identity", "distill", "age", "gender", "quality"]
+        default_factory=lambda: ["identity", "distill", "age", "gender", "quality"]  # type: ignore[arg-type]
     )
     sources: list[
         Literal["celeba_crops", "celeba_samples", "celeba_gender", "utkface", "utkface_full", "caltech"]
-    ] = Field(default_factory=lambda: ["celeba_crops", "celeba_samples", "utkface_full", "celeba_gender", "caltech"])
+    ] = Field(
+        default_factory=lambda: ["celeba_crops", "celeba_samples", "utkface_full", "celeba_gender", "caltech"]  # type: ignore[arg-type]
+    )
     weighting: Literal["static", "uncertainty", "dwa", "gradnorm"] = "static"
     static_weights: dict[str, float] = Field(
         default_factory=lambda: {"identity": 1.0, "distill": 4.0, "age": 0.5, "gender": 1.0, "quality": 0.5}

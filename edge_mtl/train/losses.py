@@ -75,7 +75,9 @@ def age_loss(logits: torch.Tensor, age: torch.Tensor, mask: torch.Tensor, sigma:
     return ce + 0.1 * (expectation - a).abs().mean()
 
 
-def gender_loss(logits: torch.Tensor, gender: torch.Tensor, mask: torch.Tensor, smoothing: float = 0.05) -> torch.Tensor:
+def gender_loss(
+    logits: torch.Tensor, gender: torch.Tensor, mask: torch.Tensor, smoothing: float = 0.05
+) -> torch.Tensor:
     if not mask.any():
         return _zero(logits)
     return F.cross_entropy(logits[mask], gender[mask], label_smoothing=smoothing)

@@ -34,7 +34,9 @@ class RecSample:
     teacher: int = -1  # row in the teacher matrix
 
 
-def degrade(img: npt.NDArray[np.uint8], rng: np.random.Generator, strength: float) -> tuple[npt.NDArray[np.uint8], float]:
+def degrade(
+    img: npt.NDArray[np.uint8], rng: np.random.Generator, strength: float
+) -> tuple[npt.NDArray[np.uint8], float]:
     """Camera-like degradation of an aligned crop; returns the crop and a severity in [0, 1]."""
     sev = 0.0
     h, w = img.shape[:2]

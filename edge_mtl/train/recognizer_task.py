@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -210,7 +209,9 @@ class RecognizerTask:
     def shared_params(self) -> list[torch.Tensor]:
         m = self.model
         if isinstance(m, Recognizer):
-            return list(m.backbone.stages[-1][-1].parameters())
+            last_stage = m.backbone.stages[-1]
+            assert isinstance(last_stage, nn.Sequential)
+            return list(last_stage[-1].parameters())
         return list(m.parameters())
 
     def training_step(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
@@ -278,7 +279,8 @@ class RecognizerTask:
         res["lfw_dev_threshold"] = round(th, 4)
         utk = rec.analyze(np.asarray(self.utk_val.images))
         m = attribute_metrics(
-            [r.age for r in self.utk_val_recs], utk.age_years, [r.gender for r in self.utk_val_recs], utk.female_prob
+            [float(r.age or 0) for r in self.utk_val_recs], utk.age_years,
+            [int(r.gender or 0) for r in self.utk_val_recs], utk.female_prob,
         )
         res["utk_age_mae"] = float(m["age_mae"])  # type: ignore[arg-type]
         res["utk_gender_accuracy"] = float(m["gender_accuracy"])  # type: ignore[arg-type]

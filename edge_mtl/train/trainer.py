@@ -26,7 +26,7 @@ from edge_mtl.train.checkpoint import load_checkpoint, save_checkpoint
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
@@ -216,7 +216,7 @@ class Trainer:
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     self.save("diverged.pt")
-                    raise TrainingDiverged(f"non-finite loss at step {self.global_step}: {loss.item()}")
+                    raise TrainingDivergedError(f"non-finite loss at step {self.global_step}: {loss.item()}")
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.grad_clip:
