@@ -1,0 +1,53 @@
+"""Enrol a person from a still, then find them in a video: a `face.identified` event with their name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tests.e2e.conftest import edge_mtl, read_jsonl
+
+pytestmark = pytest.mark.data
+
+
+def _frame(video: Path, index: int, out: Path) -> Path:
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, frame = cap.read()
+    cap.release()
+    assert ok, f"cannot read frame {index} of {video}"
+    cv2.imwrite(str(out), frame)
+    return out
+
+
+def test_enrolled_person_is_identified(data_dir: Path, tmp_path: Path, shipped_models: tuple[Path, Path]) -> None:
+    video = data_dir / "videos" / "selfie_portrait.mp4"
+    # enrol from two stills taken from the last seconds of the clip, then run on its first 150 frames (5 s):
+    # the enrolment images are never the frames being recognised
+    stills = [_frame(video, i, tmp_path / f"still{i}.png") for i in (300, 330)]
+    gallery = tmp_path / "people.db"
+    edge_mtl("enroll", "--gallery", str(gallery), "--name", "selfie_person", *map(str, stills))
+    listing = edge_mtl("gallery", "list", "--gallery", str(gallery), "--json").stdout
+    assert '"selfie_person"' in listing
+    log = tmp_path / "events.jsonl"
+    edge_mtl("run", "--source", str(video), "--gallery", str(gallery), "--events", str(tmp_path / "e.db"),
+             "--jsonl", str(log), "--max-frames", "150")
+    ident = [e for e in read_jsonl(log) if e["type"] == "face.identified"]
+    assert ident, "no face.identified event"
+    assert ident[0]["identity"] is not None and ident[0]["identity"]["name"] == "selfie_person", ident[0]
+    assert ident[0]["identity"]["similarity"] >= 0.3
+
+
+def test_stranger_is_unknown(data_dir: Path, tmp_path: Path, shipped_models: tuple[Path, Path]) -> None:
+    """Someone else is enrolled: the selfie person must come out as unknown (identity null), never matched."""
+    lfw = data_dir / "lfw" / "images_deepfunneled" / "George_W_Bush"
+    imgs = sorted(lfw.glob("*.jpg"))[:3]
+    gallery = tmp_path / "people.db"
+    edge_mtl("enroll", "--gallery", str(gallery), "--name", "someone_else", *map(str, imgs))
+    log = tmp_path / "events.jsonl"
+    edge_mtl("run", "--source", str(data_dir / "videos" / "selfie_portrait.mp4"), "--gallery", str(gallery),
+             "--events", str(tmp_path / "e.db"), "--jsonl", str(log), "--max-frames", "90")
+    ident = [e for e in read_jsonl(log) if e["type"] == "face.identified"]
+    assert ident and all(e["identity"] is None for e in ident), ident

@@ -1,0 +1,51 @@
+"""`edge-mtl run` on the real videos: events of the exact schema, and (almost) none where no face is visible."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from edge_mtl.events.queue import EventQueue
+from edge_mtl.events.schema import SCHEMA_KEYS, decode_event
+from tests.e2e.conftest import edge_mtl, read_jsonl
+
+pytestmark = pytest.mark.data
+
+
+def test_pedestrians_appeared_and_left(data_dir: Path, tmp_path: Path, shipped_models: tuple[Path, Path]) -> None:
+    video = data_dir / "videos" / "pedestrians_1080p.mp4"
+    db, log = tmp_path / "events.db", tmp_path / "events.jsonl"
+    edge_mtl("run", "--source", str(video), "--camera", "ped", "--events", str(db), "--jsonl", str(log))
+    events = read_jsonl(log)
+    kinds = Counter(e["type"] for e in events)
+    assert kinds["face.appeared"] >= 3, kinds  # several people walk toward the camera
+    # every track that appeared also left (the file ended), with its final aggregate
+    appeared = {e["track_id"] for e in events if e["type"] == "face.appeared"}
+    left = {e["track_id"] for e in events if e["type"] == "face.left"}
+    assert appeared == left
+    for e in events:
+        assert tuple(e) == SCHEMA_KEYS  # exactly the schema's keys, in order
+        decode_event(e)  # strict validation: types, ranges, timestamp format
+        assert e["camera"] == "ped" and e["track_id"].startswith("ped-")
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    finals = [e for e in events if e["type"] == "face.left"]
+    assert all(e["duration_s"] >= 0 for e in finals)
+    analysed = [e for e in finals if e["age"] is not None]
+    assert analysed, "no track was ever analysed by the recognizer"
+    for e in analysed:
+        assert 0 < e["age"]["years"] < 100 and e["gender"]["label"] in ("male", "female")
+        assert 0.0 <= e["quality"] <= 1.0
+    # the JSONL log is written from the queue: same events, same order
+    with EventQueue(db, create=False) as q:
+        assert [r["id"] for r in q.read(1, 10_000)] == [e["id"] for e in events]
+
+
+def test_cctv_without_faces_gives_few_events(data_dir: Path, tmp_path: Path, shipped_models: tuple[Path, Path]) -> None:
+    video = data_dir / "videos" / "cctv_overhead_no_faces.mp4"
+    log = tmp_path / "events.jsonl"
+    edge_mtl("run", "--source", str(video), "--events", str(tmp_path / "e.db"), "--jsonl", str(log))
+    appeared = [e for e in read_jsonl(log) if e["type"] == "face.appeared"]
+    # overhead camera, people almost never show a face: at most one spurious track in 26 s of video
+    assert len(appeared) <= 1, appeared
