@@ -107,7 +107,8 @@ class EventQueue:
         conn = self._connect()
         try:
             try:
-                conn.execute("BEGIN IMMEDIATE")  # serialise two processes creating the same queue
+                # IMMEDIATE serialises two processes creating the same queue; a reader only needs a snapshot
+                conn.execute("BEGIN IMMEDIATE" if create else "BEGIN")
                 app = conn.execute("PRAGMA application_id").fetchone()[0]
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -129,7 +130,9 @@ class EventQueue:
                     log.info("created event queue %s", self.path)
                 conn.execute("COMMIT")
             except sqlite3.DatabaseError as e:
-                raise InputError(f"{self.path}: not an edge-mtl event queue ({e})") from None
+                if "not a database" in str(e):
+                    raise InputError(f"{self.path}: not an edge-mtl event queue ({e})") from None
+                raise InputError(f"{self.path}: cannot use the event queue: {e}") from None
             finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,28 @@ def test_bad_arguments(queue: EventQueue, tmp_path: Path) -> None:
     log.close()
     with pytest.raises(ValueError, match="closed"):
         log.sync()
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_syncs_write_each_event_once(queue: EventQueue, tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    errors: list[BaseException] = []
+    with JsonlLog(queue, path, max_bytes=4000, backups=1000) as log:
+
+        def syncer() -> None:
+            try:
+                for _ in range(40):
+                    log.sync()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=syncer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for i in range(0, 120, 4):
+            queue.append([make_event(i + k) for k in range(4)])
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads) and not errors, errors
+        log.sync()
+    assert _seqs(path) == list(range(1, 121))

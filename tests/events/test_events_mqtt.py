@@ -230,6 +230,8 @@ def test_configuration_errors(queue: EventQueue, tmp_path: Path) -> None:
     pw.write_text("x")
     with pytest.raises(InputError, match="username"):
         MqttForwarder(queue.path, _cfg(1883, password_file=pw))
+    with pytest.raises(InputError, match="must not contain"):
+        MqttForwarder(queue.path, MqttConfig(topic="edge-mtl/+/events"))
 
 
 def test_unreachable_broker_keeps_events_queued(queue: EventQueue, forwarders: Callable[..., MqttForwarder]) -> None:
