@@ -349,20 +349,22 @@ class MqttForwarder:
                 inflight[info.mid] = (seq, now)
                 order.append(seq)
                 next_seq = seq + 1
-            self._pump(client, link, 0.0 if rows else self._poll)
-            for mid in link.acked:
-                entry = inflight.pop(mid, None)
-                if entry is not None:
-                    done.add(entry[0])
-            link.acked.clear()
-            advanced = False
-            while order and order[0] in done:
-                seq = order.popleft()
-                done.discard(seq)
-                self._delivered = seq
-                advanced = True
-            if advanced:
-                q.set_cursor(self.cursor_name, self._delivered)
+            try:
+                self._pump(client, link, 0.0 if rows else self._poll)
+            finally:  # acknowledgements that arrived just before a disconnect still count
+                for mid in link.acked:
+                    entry = inflight.pop(mid, None)
+                    if entry is not None:
+                        done.add(entry[0])
+                link.acked.clear()
+                advanced = False
+                while order and order[0] in done:
+                    seq = order.popleft()
+                    done.discard(seq)
+                    self._delivered = seq
+                    advanced = True
+                if advanced:
+                    q.set_cursor(self.cursor_name, self._delivered)
             if link.rejected:
                 mid, why = link.rejected[0]
                 seq = inflight.get(mid, (-1, 0.0))[0]
