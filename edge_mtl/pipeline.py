@@ -151,7 +151,8 @@ class Pipeline:
     def _event(self, kind: str, st: TrackState, frame: int, ts: float, final: bool = False) -> Event:
         ident: dict[str, Any] | None = None
         if st.decider.current is not None:
-            ident = {"name": st.decider.current, "similarity": round(float(st.decider.similarity), 4)}
+            sim = min(max(float(st.decider.similarity), -1.0), 1.0)
+            ident = {"name": st.decider.current, "similarity": round(sim, 4)}
         return Event(
             type=kind,
             ts=utc_ts(ts),
@@ -162,7 +163,7 @@ class Pipeline:
             age=st.agg.age(),
             gender=st.agg.gender(),
             bbox=xywh(st.box),
-            quality=round(st.agg.best_quality, 4) if st.agg.observations else None,
+            quality=round(min(max(st.agg.best_quality, 0.0), 1.0), 4) if st.agg.observations else None,
             duration_s=round(max(st.last_ts - st.first_ts, 0.0), 3),
         )
 

@@ -67,7 +67,7 @@ class TrackAggregate:
         mean = self.age_sum / self.age_w
         between = max(self.age_sq / self.age_w - mean * mean, 0.0)
         std = math.sqrt(self.age_var_model / self.age_w + between)
-        return {"years": round(mean, 1), "std": round(std, 1)}
+        return {"years": round(min(max(mean, 0.0), 120.0), 1), "std": round(min(std, 100.0), 1)}
 
     def gender(self) -> dict[str, object] | None:
         if self.gender_w <= 0:
