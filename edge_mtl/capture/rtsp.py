@@ -2,10 +2,13 @@
 
 Transport and latency: OpenCV passes the environment variable ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (``key;value``
 pairs joined by ``|``) to FFmpeg when it opens a stream, and only then; it has no per-capture property for them.
-`ensure_ffmpeg_options` sets it to `FFMPEG_OPTIONS` (RTP over the RTSP TCP connection, so no UDP loss or
-firewall trouble, and no input buffering while probing) when the user has not set it, and leaves a user's value
-alone: exporting ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` before start is the documented override. The keys are read only
-by the RTSP demuxer and the probe, so other FFMPEG captures in the process are unaffected in practice.
+`ensure_ffmpeg_options` sets it to `FFMPEG_OPTIONS`, RTP interleaved in the RTSP TCP connection (no UDP loss,
+no firewall trouble; OpenCV's own default only *prefers* TCP), when the user has not set it, and leaves a user's
+value alone: exporting ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` before start is the override. The variable is process-wide
+and also reaches file captures, so it holds only ``rtsp_transport`` (ignored by every other demuxer). Low latency
+comes from the reader thread draining the stream continuously into a one-frame slot, not from FFmpeg flags:
+``fflags;nobuffer`` was tried and makes FFmpeg lose frames of MP4/AVI files opened in the same process (all of
+them for an MP4 with its index at the end), so do not add it to a user override either.
 
 Timeouts: ``CAP_PROP_OPEN_TIMEOUT_MSEC`` and ``CAP_PROP_READ_TIMEOUT_MSEC`` are passed at open (OpenCV's FFmpeg
 interrupt callback enforces them), both equal to the camera's ``watchdog_s``: a dead stream makes ``read`` fail
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-FFMPEG_OPTIONS = "rtsp_transport;tcp|fflags;nobuffer"
+FFMPEG_OPTIONS = "rtsp_transport;tcp"
 
 
 def redact_url(url: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 from capture_helpers import MOOV_LAST_CLIP
 
 from edge_mtl.capture import FileSource, FrameSource, open_source
+from edge_mtl.capture.rtsp import FFMPEG_OPTIONS_ENV
 from edge_mtl.config import CameraConfig
 from edge_mtl.errors import InputError
 from edge_mtl.types import Frame
@@ -244,3 +245,21 @@ def test_realtime_loop_with_max_frames(tmp_path: Path) -> None:
     idx = [f.index for f in frames]
     assert idx == sorted(set(idx)) and idx[-1] >= 14  # read past the file's 10 frames: it looped
     assert src.finished and src.read(timeout=1) is None
+
+
+def test_rtsp_capture_options_do_not_change_file_decoding(small_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening an RTSP source sets OpenCV's process-wide FFmpeg options; files read in the same process must
+    still yield every frame (an earlier choice, fflags=nobuffer, silently lost frames)."""
+    expected = count_frames_directly(small_clip)
+    monkeypatch.delenv(FFMPEG_OPTIONS_ENV, raising=False)  # restored after the test
+    net = open_source(CameraConfig(name="net", source="rtsp://127.0.0.1:1/x"))
+    net.start()  # sets the options
+    assert net.stop(timeout=5)
+    assert os.environ.get(FFMPEG_OPTIONS_ENV)
+    src = open_source(cam(small_clip))
+    src.start()
+    try:
+        frames = drain(src)
+    finally:
+        assert src.stop(timeout=5)
+    assert len(frames) == expected
