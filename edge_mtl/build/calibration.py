@@ -44,7 +44,8 @@ DETECTOR_IMAGES = 40
 DETECTOR_EVAL_IMAGES = 24
 VIDEO_FRAMES = {"pedestrians_1080p.mp4": 4, "selfie_portrait.mp4": 2, "cctv_overhead_no_faces.mp4": 2}
 MIN_CROPS = 16
-# UTKFace chips are tight 200x200 faces; padding them gives the detector the context it was trained with.
+# As the recognizer's training crops (edge_mtl.train.crops): sources without face boxes (UTKFace chips, CelebA
+# crops) are padded by a quarter of their long side so the detector sees context; detection at 320.
 CHIP_PAD = 0.25
 DETECT_SIZE = 320
 DETECT_THRESHOLD = 0.3
@@ -107,9 +108,13 @@ def utkface_names(root: Path, split: str) -> list[str]:
 
 
 def caltech_names(root: Path, split: str) -> list[str]:
-    from edge_mtl.train.sources import caltech, split_images
+    """Caltech WebFaces `train` or `val` image names, split as the detector's training does
+    (`split_images(names, 0.1, 0)` over the annotated images; names read directly, without fitting boxes)."""
+    from edge_mtl.train.sources import split_images
 
-    train, val = split_images(caltech(root / "caltech_webfaces").keys(), 0.1, 0)
+    lines = (root / "caltech_webfaces" / "landmarks.txt").read_text().splitlines()
+    names = {ln.split()[0] for ln in lines if len(ln.split()) == 9}
+    train, val = split_images(names, 0.1, 0)
     return train if split == "train" else val
 
 
@@ -127,36 +132,54 @@ def _face_detector(detector_onnx: str | Path, threads: int = 0) -> Any:
     return FaceDetector(engine, input_size=DETECT_SIZE, score_threshold=DETECT_THRESHOLD)
 
 
-def align_best_face(
-    detector: Any, image: npt.NDArray[np.uint8], size: int, pad: float = 0.0
-) -> npt.NDArray[np.uint8] | None:
-    """Detect, keep the most confident face, warp it to the template; None when no face is found."""
+def align_record(detector: Any, rec: Any, size: int) -> npt.NDArray[np.uint8] | None:
+    """Crop one face exactly as the recognizer's training crops are made (`edge_mtl.train.crops`): pad sources
+    without boxes by CHIP_PAD of their long side, detect, pick the record's face (`pick_face`: nearest the annotated
+    eyes when the source has them, else the large confident central face), align with its 4 landmarks.
+    None when the detector misses the face (calibration wants detector geometry, so no fallback)."""
+    from edge_mtl.train.crops import pick_face
     from edge_mtl.vision.align import align_faces
 
+    image = read_bgr(rec.path)
+    if image is None:
+        return None
+    off = float(round(CHIP_PAD * max(image.shape[:2]))) if rec.box is None else 0.0
     framed = image
-    if pad:
-        b = round(pad * max(image.shape[:2]))
+    if off:
+        b = int(off)
         framed = np.asarray(cv2.copyMakeBorder(image, b, b, b, b, cv2.BORDER_CONSTANT, value=(0, 0, 0)), np.uint8)
     det = detector.detect(framed)
-    if len(det.scores) == 0:
+    j = pick_face(det, rec, framed.shape[:2], off)
+    if j is None:
         return None
-    i = int(np.argmax(det.scores))
-    return np.asarray(align_faces(framed, det.landmarks[i : i + 1], size)[0], np.uint8)
+    return np.asarray(align_faces(framed, det.landmarks[j : j + 1], size)[0], np.uint8)
 
 
 def _crops(
-    detector: Any, paths: list[tuple[str, Path, float]], meta: ModelMetadata
+    detector: Any, records: list[Any], meta: ModelMetadata
 ) -> tuple[list[npt.NDArray[np.uint8]], list[str], int]:
     crops, manifest, missed = [], [], 0
-    for label, path, pad in paths:
-        im = read_bgr(path)
-        crop = None if im is None else align_best_face(detector, im, meta.input_size, pad)
+    for rec in records:
+        crop = align_record(detector, rec, meta.input_size)
         if crop is None:
             missed += 1
             continue
         crops.append(crop)
-        manifest.append(label)
+        manifest.append(rec.key)
     return crops, manifest, missed
+
+
+def _utk_records(root: Path, names: list[str]) -> list[Any]:
+    from edge_mtl.train.sources import FaceRecord
+
+    return [FaceRecord("utkface", str(root / "utkface" / n), f"utkface/{n}") for n in names]
+
+
+def _celeba_records(root: Path, names: list[str]) -> list[Any]:
+    from edge_mtl.train.sources import celeba_crops
+
+    by_name = {Path(r.path).name: r for r in celeba_crops(root / "celeba_crops")}
+    return [by_name[n] for n in names if n in by_name]
 
 
 def recognizer_calibration(
@@ -169,24 +192,22 @@ def recognizer_calibration(
     """Aligned crops from the UTKFace training split and CelebA crops (see module docstring)."""
     root = require_data(data)
     counts = dict(RECOGNIZER_COUNTS if counts is None else counts)
-    paths: list[tuple[str, Path, float]] = []
+    records: list[Any] = []
     if counts.get("utkface"):
-        for n in _sample(utkface_names(root, "train"), counts["utkface"], seed):
-            paths.append((f"utkface/{n}", root / "utkface" / n, CHIP_PAD))
+        records += _utk_records(root, _sample(utkface_names(root, "train"), counts["utkface"], seed))
     if counts.get("celeba_crops"):
-        for n in _sample(celeba_names(root), counts["celeba_crops"], seed):
-            paths.append((f"celeba_crops/images/{n}", root / "celeba_crops" / "images" / n, 0.0))
+        records += _celeba_records(root, _sample(celeba_names(root), counts["celeba_crops"], seed))
     detector = _face_detector(detector_onnx)
-    crops, manifest, missed = _crops(detector, paths, meta)
+    crops, manifest, missed = _crops(detector, records, meta)
     if len(crops) < MIN_CROPS:
         raise InputError(
-            f"calibration: the detector found faces in only {len(crops)} of {len(paths)} images "
+            f"calibration: the detector found faces in only {len(crops)} of {len(records)} images "
             f"(need {MIN_CROPS}); is {detector_onnx} a trained detector?"
         )
     x = normalize(np.stack(crops), meta, bgr_input=True)
     info = {"kind": "recognizer", "seed": seed, "counts": counts, "crops": len(crops), "no_face": missed,
-            "detector": str(detector_onnx), "detect_size": DETECT_SIZE, "detect_threshold": DETECT_THRESHOLD,
-            "utkface_pad": CHIP_PAD}
+            "detector": Path(detector_onnx).name, "detect_size": DETECT_SIZE,
+            "detect_threshold": DETECT_THRESHOLD, "pad": CHIP_PAD}
     log.info("recognizer calibration: %d crops (%d images without a face)", len(crops), missed)
     return CalibrationSet(x, manifest, info)
 
@@ -200,10 +221,10 @@ def recognizer_eval_set(
 ) -> CalibrationSet:
     """Held-out aligned crops for the accuracy gate: the UTKFace validation split (never calibrated on)."""
     root = require_data(data)
-    paths = [(f"utkface/{nm}", root / "utkface" / nm, CHIP_PAD) for nm in _sample(utkface_names(root, "val"), n, seed)]
-    crops, manifest, missed = _crops(_face_detector(detector_onnx), paths, meta)
+    records = _utk_records(root, _sample(utkface_names(root, "val"), n, seed))
+    crops, manifest, missed = _crops(_face_detector(detector_onnx), records, meta)
     if not crops:
-        raise InputError(f"gate: the detector found no face in {len(paths)} held-out images")
+        raise InputError(f"gate: the detector found no face in {len(records)} held-out images")
     x = normalize(np.stack(crops), meta, bgr_input=True)
     return CalibrationSet(x, manifest, {"kind": "recognizer", "seed": seed, "crops": len(crops), "no_face": missed})
 
