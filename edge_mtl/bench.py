@@ -1,0 +1,159 @@
+"""`edge-mtl bench`: per-stage latency (p50/p95) and throughput, per backend and precision, measured in one run so
+the figures compare side by side. Speed targets are checked here, never in unit tests."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge_mtl.config import AppConfig
+from edge_mtl.errors import InputError
+from edge_mtl.paths import data_root
+
+log = logging.getLogger(__name__)
+
+
+def _pct(samples: list[float]) -> dict[str, float]:
+    a = np.asarray(samples) * 1000.0
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2),
+            "n": len(samples)}
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "onnxruntime": ort.__version__,
+            "providers": ort.get_available_providers()}
+
+
+def _frames(video: Path, n: int) -> tuple[list[npt.NDArray[np.uint8]], list[float], float]:
+    cap = cv2.VideoCapture(str(video))
+    if not cap.isOpened():
+        raise InputError(f"{video}: cannot open video")
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
+    frames, times = [], []
+    while len(frames) < n:
+        t = time.perf_counter()
+        ok, f = cap.read()
+        if not ok:
+            break
+        times.append(time.perf_counter() - t)
+        frames.append(f)
+    cap.release()
+    if not frames:
+        raise InputError(f"{video}: no frames decoded")
+    return frames, times, fps
+
+
+def bench_recognizer(rec: Any, crops: npt.NDArray[np.uint8], batches: list[int], repeats: int = 5) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for b in batches:
+        x = np.ascontiguousarray(np.resize(crops, (b, *crops.shape[1:])))
+        rec.analyze(x)  # warm-up
+        times = []
+        for _ in range(max(repeats, 3)):
+            t = time.perf_counter()
+            rec.analyze(x)
+            times.append(time.perf_counter() - t)
+        r = _pct(times)
+        r["faces_per_s"] = round(b / float(np.median(times)), 1)
+        out[f"batch_{b}"] = r
+    return out
+
+
+def bench(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
+    from edge_mtl.events.queue import EventQueue
+    from edge_mtl.models_registry import load_detector, load_recognizer
+    from edge_mtl.pipeline import Pipeline
+    from edge_mtl.vision.align import align_faces
+
+    video = args.video
+    if video is None:
+        root = data_root()
+        if root is None:
+            raise InputError("bench needs --video (or ../shared/data for the default clip)")
+        video = root / "videos" / "pedestrians_1080p.mp4"
+    frames, decode_t, fps = _frames(Path(video), args.frames)
+    batches = [int(b) for b in str(args.batches).split(",") if b.strip()]
+    precisions = [p.strip() for p in str(args.precisions).split(",") if p.strip()]
+    result: dict[str, Any] = {"machine": _machine(), "video": Path(video).name,
+                              "frame_size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
+                              "frames": len(frames), "detector_input": cfg.detector.input_size,
+                              "decode": _pct(decode_t), "precisions": {}}
+    for prec in precisions:
+        c = cfg.model_copy(deep=True)
+        c.detector.backend.precision = prec  # type: ignore[assignment]
+        c.recognizer.backend.precision = prec  # type: ignore[assignment]
+        try:
+            det, rec = load_detector(c), load_recognizer(c)
+        except InputError as e:
+            result["precisions"][prec] = {"skipped": str(e)}
+            continue
+        entry: dict[str, Any] = {"provider": det.engine.provider}
+        # detector alone, per frame
+        det.detect(frames[0])
+        times = []
+        for f in frames[: min(len(frames), 50)]:
+            t = time.perf_counter()
+            det.detect(f)
+            times.append(time.perf_counter() - t)
+        entry["detect"] = {**_pct(times), "fps": round(1.0 / float(np.median(times)), 1)}
+        # recognizer throughput on real crops from the clip (or a blank face if none is found)
+        crops = []
+        for f in frames[:: max(1, len(frames) // 20)]:
+            d = det.detect(f)
+            if len(d):
+                crops.append(align_faces(f, d.landmarks, rec.size))
+        crop_arr = np.concatenate(crops) if crops else np.full((1, rec.size, rec.size, 3), 128, np.uint8)
+        entry["recognize"] = bench_recognizer(rec, crop_arr, batches)
+        # the whole pipeline over the clip, as `edge-mtl run` processes a file (decode excluded, timed above)
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe = Pipeline(c, det, rec)
+            q = EventQueue(Path(tmp) / "bench.db")
+            ev_t, n_events = [], 0
+            t0 = time.perf_counter()
+            for i, f in enumerate(frames):
+                from edge_mtl.types import Frame
+
+                events = pipe.process([Frame(f, "bench", i, time.time())])
+                t = time.perf_counter()
+                if events:
+                    q.append(events)
+                    n_events += len(events)
+                ev_t.append(time.perf_counter() - t)
+            events = pipe.finish()
+            if events:
+                q.append(events)
+                n_events += len(events)
+            wall = time.perf_counter() - t0
+            q.close()
+        stages = pipe.timer.summary()
+        stages["events"] = _pct(ev_t)
+        entry["stages"] = stages
+        per_frame_decode = float(np.mean(decode_t))
+        entry["end_to_end"] = {
+            "frames": len(frames), "seconds": round(wall, 2), "fps": round(len(frames) / wall, 2),
+            "fps_with_decode": round(len(frames) / (wall + per_frame_decode * len(frames)), 2),
+            "faces": pipe.counters["faces"], "analyses": pipe.counters["analyses"], "events": n_events,
+            "source_fps": round(fps, 2),
+        }
+        result["precisions"][prec] = entry
+    return result
