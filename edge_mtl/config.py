@@ -188,7 +188,8 @@ def _key_line(text: str, loc: tuple[int | str, ...]) -> int | None:
     counts: dict[tuple[str, ...], int] = {}
     header_line: dict[tuple[str | int, ...], int] = {}
     key_lines: dict[tuple[str | int, ...], int] = {}
-    for n, raw in enumerate(text.splitlines(), start=1):
+    # TOML ends lines at "\n" only (str.splitlines() would also split at \x85, \u2028, ... inside comments)
+    for n, raw in enumerate(text.split("\n"), start=1):
         line = raw.split("#", 1)[0].strip()
         m = re.fullmatch(r"\[\[\s*([^\]]+?)\s*\]\]", line)
         if m:
@@ -197,6 +198,7 @@ def _key_line(text: str, loc: tuple[int | str, ...]) -> int | None:
             counts[parts] = idx + 1
             table = [*parts, idx]
             header_line[tuple(table)] = n
+            header_line.setdefault(parts, n)
             continue
         m = re.fullmatch(r"\[\s*([^\]]+?)\s*\]", line)
         if m:
@@ -222,21 +224,47 @@ def _key_line(text: str, loc: tuple[int | str, ...]) -> int | None:
     return None
 
 
+def _data_loc(data: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """`loc` without the tags pydantic inserts for discriminated unions (forwarders.0.mqtt.port -> forwarders.0.port):
+    keep only the parts that exist in the parsed data."""
+    out: list[int | str] = []
+    node = data
+    for i, part in enumerate(loc):
+        step = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if step:
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part in node.values() and i + 1 < len(loc):
+            continue  # a union tag, e.g. the value of `type`
+        else:
+            return (*out, *loc[i:])
+        out.append(part)
+    return tuple(out)
+
+
+def _one_line(s: str) -> str:
+    """Keys come from the user's file and may hold line breaks or control characters: escape them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def parse_toml(text: str, source: str, model: type[M]) -> M:
     """Validate TOML `text` against `model`; errors name the key, its line and the reason."""
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+        raise ConfigError(f"{source}: not valid TOML: {_one_line(str(e))}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid TOML: nested too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = tuple(err.get("loc", ()))
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        loc = _data_loc(data, tuple(err.get("loc", ())))
+        key = _one_line(".".join(str(p) for p in loc)) or "(top level)"
         line = _key_line(text, loc)
         where = f"{source}:{line}" if line else source
-        msg = err.get("msg", "invalid value")
+        msg = _one_line(err.get("msg", "invalid value"))
         if err.get("type") == "extra_forbidden":
             msg = "unknown key"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
