@@ -51,17 +51,22 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 def best_threshold(sims: F64, same: npt.NDArray[np.bool_]) -> float:
     """The threshold maximising accuracy (midpoints between sorted similarities)."""
-    order = np.argsort(sims)
+    order = np.argsort(sims, kind="stable")
     s, y = sims[order], same[order]
-    # predicting "same" for sims > t; accuracy at each cut point computed by cumulative counts
+    # predicting "same" for sims > t; accuracy when the k lowest pairs (k = 0..n) fall below the cut
     n_same = y.sum()
-    below_diff = np.cumsum(~y)  # mismatched pairs correctly below the cut (inclusive)
-    below_same = np.cumsum(y)
+    below_diff = np.concatenate([[0], np.cumsum(~y)])  # mismatched pairs correctly below the cut
+    below_same = np.concatenate([[0], np.cumsum(y)])
     acc = (below_diff + (n_same - below_same)) / len(s)
-    k = int(np.argmax(acc))
-    if k + 1 < len(s):
-        return float((s[k] + s[k + 1]) / 2)
-    return float(s[k] + 1e-6)
+    # no threshold separates equal similarities: a cut between two of them is not achievable
+    possible = np.ones(len(s) + 1, bool)
+    possible[1:-1] = s[1:] > s[:-1]
+    k = int(np.argmax(np.where(possible, acc, -1.0)))
+    if k == 0:
+        return float(s[0] - 1e-6)
+    if k == len(s):
+        return float(s[-1] + 1e-6)
+    return float((s[k - 1] + s[k]) / 2)
 
 
 def ten_fold_accuracy(sims: F64, same: npt.NDArray[np.bool_], folds: npt.NDArray[np.int64]) -> dict[str, float]:
