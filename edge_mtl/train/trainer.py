@@ -195,6 +195,9 @@ class Trainer:
                 # A fresh worker process per epoch, not a fork of this one: forking after OpenCV's and torch's
                 # thread pools have run (validation) can deadlock the child.
                 multiprocessing_context="forkserver" if self.workers else None,
+                # Its own seeded generator: creating the loader must not draw from the global torch RNG, which
+                # the checkpoint restores for the training steps (otherwise a mid-epoch resume diverges).
+                generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch),
             )
             sums: dict[str, float] = {}
             n = 0

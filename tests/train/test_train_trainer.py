@@ -1,0 +1,172 @@
+"""The training loop: exact mid-epoch resume, divergence stops, checkpoints that refuse bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tqdm")
+
+from torch import nn  # noqa: E402
+from torch.utils.data import TensorDataset  # noqa: E402
+
+from edge_mtl.errors import ModelError  # noqa: E402
+from edge_mtl.train import trainer as T  # noqa: E402
+from edge_mtl.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+
+Diverged = getattr(T, "TrainingDivergedError", None) or T.TrainingDiverged
+
+
+class ToyTask:
+    """Linear regression on a fixed synthetic set; `noise` adds torch-RNG noise to every step (as dropout would)."""
+
+    main_metric = "mse"
+    higher_is_better = False
+
+    def __init__(self, noise: float = 0.0, nan_at: int | None = None) -> None:
+        torch.manual_seed(123)
+        self.model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        g = torch.Generator().manual_seed(7)
+        self.x = torch.randn(64, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(64, generator=g)
+        self.noise, self.nan_at = noise, nan_at
+        self.epochs_started: list[int] = []
+
+    def dataset(self) -> TensorDataset:
+        return TensorDataset(self.x, self.y)
+
+    def train_modules(self) -> nn.Module:
+        return self.model
+
+    def training_step(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        if self.noise:
+            x = x + self.noise * torch.randn_like(x)
+        loss = ((self.model(x).squeeze(1) - y) ** 2).mean()
+        if self.nan_at is not None and step >= self.nan_at:
+            loss = loss * float("nan")
+        return {"loss": loss, "loss_mse": loss.detach()}
+
+    def validate(self) -> dict[str, float]:
+        return {"mse": float(((self.model(self.x).squeeze(1) - self.y) ** 2).mean())}
+
+    def model_args(self) -> dict[str, Any]:
+        return {"toy": {"in": 4}}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"epochs_started": list(self.epochs_started)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.epochs_started = list(state.get("epochs_started", []))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epochs_started.append(epoch)
+
+
+def _trainer(task: ToyTask, out: Path, max_steps: int | None = None) -> Any:
+    return T.Trainer(
+        task, task.dataset(), None, out, config={"toy": True}, kind="toy", epochs=3, batch_size=8, lr=0.05,
+        weight_decay=0.01, warmup_steps=4, grad_clip=1.0, workers=0, seed=5, max_steps=max_steps,
+    )
+
+
+def _weights(task: ToyTask) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in task.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+@pytest.mark.parametrize("k", [3, 8, 11])
+def test_resume_is_exact(tmp_path: Path, k: int, noise: float) -> None:
+    torch.set_num_threads(1)
+    straight = ToyTask(noise)
+    tr = _trainer(straight, tmp_path / "a")
+    metrics = tr.fit()
+    assert tr.global_step == 24 and tr.epoch == 3
+    assert metrics["mse"] < 5.0, "the toy task learns"
+    ref = _weights(straight)
+
+    first = ToyTask(noise)
+    tr1 = _trainer(first, tmp_path / "b", max_steps=k)
+    tr1.fit()
+    assert tr1.global_step == k
+    del tr1, first
+
+    resumed = ToyTask(noise)
+    torch.manual_seed(999)  # a fresh process has other RNG state; the checkpoint must restore it
+    tr2 = _trainer(resumed, tmp_path / "b")
+    tr2.resume(tmp_path / "b" / "last.pt")
+    assert tr2.global_step == k
+    tr2.fit()
+    assert tr2.global_step == 24
+    for name, w in _weights(resumed).items():
+        torch.testing.assert_close(w, ref[name], atol=1e-6, rtol=0, msg=f"{name} differs after resume at {k}")
+    assert resumed.epochs_started[-1] == 2
+
+
+def test_checkpoint_contents_and_metrics_log(tmp_path: Path) -> None:
+    task = ToyTask()
+    tr = _trainer(task, tmp_path)
+    tr.fit()
+    st = load_checkpoint(tmp_path / "last.pt")
+    assert st["kind"] == "toy" and st["model_args"] == {"toy": {"in": 4}} and st["config"] == {"toy": True}
+    assert (st["epoch"], st["step_in_epoch"], st["global_step"]) == (3, 0, 24)
+    assert (tmp_path / "best.pt").is_file()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all('"val_mse"' in ln and '"train_loss"' in ln for ln in lines)
+
+
+def test_non_finite_loss_stops(tmp_path: Path) -> None:
+    task = ToyTask(nan_at=5)
+    tr = _trainer(task, tmp_path)
+    with pytest.raises(Diverged, match="non-finite loss at step 5"):
+        tr.fit()
+    assert tr.global_step == 5
+    st = load_checkpoint(tmp_path / "diverged.pt")
+    assert st["global_step"] == 5
+    # the weights saved are the last finite ones: no NaN was applied
+    assert all(torch.isfinite(v).all() for v in st["model"].values())
+
+
+def test_lr_schedule() -> None:
+    assert T.lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert T.lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert T.lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert T.lr_at(100, 100, 10, 1.0) == pytest.approx(0.01)
+    assert T.lr_at(55, 100, 10, 1.0) == pytest.approx(0.01 + 0.99 * 0.5)
+
+
+def test_epoch_sampler_is_seeded_and_resumable() -> None:
+    s = T.EpochSampler(20, seed=3)
+    s.set(1)
+    full = list(s)
+    assert sorted(full) == list(range(20))
+    s.set(1, start=8)
+    assert list(s) == full[8:] and len(s) == 12
+    s.set(2)
+    assert list(s) != full
+    assert list(T.EpochSampler(20, seed=3).order()) == T.EpochSampler(20, seed=3).order()
+
+
+def test_checkpoint_refuses_bad_files(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": {"w": torch.ones(100)}, "model_args": {"x": 1}, "epoch": 1})
+    assert load_checkpoint(good)["epoch"] == 1
+    assert not list(tmp_path.glob("*.tmp")), "written atomically: no temp file left"
+    data = good.read_bytes()
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match=r"trunc\.pt: not a readable checkpoint"):
+        load_checkpoint(trunc)
+    with pytest.raises(ModelError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello")
+    with pytest.raises(ModelError):
+        load_checkpoint(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ModelError, match="not an edge-mtl checkpoint"):
+        load_checkpoint(foreign)
