@@ -122,7 +122,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_mtl.service import run_service
 
-    return run_service(args, _app_config(args))
+    # SIGHUP re-reads the config file with the same command-line overrides
+    return run_service(args, _app_config(args), reload_config=lambda: _app_config(args))
 
 
 def cmd_events(args: argparse.Namespace) -> int:

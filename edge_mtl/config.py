@@ -103,7 +103,16 @@ class EventsConfig(Strict):
     jsonl_backups: int = Field(5, ge=0, le=1000, description="Rotated JSONL files kept.")
     retention_days: float = Field(30.0, gt=0, description="Delete queued events older than this.")
     retention_max_events: int = Field(1_000_000, ge=1000, description="Keep at most this many events.")
-    store_images: bool = Field(False, description="Store face thumbnails with events (off: no images kept).")
+    store_images: Literal[False] = Field(
+        False, description="Reserved: edge-mtl never stores face images; true is refused (not implemented)."
+    )
+
+    @field_validator("store_images", mode="before")
+    @classmethod
+    def _no_images(cls, v: Any) -> Any:
+        if v is True:
+            raise ValueError("storing face images is not implemented; edge-mtl keeps no images (docs/privacy.md)")
+        return v
 
 
 class MqttForwarder(Strict):
