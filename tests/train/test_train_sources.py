@@ -1,0 +1,111 @@
+"""Dataset parsers: UTKFace names and split, Caltech landmarks (real files where available)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_mtl.train.sources import (
+    caltech,
+    celeba_crops,
+    parse_utkface_name,
+    split_images,
+    utkface,
+    utkface_split,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        ("25_1_0_20170116174525125.jpg.chip.jpg", (25, 1)),
+        ("1_0_2_20161219140530307.jpg.chip.jpg", (1, 0)),
+        ("116_0_0_20170120134921760.jpg.chip.jpg", (116, 0)),
+        ("39_1_20170116174525125.jpg.chip.jpg", None),  # race missing (a known malformed UTKFace name)
+        ("25_2_0_20170116174525125.jpg.chip.jpg", None),  # gender is 0 or 1
+        ("25_1_0_20170116174525125.jpg", None),
+        ("x_1_0_1.jpg.chip.jpg", None),
+        ("", None),
+    ],
+)
+def test_parse_utkface_name(name: str, want: tuple[int, int] | None) -> None:
+    assert parse_utkface_name(name) == want
+
+
+def _fake_utk(folder: Path, n: int) -> list[str]:
+    folder.mkdir()
+    names = [f"{20 + i % 50}_{i % 2}_{i % 5}_2017011{i:07d}.jpg.chip.jpg" for i in range(n)]
+    for f in [*names, "39_1_20170116174525125.jpg.chip.jpg", "notes.txt"]:
+        (folder / f).write_bytes(b"")
+    return names
+
+
+def test_utkface_split_deterministic_and_disjoint(tmp_path: Path) -> None:
+    names = _fake_utk(tmp_path / "utk", 200)
+    tr, va = utkface_split(tmp_path / "utk", 0.15, seed=3)
+    assert (tr, va) == utkface_split(tmp_path / "utk", 0.15, seed=3)
+    assert not set(tr) & set(va)
+    assert sorted(tr + va) == sorted(names), "malformed names are left out, nothing else"
+    assert len(va) == 30
+    assert utkface_split(tmp_path / "utk", 0.15, seed=4)[1] != va
+    recs = utkface(tmp_path / "utk", exclude=va)
+    assert len(recs) == 170 and all(r.age is not None and r.gender in (0, 1) for r in recs)
+    assert {Path(r.path).name for r in recs} == set(tr)
+
+
+def test_split_images_deterministic_and_disjoint() -> None:
+    names = [f"img{i:04d}.jpg" for i in range(100)] + ["img0001.jpg"]
+    tr, va = split_images(names, 0.2, seed=0)
+    assert (tr, va) == split_images(reversed(names), 0.2, seed=0), "order of input does not matter"
+    assert not set(tr) & set(va) and len(tr) + len(va) == 100 and len(va) == 20
+
+
+def test_utkface_split_real(data_dir: Path) -> None:
+    folder = data_dir / "utkface"
+    tr, va = utkface_split(folder, 0.15, seed=0)
+    assert (tr, va) == utkface_split(folder, 0.15, seed=0)
+    assert not set(tr) & set(va)
+    assert len(tr) + len(va) == 8778 and len(va) == round(8778 * 0.15)
+    reserved = data_dir / "utkface_reserved.txt"
+    if reserved.is_file():
+        res = {ln.strip() for ln in reserved.read_text().splitlines() if ln.strip()}
+        assert not res & set(tr + va), "reserved names are not in the shared copy"
+
+
+def test_caltech_real(data_dir: Path) -> None:
+    folder = data_dir / "caltech_webfaces"
+    by_image = caltech(folder)
+    faces = [r for recs in by_image.values() for r in recs]
+    lines = [ln for ln in (folder / "landmarks.txt").read_text().splitlines() if len(ln.split()) == 9]
+    assert len(faces) == len(lines) and len(by_image) > 6000
+    lm = np.stack([r.landmarks for r in faces if r.landmarks is not None])
+    box = np.stack([r.box for r in faces if r.box is not None])
+    assert lm.shape == (len(faces), 4, 2) and box.shape == (len(faces), 4)
+    assert (lm[:, 0, 0] < lm[:, 1, 0]).all(), "left eye = smaller x"
+    # every box is a square around its eyes, nose and mouth
+    assert np.allclose(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1], rtol=1e-4)
+    assert ((lm[..., 0] > box[:, None, 0]) & (lm[..., 0] < box[:, None, 2])).all()
+    assert ((lm[..., 1] > box[:, None, 1]) & (lm[..., 1] < box[:, None, 3])).all()
+    first = by_image["pic00001.jpg"][0]
+    assert first.key == "caltech/pic00001.jpg#0" and Path(first.path).is_file()
+    np.testing.assert_allclose(first.landmarks[0], [211.43, 178.66], rtol=1e-6)
+    multi = next(k for k, v in by_image.items() if len(v) > 1)
+    assert [r.key for r in by_image[multi]] == [f"caltech/{multi}#{i}" for i in range(len(by_image[multi]))]
+
+
+def test_caltech_swaps_mirrored_eyes(tmp_path: Path) -> None:
+    (tmp_path / "landmarks.txt").write_text("a.jpg 70 50 30 52 50 70 50 85\nbad line\n")
+    (rec,) = caltech(tmp_path)["a.jpg"]
+    assert rec.landmarks is not None
+    np.testing.assert_array_equal(rec.landmarks, [[30, 52], [70, 50], [50, 70], [50, 85]])
+
+
+def test_celeba_crops_real(data_dir: Path) -> None:
+    recs = celeba_crops(data_dir / "celeba_crops")
+    assert len(recs) == 6015
+    assert len({r.identity for r in recs}) == 298
+    assert all(r.identity is not None and r.identity.startswith("celeba:") for r in recs)
+    lm = np.stack([r.landmarks for r in recs if r.landmarks is not None])
+    assert lm.shape == (6015, 3, 2) and (lm[:, 0, 0] < lm[:, 1, 0]).all()
