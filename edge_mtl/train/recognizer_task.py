@@ -67,6 +67,23 @@ def lfw_records(root: Path, pair_files: list[str]) -> list[S.FaceRecord]:
     return [S.FaceRecord("lfw", str(base / n), n) for n in uniq]
 
 
+def subsample(recs: list[S.FaceRecord], n: int, seed: int) -> list[S.FaceRecord]:
+    """A seeded subset of about `n` faces. Identity-labelled sources are subsampled by whole identities, so the
+    margin loss still sees several images of each identity it keeps."""
+    rng = np.random.default_rng(seed)
+    if any(r.identity for r in recs):
+        by_id: dict[str, list[int]] = {}
+        for i, r in enumerate(recs):
+            by_id.setdefault(r.identity or f"none:{i}", []).append(i)
+        keep: list[int] = []
+        for k in rng.permutation(sorted(by_id)):
+            if len(keep) >= n:
+                break
+            keep += by_id[str(k)]
+        return [recs[i] for i in sorted(keep[:n])]
+    return [recs[i] for i in sorted(rng.choice(len(recs), n, replace=False))]
+
+
 class RecognizerTask:
     main_metric = "lfw_dev_accuracy"
     higher_is_better = True
@@ -147,8 +164,7 @@ class RecognizerTask:
         for name in t.sources:
             recs = self._source_records(name)
             if t.max_per_source and len(recs) > t.max_per_source:
-                rng = np.random.default_rng(self.cfg.seed)
-                recs = [recs[i] for i in sorted(rng.choice(len(recs), t.max_per_source, replace=False))]
+                recs = subsample(recs, t.max_per_source, self.cfg.seed)
                 cs = self._crops(f"{name}-{t.max_per_source}", recs)
             else:
                 cs = self._crops(name, recs)
