@@ -204,3 +204,40 @@ def test_onnx_detector_any_frame(tiny_onnx: Path, name: str) -> None:
     # coordinates are in original pixels: landmarks spread over the frame, not over the 160 px network input
     if max(h, w) > 1000:
         assert d.landmarks[..., 0].max() > 200 or d.boxes[:, 2].max() > 200
+
+
+# ------------------------------------------------------------------ metadata and preprocessing
+def test_metadata_props_round_trip_and_refusals() -> None:
+    from edge_mtl.runtime.engine import META_PREFIX
+
+    meta = detector_metadata({"widths": [8, 8], "points": 5}, version="v3", provenance="unit test")
+    props = meta.to_props()
+    assert all(k.startswith(META_PREFIX) for k in props) and all(isinstance(v, str) for v in props.values())
+    back = ModelMetadata.from_props({**props, "other.key": "ignored"}, "m.onnx")
+    assert back == meta and back.points == 5 and back.strides == (8, 16, 32)
+    rec = recognizer_metadata({"input_size": 112})
+    assert ModelMetadata.from_props(rec.to_props()) == rec and len(rec.template) == 4
+    with pytest.raises(ModelError, match=r"m\.onnx: no edge-mtl metadata"):
+        ModelMetadata.from_props({"producer": "x"}, "m.onnx")
+    bad = {**props, META_PREFIX + "mean": "[1, 2]"}
+    with pytest.raises(ModelError, match="malformed edge-mtl metadata"):
+        ModelMetadata.from_props(bad, "m.onnx")
+    bad = {**props, META_PREFIX + "input_size": "large"}
+    with pytest.raises(ModelError, match="malformed edge-mtl metadata"):
+        ModelMetadata.from_props(bad, "m.onnx")
+
+
+def test_normalize_follows_metadata() -> None:
+    from edge_mtl.runtime.engine import normalize
+
+    bgr = np.zeros((1, 2, 3, 3), np.uint8)
+    bgr[..., 0], bgr[..., 1], bgr[..., 2] = 10, 20, 30  # B, G, R
+    rgb_meta = ModelMetadata("detector", "v", "input", ("o",), "RGB", (1.0, 2.0, 3.0), (2.0, 4.0, 8.0), 64)
+    x = normalize(bgr, rgb_meta, bgr_input=True)
+    assert x.shape == (1, 3, 2, 3) and x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]
+    # channel 0 is R for an RGB model: (30 - 1) / 2
+    assert x[0, :, 0, 0].tolist() == [(30 - 1) / 2, (20 - 2) / 4, (10 - 3) / 8]
+    bgr_meta = ModelMetadata("detector", "v", "input", ("o",), "BGR", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 64)
+    assert normalize(bgr, bgr_meta, bgr_input=True)[0, :, 1, 2].tolist() == [10, 20, 30]
+    assert normalize(bgr, rgb_meta, bgr_input=False)[0, 0, 0, 0] == (10 - 1) / 2
+    assert bgr[0, 0, 0].tolist() == [10, 20, 30], "the input is not modified"
