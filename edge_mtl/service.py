@@ -425,7 +425,13 @@ class Service:
             log.warning("gallery %s does not exist yet: everyone is unknown until people are enrolled (it is "
                         "picked up without a restart)", gallery)
         max_frames = getattr(self.args, "max_frames", None)
-        sources = [open_source(c, max_frames=max_frames) for c in self.cams]
+        # Sources before event files: a missing or unreadable video fails (InputError) before the queue or the
+        # JSONL log is touched. Until the pipeline runs, frames wait in the sources' small buffers.
+        self.notifier.notify("STATUS=starting sources")
+        for s in [open_source(c, max_frames=max_frames) for c in self.cams]:
+            s.add_waker(self.wake)
+            self.sources.append(s)
+            s.start()
         self.sink = EventSink(cfg, print_events=bool(getattr(self.args, "print_events", False)))
         self.sink.prune(force=True)
         for fw in cfg.forwarders:
@@ -437,11 +443,6 @@ class Service:
             self.annotate = Annotator(self.args.annotate, [c.name for c in self.cams])
         if svc.metrics_port is not None:
             self.metrics = MetricsServer(svc.metrics_host, svc.metrics_port)
-        self.notifier.notify("STATUS=starting sources")
-        for s in sources:
-            s.add_waker(self.wake)
-            s.start()  # a file that is not a readable video fails here (InputError)
-            self.sources.append(s)
         for f in self.forwarders:
             f.start()
         if self.metrics is not None:
