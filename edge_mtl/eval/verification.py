@@ -86,7 +86,7 @@ def ten_fold_accuracy(sims: F64, same: npt.NDArray[np.bool_], folds: npt.NDArray
 def tar_at_far(sims: F64, same: npt.NDArray[np.bool_], far: float) -> float:
     """True accept rate at the threshold whose false accept rate on mismatched pairs is <= `far`."""
     neg = np.sort(sims[~same])[::-1]
-    if neg.size == 0:
+    if neg.size == 0 or not same.any():
         return float("nan")
     k = int(np.floor(far * neg.size))
     th = neg[k] if k < neg.size else neg[-1] - 1e-6

@@ -100,6 +100,7 @@ def test_tar_at_far_known() -> None:
     assert tar_at_far(sims, same, 1e-3) == 0.25
     assert tar_at_far(sims, same, 1.0) == 1.0
     assert np.isnan(tar_at_far(pos, np.ones(4, bool), 0.01))
+    assert np.isnan(tar_at_far(neg, np.zeros(1000, bool), 0.01))
 
 
 @settings(max_examples=40, deadline=None)
@@ -118,6 +119,8 @@ def test_tar_at_far_never_exceeds_far(seed: int, far: float) -> None:
     assert (sims[~same] > th).mean() <= far
     if same.any():
         assert tar == pytest.approx((sims[same] > th).mean())
+    else:
+        assert np.isnan(tar)
 
 
 def test_verification_metrics_and_quality_bins() -> None:
