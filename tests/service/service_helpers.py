@@ -126,7 +126,7 @@ def edge_mtl(*args: str, timeout: float = 180, env: dict[str, str] | None = None
     """Run the CLI to completion in a subprocess, as systemd or a user would."""
     return subprocess.run(
         [sys.executable, "-m", "edge_mtl.cli", *args], capture_output=True, text=True, timeout=timeout,
-        cwd=REPO, env=env or child_env(),
+        cwd=REPO, env=env or child_env(), umask=0o022,  # a permissive umask: file modes must not depend on it
     )
 
 
