@@ -30,6 +30,9 @@ ENTRY_SCHEMA = "edge_mtl.engine/v1"
 STRIDE_ALIGN = 32  # detector inputs are padded to a multiple of the largest stride
 DETECTOR_MIN_SIDE = 32
 DEFAULT_OPT_BATCH = 8  # recognizer: crops batched across cameras
+# Batch limits when none is given: crops of many tracks per call vs one frame per camera per call (a detector
+# profile for 32 frames of 640 x 640 would reserve GPU memory a Jetson cannot spare).
+DEFAULT_MAX_BATCH = {"recognizer": 32, "detector": 4}
 
 
 @dataclass(frozen=True)
@@ -80,15 +83,17 @@ def _round_up(v: int, m: int = STRIDE_ALIGN) -> int:
 
 
 def make_profile(
-    meta: ModelMetadata, max_batch: int, opt_batch: int | None = None, max_side: int | None = None
+    meta: ModelMetadata, max_batch: int | None, opt_batch: int | None = None, max_side: int | None = None
 ) -> Profile:
     """The profile for a model kind.
 
     Recognizer: batch 1 .. max_batch (opt 8, the typical cross-camera batch), fixed crop size. Detector: batch
     1 .. max_batch (opt 1: one frame per call), height and width each from 32 to `max_side` (default: the model's
     input size rounded up to 32, which covers landscape and portrait letterboxing at that size), optimised for a
-    4:3 landscape frame at the input size.
+    4:3 landscape frame at the input size. `max_batch=None` takes DEFAULT_MAX_BATCH for the kind.
     """
+    if max_batch is None:
+        max_batch = DEFAULT_MAX_BATCH.get(meta.kind, 1)
     if max_batch < 1:
         raise InputError(f"max batch must be at least 1, got {max_batch}")
     if meta.kind == "recognizer":
@@ -247,18 +252,27 @@ def summarize_layers(info: Mapping[str, Any]) -> dict[str, Any]:
     """Precision census of a built engine from the engine inspector's JSON (ProfilingVerbosity.DETAILED).
 
     Each layer lists its input/output tensors with a "Format/Datatype" string such as "Row major linear FP32" or
-    "Thirty-two wide channel vectorized row major Int8 format"; a weighted layer (convolution, GEMM, matrix
+    "Thirty-two wide channel vectorized row major Int8 format" (TensorRT 11: separate "Format" and "DataType"
+    fields, e.g. "Int8", "Half", "Float"; both are read); a weighted layer (convolution, GEMM, matrix
     multiply, possibly fused with its activation) counts as running in the precision of its input format.
     """
     layers = info.get("Layers", [])
+
+    def describe(t: Any) -> str:
+        # TensorRT 10 writes one "Format/Datatype" string; TensorRT 11 splits it into "Format" and "DataType".
+        if not isinstance(t, Mapping):
+            return ""
+        keys = ("Format/Datatype", "Format/DataType", "DataType", "Datatype", "Format")
+        return " ".join(str(t[k]) for k in keys if t.get(k))
+
     out: dict[str, Any] = {"layers": len(layers), "weighted": 0, "weighted_int8": 0, "weighted_fp16": 0,
                            "weighted_fp32": 0, "any_int8": 0, "any_fp16": 0, "formats_seen": 0}
     for layer in layers:
         if not isinstance(layer, Mapping):
             continue  # a non-detailed inspector returns bare layer names
         kind = f"{layer.get('LayerType', '')} {layer.get('ParameterType', '')} {layer.get('Name', '')}"
-        ins = [str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", []) if isinstance(t, Mapping)]
-        outs = [str(t.get("Format/Datatype", "")) for t in layer.get("Outputs", []) if isinstance(t, Mapping)]
+        ins = [describe(t) for t in layer.get("Inputs", [])]
+        outs = [describe(t) for t in layer.get("Outputs", [])]
         formats = [f for f in ins + outs if f]
         out["formats_seen"] += len(formats)
         out["any_int8"] += any(_INT8.search(f) for f in formats)

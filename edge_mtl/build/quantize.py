@@ -66,7 +66,14 @@ CALIB_BATCH = 16
 
 
 class GateError(EdgeMtlError):
-    """A quantized model lost too much accuracy against its FP32 source (exit code 1)."""
+    """A quantized model lost too much accuracy against its FP32 source (exit code 1).
+
+    `report` holds what was measured (gate metrics, and the per-method comparison or sensitivity steps).
+    """
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
 
 
 # ------------------------------------------------------------------ calibration data
@@ -103,15 +110,17 @@ def calibrate(
 
     We drive ONNX Runtime's calibrators ourselves rather than through `quantize_static` because that path cannot
     set the histogram size: its Entropy calibrator then has 128 bins, which leaves it no threshold to choose and
-    makes it identical to MinMax. Here Entropy uses 2048 bins searched down to 128 quantized bins (TensorRT's
-    classic setting) and Percentile 2048 bins; histograms are built on |x| (symmetric), as the quantization is.
+    makes it identical to MinMax. Here Entropy uses 2048 bins over [-T, T] searched down to 256 quantized bins
+    (128 per side: TensorRT's classic |x| setting) and Percentile 2048 bins of |x|, symmetric like the quantization.
     Feeding one batch per `collect_data` call bounds memory (the calibrators hold every output of a call).
     """
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     if batch is None:  # bound the activations the calibrator holds: 16 crops, or 3 frames of 640 x 640
         batch = max(1, min(CALIB_BATCH, 1_600_000 // int(inputs.shape[2] * inputs.shape[3])))
-    options: dict[str, Any] = {"symmetric": method != "minmax", "num_bins": 2048, "num_quantized_bins": 128,
+    # ONNX Runtime's entropy histograms always span [-T, T] and count quantized bins over that whole range, so
+    # int8's 128 levels per side are 256 bins here (128 would search 7-bit thresholds and clip far too much).
+    options: dict[str, Any] = {"symmetric": method != "minmax", "num_bins": 2048, "num_quantized_bins": 256,
                                "percentile": percentile}
     with tempfile.TemporaryDirectory(prefix="edge-mtl-calib-") as tmpdir, _quiet():
         calibrator = create_calibrator(
@@ -128,12 +137,18 @@ def calibrate(
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """ONNX Runtime's calibrators print progress to stdout, which is the CLI's JSON channel: send it to the log."""
+    """ONNX Runtime's quantization tools print progress to stdout (the CLI's JSON channel) and log a line per
+    copied bias on the root logger at INFO: send the first to our debug log and mute the second while they run."""
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        yield
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.INFO))
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        logging.disable(previous)
     if buf.getvalue().strip():
-        log.debug("onnxruntime calibration: %s", buf.getvalue().strip().replace("\n", "; "))
+        log.debug("onnxruntime quantization: %s", buf.getvalue().strip().replace("\n", "; "))
 
 
 def _method(name: str) -> Any:
@@ -359,6 +374,7 @@ def quantize_int8(
     }
     set_metadata(qmodel, dataclasses.replace(meta, precision="int8"), extra={"quantization": json.dumps(qinfo)})
     onnx = import_onnx()
+    del qmodel.graph.value_info[:]  # shapes recorded before Q/DQ insertion can go stale; the checker re-infers them
     try:
         onnx.checker.check_model(qmodel, full_check=True)
     except Exception as e:
@@ -659,8 +675,8 @@ def _eval_inputs(args: Any, meta: ModelMetadata) -> npt.NDArray[np.float32]:
 
 
 def quantize_with_gate(
-    src: Path,
-    dst: Path,
+    src: str | Path,
+    dst: str | Path,
     calibration: npt.NDArray[np.float32] | None,
     eval_inputs: npt.NDArray[np.float32] | None,
     *,
@@ -669,7 +685,7 @@ def quantize_with_gate(
     exclude_nodes: Sequence[str] = (),
     auto_exclude: int = 0,
     calibration_file: Path | None = None,
-    save_calibration: Path | None = None,
+    save_calibration: str | Path | None = None,
     calibration_info: dict[str, Any] | None = None,
     thresholds: dict[str, tuple[str, float]] | None = None,
 ) -> dict[str, Any]:
@@ -678,6 +694,8 @@ def quantize_with_gate(
     `method="auto"` quantizes with each calibration method and keeps the best-scoring one on `eval_inputs`.
     Raises GateError when the final model fails the gate (the output is then removed).
     """
+    src, dst = Path(src), Path(dst)
+    save_calibration = Path(save_calibration) if save_calibration is not None else None
     methods = list(METHODS) if method == "auto" else [method]
     if method == "auto" and (eval_inputs is None or calibration_file is not None):
         raise InputError("calibration method 'auto' needs calibration data and held-out inputs (the gate)")
@@ -725,7 +743,8 @@ def quantize_with_gate(
                 f"INT8 gate failed for {src.name}: "
                 + ", ".join(f"{n} = {result['metrics'][n]['value']:.4g} (need {result['metrics'][n]['threshold']})"
                             for n in result["failed"])
-                + "; keep sensitive nodes in float (--exclude NODE, --auto-exclude N) or use --precision fp16"
+                + "; keep sensitive nodes in float (--exclude NODE, --auto-exclude N) or use --precision fp16",
+                report,
             )
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(best_out, dst)
@@ -752,7 +771,7 @@ def quantize_command(args: Any) -> dict[str, Any]:
             report["gate"] = result
             if not result["passed"]:
                 dst.unlink(missing_ok=True)
-                raise GateError(f"FP16 gate failed for {src.name}: {result['failed']}")
+                raise GateError(f"FP16 gate failed for {src.name}: {result['failed']}", report)
         return report
     if args.precision != "int8":
         raise InputError(f"--precision must be fp16 or int8, got {args.precision!r}")

@@ -154,7 +154,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def build_engine(
     onnx_path: str | Path,
     cache_dir: str | Path,
-    max_batch: int = 32,
+    max_batch: int | None = None,
     workspace_mb: int = 1024,
     *,
     max_side: int | None = None,
@@ -162,7 +162,10 @@ def build_engine(
     force: bool = False,
     device: int = 0,
 ) -> Path:
-    """Return the engine for `onnx_path` on this box, building it (and its cache entry) when missing or stale."""
+    """Return the engine for `onnx_path` on this box, building it (and its cache entry) when missing or stale.
+
+    `max_batch=None` uses the kind's default (recognizer 32, detector 4); see `engine_cache.make_profile`.
+    """
     trt = import_tensorrt()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -188,7 +191,9 @@ def build_engine(
     t0 = time.monotonic()
     logger = make_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    # TensorRT 10: opt in to strong typing; 11: always strongly typed (the flag is kept, ignored, maybe dropped later)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(1 << int(strongly_typed) if strongly_typed is not None else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -242,7 +247,7 @@ def build_engine_command(args: Any) -> dict[str, Any]:
     plan = build_engine(
         args.model,
         args.cache,
-        max_batch=int(args.max_batch),
+        max_batch=int(args.max_batch) if getattr(args, "max_batch", None) else None,
         workspace_mb=int(args.workspace_mb),
         max_side=getattr(args, "max_side", None),
         force=bool(getattr(args, "force", False)),
@@ -263,6 +268,6 @@ def build_engine_command(args: Any) -> dict[str, Any]:
     }
 
 
-def profile_for(onnx_path: str | Path, max_batch: int, max_side: int | None = None) -> Profile:
+def profile_for(onnx_path: str | Path, max_batch: int | None, max_side: int | None = None) -> Profile:
     """The profile `build_engine` would use for this model (no TensorRT needed)."""
     return make_profile(read_onnx_metadata(Path(onnx_path)), max_batch, max_side=max_side)

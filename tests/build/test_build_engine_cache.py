@@ -165,6 +165,12 @@ def test_engine_precision_from_inspector() -> None:
         check_engine_precision("int8", summarize_layers(fp16))
     with pytest.raises(ModelError):
         check_engine_precision("fp32", summarize_layers(fp16))
+    # TensorRT 11 splits the field into Format and DataType
+    trt11 = {"Layers": [{"Name": "c", "LayerType": "CaskConvolution",
+                         "Inputs": [{"Format": "Thirty-two wide channel vectorized row major (kCHW32)",
+                                     "DataType": "Int8"}],
+                         "Outputs": [{"Format": "Row major linear (kLINEAR)", "DataType": "Float"}]}]}
+    assert summarize_layers(trt11)["weighted_int8"] == 1 and check_engine_precision("int8", summarize_layers(trt11))
     # a non-detailed inspector gives names only: nothing to verify, caller relies on the network check
     assert check_engine_precision("int8", summarize_layers({"Layers": ["conv1", "conv2"]})) is False
 
