@@ -23,6 +23,7 @@ What systemd sees (Type=notify, docs/operations.md):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -153,7 +155,8 @@ class EventSink:
             self.jsonl.sync()
 
     def prune(self, force: bool = False) -> int:
-        """Retention by age and count, at most every PRUNE_INTERVAL_S unless forced."""
+        """Retention by age and count, at most every PRUNE_INTERVAL_S unless forced: the queue's events, and the
+        JSONL log's files by age (their size is bounded by rotation already)."""
         now = time.monotonic()
         if not force and now - self._last_prune < PRUNE_INTERVAL_S:
             return 0
@@ -161,7 +164,32 @@ class EventSink:
         ev = self.cfg.events
         n = self.queue.prune(ev.retention_days * 86400.0, ev.retention_max_events)
         self.pruned += n
+        if self.jsonl is not None:
+            self._age_out_jsonl(ev.retention_days * 86400.0, ev.jsonl_backups)
         return n
+
+    def _age_out_jsonl(self, max_age_s: float, backups: int) -> None:
+        """Whole files leave the JSONL log by age: a rotated file once its newest line (its mtime) is older than
+        `max_age_s`; the active file is rotated once its oldest line is older than max_age_s / (backups + 1), so no
+        file spans more than that. A line is thus gone at most max_age_s * (1 + 1 / (backups + 1)) after it was
+        written (docs/privacy.md), or sooner when rotation by size pushes it out."""
+        assert self.jsonl is not None
+        path = self.jsonl.path
+        cutoff = time.time() - max_age_s
+        oldest = _first_line_time(path)
+        if oldest is not None and oldest < time.time() - max_age_s / (backups + 1):
+            log.info("%s: oldest line is from %s; rotating (events.retention_days)", path,
+                     time.strftime("%Y-%m-%d %H:%M", time.gmtime(oldest)))
+            self.jsonl.rotate()
+        for p in path.parent.glob(path.name + ".*"):
+            if not p.name[len(path.name) + 1 :].isdigit():
+                continue
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    log.info("deleted %s: every line in it is older than events.retention_days", p)
+            except FileNotFoundError:
+                continue
 
     def close(self) -> None:
         try:
@@ -170,6 +198,17 @@ class EventSink:
             if self.jsonl is not None:
                 self.jsonl.close()
             self.queue.close()
+
+
+def _first_line_time(path: Path) -> float | None:
+    """Capture time (epoch seconds) of the first event in a JSONL file; None if empty or unreadable."""
+    try:
+        with path.open("rb") as f:
+            line = f.readline(65536)
+        ts = json.loads(line)["ts"]
+        return datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def cameras_from_args(args: argparse.Namespace, cfg: AppConfig) -> list[CameraConfig]:

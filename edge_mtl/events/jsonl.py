@@ -199,6 +199,16 @@ class JsonlLog:
             view = view[n:]
         self._size += len(data)
 
+    def rotate(self) -> None:
+        """Start a new file now, as if `max_bytes` had been reached (retention by age: a caller rotates a file
+        whose oldest line is too old, so that whole files can age out). A no-op on an empty file."""
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError(f"{self.path}: JSONL log is closed")
+            if self._size > 0:
+                os.fsync(self._fd)
+                self._rotate()
+
     # -- syncing ---------------------------------------------------------------------------------------------
 
     def sync(self) -> int:
