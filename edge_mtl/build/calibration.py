@@ -41,7 +41,7 @@ RECOGNIZER_COUNTS = {"utkface": 192, "celeba_crops": 64}
 RECOGNIZER_EVAL_COUNTS = {"utkface_val": 128}
 # Detector: letterboxed frames (square canvas at the model's input size) from Caltech train images + video frames.
 DETECTOR_IMAGES = 40
-DETECTOR_EVAL_IMAGES = 24
+DETECTOR_EVAL_IMAGES = 64
 VIDEO_FRAMES = {"pedestrians_1080p.mp4": 4, "selfie_portrait.mp4": 2, "cctv_overhead_no_faces.mp4": 2}
 MIN_CROPS = 16
 # As the recognizer's training crops (edge_mtl.train.crops): sources without face boxes (UTKFace chips, CelebA
