@@ -71,7 +71,7 @@ def import_cudart() -> Any:
 def cuda_check(cudart: Any, result: Any, what: str) -> Any:
     """cuda-python returns (error, *values): raise on error, return the value(s)."""
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
+    if err != cudart.cudaError_t.cudaSuccess:
         name = getattr(err, "name", str(err))
         raise BackendUnavailableError(f"CUDA {what} failed: {name}")
     if not values:

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.build.engine_cache import CacheEntry, check_entry, check_shape, entry_path_for, mismatch, read_entry
+from edge_mtl.build.engine_cache import (
+    BuildTarget,
+    CacheEntry,
+    check_entry,
+    check_shape,
+    entry_path_for,
+    mismatch,
+    read_entry,
+)
 from edge_mtl.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -36,8 +44,12 @@ def resolve_engine(
     max_side: int | None,
     rebuild: bool,
     device: int,
+    target: BuildTarget | None = None,
 ) -> tuple[Path, CacheEntry]:
-    """(plan, entry) usable on this box: cached, rebuilt, or a ModelError explaining why neither."""
+    """(plan, entry) usable on this box: cached, rebuilt, or a ModelError explaining why neither.
+
+    `target` describes this box (default: asked from TensorRT and CUDA for `device`).
+    """
     from edge_mtl.build.tensorrt import build_engine, current_target
 
     if not model.is_file():
@@ -55,7 +67,7 @@ def resolve_engine(
             f"metadata are unknown; build it with `edge-mtl build-engine MODEL.onnx`"
         )
     entry = read_entry(entry_file)
-    target = current_target(device)
+    target = target or current_target(device)
     why = mismatch(entry, target)
     if why is None:
         return model, entry

@@ -218,6 +218,22 @@ def test_plan_without_entry_is_refused(tmp_path: Path) -> None:
         resolve_engine(plan, None, max_batch=1, workspace_mb=64, max_side=None, rebuild=True, device=0)
 
 
+def test_plan_from_another_box_without_its_onnx_is_refused(tmp_path: Path) -> None:
+    from edge_mtl.runtime.tensorrt import resolve_engine
+
+    entry = _entry(tmp_path, ORIN, model_path=str(tmp_path / "gone.onnx"))
+    plan, js = engine_paths(tmp_path, "recognizer-int8", entry.key)
+    plan.write_bytes(b"\0" * 16)
+    write_entry(js, entry)
+    # on the box that built it, the plan is used as is
+    assert resolve_engine(plan, None, max_batch=None, workspace_mb=64, max_side=None, rebuild=True, device=0,
+                          target=ORIN) == (plan, entry)
+    # elsewhere, with the ONNX gone, nothing can be rebuilt: a clear error naming both boxes
+    with pytest.raises(ModelError, match=r"built for sm_87 / TensorRT 10.3.0, this box is sm_90 / TensorRT 10.8.0"):
+        resolve_engine(plan, None, max_batch=None, workspace_mb=64, max_side=None, rebuild=True, device=0,
+                       target=H100)
+
+
 def test_runtime_module_imports_without_torch_or_tensorrt() -> None:
     import subprocess
     import sys
@@ -290,3 +306,21 @@ def test_tensorrt_detector_dynamic_shapes(det_export, tmp_path: Path) -> None:
         for h, w in ((480, 640), (640, 480), (96, 128)):
             out = eng.run(np.zeros((2, 3, h, w), np.float32))
             assert out["score_8"].shape == (2, (h // 8) * (w // 8), 1)
+
+
+def test_cuda_check_unpacks_results_and_raises_named_errors() -> None:
+    import enum
+    import types
+
+    from edge_mtl.build.tensorrt import cuda_check
+    from edge_mtl.errors import BackendUnavailableError
+
+    # the shape of cuda-python's cudaError_t
+    Err = enum.IntEnum("Err", {"cudaSuccess": 0, "cudaErrorMemoryAllocation": 2})
+
+    cudart = types.SimpleNamespace(cudaError_t=Err)
+    assert cuda_check(cudart, (Err.cudaSuccess, 1234), "cudaMalloc") == 1234
+    assert cuda_check(cudart, (Err.cudaSuccess,), "cudaSetDevice") is None
+    assert cuda_check(cudart, (Err.cudaSuccess, 1, 2), "x") == (1, 2)
+    with pytest.raises(BackendUnavailableError, match="cudaMalloc failed: cudaErrorMemoryAllocation"):
+        cuda_check(cudart, (Err.cudaErrorMemoryAllocation, 0), "cudaMalloc")
