@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,16 @@ from edge_mtl.models.recognizer import Recognizer, RecognizerArgs
 
 REC_ARGS = RecognizerArgs(widths=(8, 16, 24, 32), depths=(1, 2, 1, 1), embedding_dim=32, embedding_hidden=48)
 DET_ARGS = DetectorArgs(widths=(8, 16, 24, 32, 48), depths=(1, 1, 1, 1), neck=16, head_convs=1)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def randomize_bn(model: Any, seed: int) -> Any:

@@ -10,18 +10,26 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
-torch.set_num_threads(1)  # tiny models: threads only add contention on a shared 2-core machine
 
-from build_helpers import DET_ARGS, REC_ARGS, make_detector, make_recognizer  # noqa: E402
+from build_helpers import DET_ARGS, REC_ARGS, make_detector, make_recognizer, one_torch_thread  # noqa: E402
 
 from edge_mtl.build.export import export_module  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Any:
+    """Tiny models: extra torch threads only add contention on a shared 2-core machine (8x slower exports).
+    Restored after each test, so other test areas keep torch's default."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
 def rec_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, dict[str, Any]]:
     model = make_recognizer()
     out = tmp_path_factory.mktemp("rec") / "recognizer.onnx"
-    report = export_module(model, "recognizer", REC_ARGS.to_dict(), out, version="test-1", provenance="unit tests")
+    with one_torch_thread():
+        report = export_module(model, "recognizer", REC_ARGS.to_dict(), out, version="test-1", provenance="unit tests")
     return out, model, report
 
 
@@ -29,7 +37,8 @@ def rec_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, dic
 def det_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, dict[str, Any]]:
     model = make_detector()
     out = tmp_path_factory.mktemp("det") / "detector.onnx"
-    report = export_module(model, "detector", DET_ARGS.to_dict(), out, version="test-1")
+    with one_torch_thread():
+        report = export_module(model, "detector", DET_ARGS.to_dict(), out, version="test-1")
     return out, model, report
 
 
