@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("build-engine", help="compile an FP16 or Q/DQ ONNX into a TensorRT engine (on the target)")
     s.add_argument("model", type=Path)
     s.add_argument("--cache", type=Path, default=Path("engines"))
-    s.add_argument("--max-batch", type=int, default=32)
+    s.add_argument("--max-batch", type=int, default=None, help="largest batch (default: recognizer 32, detector 4)")
     s.add_argument("--workspace-mb", type=int, default=1024)
     s.add_argument("--max-side", type=int, help="detector: largest input height/width (default: its input size)")
     s.add_argument("--force", action="store_true", help="rebuild even if the cache has a matching engine")
