@@ -71,7 +71,8 @@ def import_cudart() -> Any:
 def cuda_check(cudart: Any, result: Any, what: str) -> Any:
     """cuda-python returns (error, *values): raise on error, return the value(s)."""
     err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
+    code: Any = getattr(err, "value", err)
+    if int(code) != 0:  # cudaSuccess is 0 (an IntEnum member, or a plain int)
         name = getattr(err, "name", str(err))
         raise BackendUnavailableError(f"CUDA {what} failed: {name}")
     if not values:
