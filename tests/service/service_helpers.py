@@ -359,6 +359,16 @@ def queue_rows(db: Path) -> list[tuple[int, str]]:
         return q.read_raw(1, 10_000_000)
 
 
+def queue_len(db: Path) -> int:
+    """Events in the queue, 0 while the daemon has not created it yet (for polling while it starts)."""
+    from edge_mtl.errors import InputError
+
+    try:
+        return len(queue_rows(db))
+    except InputError:  # not there yet, or created but its tables not yet committed
+        return 0
+
+
 def queue_state(db: Path) -> tuple[list[tuple[int, str]], dict[str, int], int]:
     """Everything a failing command must leave alone: rows, cursors and the last seq."""
     from edge_mtl.events.queue import EventQueue

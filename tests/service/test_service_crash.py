@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from service_helpers import EVENTFUL, Daemon, edge_mtl, jsonl_lines, queue_rows, wait_until
+from service_helpers import EVENTFUL, Daemon, edge_mtl, jsonl_lines, queue_len, queue_rows, wait_until
 
 
 def _check_after_kill(db: Path, log: Path, committed: list[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -34,7 +34,7 @@ def test_kill_9_loses_no_committed_event_and_consumers_resume(
     for round_ in range(2):
         with Daemon(["--source", str(clips["noise"]), "--loop", *argv]) as d:
             target = seen + 150
-            wait_until(lambda t=target: db.exists() and len(queue_rows(db)) >= t, 90,  # type: ignore[misc]
+            wait_until(lambda t=target: queue_len(db) >= t, 90,  # type: ignore[misc]
                        f"{target} events (round {round_})")
             committed = queue_rows(db)
             time.sleep(rng.uniform(0.0, 0.3))  # land the kill anywhere in the write/sync cycle

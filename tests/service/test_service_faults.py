@@ -154,6 +154,7 @@ def _fake_gpu(monkeypatch: pytest.MonkeyPatch, cc: tuple[int, int], trt_version:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = trt_version  # type: ignore[attr-defined]
     runtime = types.ModuleType("cuda.bindings.runtime")
+    runtime.cudaError_t = SimpleNamespace(cudaSuccess=0)  # type: ignore[attr-defined]
     runtime.cudaSetDevice = lambda dev: (0,)  # type: ignore[attr-defined]
     runtime.cudaGetDeviceProperties = lambda dev: (  # type: ignore[attr-defined]
         0, SimpleNamespace(major=cc[0], minor=cc[1], name=b"NVIDIA H100 80GB HBM3\0"))

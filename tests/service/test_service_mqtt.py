@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import EVENTFUL, Daemon, queue_rows, wait_until
+from service_helpers import EVENTFUL, Daemon, queue_len, queue_rows, wait_until
 
 from tests.events.events_helpers import Broker, Collector, free_port, mosquitto_path
 
@@ -51,7 +51,7 @@ def test_broker_outage_then_every_event_arrives(
         cursor = f"mqtt:{client}"
         with Daemon(["--config", str(cfg), "--source", str(clips["noise"]), "--loop", "--camera", "hall",
                      "--events", str(db), *model_args]) as d:
-            wait_until(lambda: db.exists() and len(queue_rows(db)) >= 80, 90, "80 events while the broker is down")
+            wait_until(lambda: queue_len(db) >= 80, 90, "80 events while the broker is down")
             d.wait_log(r"MQTT 127\.0\.0\.1:\d+: .*retrying", 30)
             from edge_mtl.events.queue import EventQueue
 

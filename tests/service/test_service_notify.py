@@ -17,6 +17,7 @@ from service_helpers import (
     child_env,
     jsonl_lines,
     listening_sockets,
+    queue_len,
     queue_rows,
     wait_until,
 )
@@ -37,7 +38,7 @@ def test_ready_status_watchdog_and_sigterm_drain(
         # no message but STATUS before READY: nothing claims to be up while models load
         assert all(m.startswith("STATUS=") for t, m in notify.messages(until=ready) if m != "READY=1")
         notify.wait_for("WATCHDOG=1", 20, since=ready, count=3, daemon=d)
-        wait_until(lambda: db.exists() and len(queue_rows(db)) >= 50, 60, "50 events in the queue")
+        wait_until(lambda: queue_len(db) >= 50, 60, "50 events in the queue")
         notify.wait_for("STATUS=frames=", 20, since=ready, daemon=d)
         status = notify.messages("STATUS=frames=")[-1][1]
         assert "fps=" in status and "events=" in status and "drops=" in status
