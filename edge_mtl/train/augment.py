@@ -15,14 +15,18 @@ FLIP_ORDER = {4: [1, 0, 2, 3], 5: [1, 0, 2, 4, 3], 3: [1, 0, 2]}
 
 
 def hflip(img: U8, boxes: F32, lms: F32) -> tuple[U8, F32, F32]:
-    """Mirror the image; boxes and landmarks follow, and left/right points swap so 'left' stays smaller-x."""
+    """Mirror the image; boxes and landmarks follow, and left/right points swap so 'left' stays smaller-x.
+
+    Coordinates are pixel indices (pixel centres at integers, as the annotations and cv2.warpAffine use them), so
+    the mirror of x is (w - 1) - x; using w - x would move every flipped target one pixel and bias the landmarks.
+    """
     w = img.shape[1]
     img = np.ascontiguousarray(img[:, ::-1])
     boxes = boxes.copy()
-    boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    boxes[:, [0, 2]] = (w - 1) - boxes[:, [2, 0]]
     lms = lms.copy()
     if lms.shape[0]:
-        lms[..., 0] = w - lms[..., 0]
+        lms[..., 0] = (w - 1) - lms[..., 0]
         lms = lms[:, FLIP_ORDER[lms.shape[1]]]
     return img, boxes, lms
 

@@ -99,9 +99,14 @@ def test_hflip_swaps_left_and_right() -> None:
     lms = np.array([[[2.0, 3.0], [7.0, 3.5], [4.5, 5.0], [4.5, 5.5]]], np.float32)
     fimg, fb, fl = hflip(img, boxes, lms)
     assert (fimg[:, -1] == 255).all() and (fimg[:, 0] == 0).all()
-    np.testing.assert_array_equal(fb, [[6.0, 2.0, 9.0, 6.0]])
-    # mirrored: old right eye (7) lands at 3 and is now the left eye (smaller x)
-    np.testing.assert_array_equal(fl, [[[3.0, 3.5], [8.0, 3.0], [5.5, 5.0], [5.5, 5.5]]])
+    # pixel-index coordinates: column x goes to column (w - 1) - x, so a point on the white column 0 lands on
+    # the white column 9 (a w - x mirror would put every flipped target one pixel off)
+    np.testing.assert_array_equal(fb, [[5.0, 2.0, 8.0, 6.0]])
+    # mirrored: old right eye (7) lands at 2 and is now the left eye (smaller x)
+    np.testing.assert_array_equal(fl, [[[2.0, 3.5], [7.0, 3.0], [4.5, 5.0], [4.5, 5.5]]])
+    on_white = np.array([[[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 4.0]]], np.float32)
+    _, _, fw = hflip(img, boxes, on_white)
+    assert (fimg[fw[0, :, 1].astype(int), fw[0, :, 0].astype(int)] == 255).all()
     assert (fl[:, 0, 0] < fl[:, 1, 0]).all()
     # flipping twice is the identity; inputs are not modified
     img2, b2, l2 = hflip(fimg, fb, fl)
@@ -110,7 +115,7 @@ def test_hflip_swaps_left_and_right() -> None:
     np.testing.assert_array_equal(l2, lms)
     five = np.array([[[2, 3], [7, 3], [4, 5], [3, 7], [6, 7.5]]], np.float32)
     _, _, f5 = hflip(img, boxes, five)
-    np.testing.assert_array_equal(f5, [[[3, 3], [8, 3], [6, 5], [4, 7.5], [7, 7]]])
+    np.testing.assert_array_equal(f5, [[[2, 3], [7, 3], [5, 5], [3, 7.5], [6, 7]]])
     _, fb0, fl0 = hflip(img, np.zeros((0, 4), np.float32), np.zeros((0, 4, 2), np.float32))
     assert fb0.shape == (0, 4) and fl0.shape == (0, 4, 2)
 
