@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +93,10 @@ class CameraState:
         self.frames = 0
         self.faces = 0
         self.last_frame_ts = 0.0
+        # Track ids shown in events are id_base + the tracker's id: ending a camera's tracks mid-run (its stream
+        # was lost) resets the tracker, whose ids restart at 1, and a dashboard must never see a track id twice.
+        self.id_base = 0
+        self.max_id = 0
 
 
 class Pipeline:
@@ -119,6 +123,8 @@ class Pipeline:
         self._gallery_version: tuple[int, int] | None = None
         self._gallery_checked = 0.0
         self.counters: dict[str, int] = {"frames": 0, "faces": 0, "analyses": 0, "events": 0}
+        #: recognizer batch size -> number of calls: shows whether faces of several cameras share a batch
+        self.batch_sizes: Counter[int] = Counter()
         self.reload_gallery(force=True)
 
     # ------------------------------------------------------------ gallery
@@ -217,9 +223,10 @@ class Pipeline:
             st = cam.tracks.get(tid)
             if st is None:
                 st = cam.tracks[tid] = TrackState(
-                    cam.name, tid, frame.index, frame.timestamp, frame.index, frame.timestamp,
+                    cam.name, cam.id_base + tid, frame.index, frame.timestamp, frame.index, frame.timestamp,
                     tracks.boxes[i].copy(), decider=self._decider(),
                 )
+                cam.max_id = max(cam.max_id, tid)
             j = int(tracks.det_index[i])
             st.visible = j >= 0
             if j >= 0:
@@ -262,6 +269,7 @@ class Pipeline:
         res = self.recognizer.analyze(crops)
         self.timer.add("recognize", time.perf_counter() - t)
         self.counters["analyses"] += len(todo)
+        self.batch_sizes[len(todo)] += 1
         t = time.perf_counter()
         events = []
         for k, (st, fr, _) in enumerate(todo):
@@ -274,7 +282,8 @@ class Pipeline:
         return events
 
     def finish(self, camera: str | None = None) -> list[Event]:
-        """End every live track (of one camera or all): the stream ended or the service is stopping."""
+        """End every live track (of one camera or all): the stream ended or was lost, or the service is stopping.
+        Track ids of a camera keep counting up afterwards."""
         events = []
         for name in [camera] if camera else list(self.cameras):
             cam = self.cameras.get(name)
@@ -285,6 +294,8 @@ class Pipeline:
                     events.append(self._event("face.left", st, st.last_frame, st.last_ts, final=True))
             cam.tracks.clear()
             cam.tracker.reset()
+            cam.id_base += cam.max_id
+            cam.max_id = 0
         self.counters["events"] += len(events)
         return events
 

@@ -504,6 +504,7 @@ class Service:
         assert self.sink is not None and self.pipeline is not None
         sink, pipeline = self.sink, self.pipeline
         ended: set[str] = set()
+        lost: set[str] = set()  # live cameras whose stream is down and whose tracks were ended
         last_flush = last_status = last_snap = last_pet = time.monotonic()
         pet_every = None if self.notifier.watchdog_s is None else max(0.05, self.notifier.watchdog_s / 4)
         while not self.stop_event.is_set():
@@ -517,6 +518,7 @@ class Service:
                     continue
                 f = s.read(timeout=0.0)
                 if f is not None:
+                    lost.discard(s.name)
                     frames.append(f)
                 elif s.finished:
                     ended.add(s.name)
@@ -525,6 +527,14 @@ class Service:
                     if err:
                         log.error("camera %s: capture thread failed: %s", s.name, err)
                         self.exit_code = 1
+                elif getattr(s, "reconnecting", False) and s.name not in lost and not s.stats()["connected"]:
+                    # A camera that lost its stream: nobody is followed through an outage of unknown length (the
+                    # tracker counts frames, not seconds). face.left now, new tracks once frames flow again.
+                    lost.add(s.name)
+                    gone = pipeline.finish(s.name)
+                    if gone:
+                        log.info("camera %s: stream lost; ended %d track(s)", s.name, len(gone))
+                    sink.write(gone)
             if frames:
                 sink.write(pipeline.process(frames))
                 if self.annotate is not None:
@@ -739,6 +749,8 @@ class Service:
             c["frames"], dt, c["frames"] / max(dt, 1e-9), c["faces"], c["analyses"], sink.written,
             p.timer.summary(),
         )
+        if p.batch_sizes:
+            log.info("recognizer batches (faces per call: calls): %s", dict(sorted(p.batch_sizes.items())))
         for s in self.sources:
             log.info("source %s: %s", s.name, s.stats())
 
