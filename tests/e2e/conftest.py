@@ -100,3 +100,13 @@ def model_args(shipped_models: tuple[Path, Path], tmp_path: Path) -> list[str]:
     det, rec = shipped_models
     cfg = write_config(tmp_path / "edge-mtl.toml")
     return ["--detector", str(det), "--recognizer", str(rec), "--config", str(cfg)]
+
+
+@pytest.fixture
+def app_config(shipped_models: tuple[Path, Path], tmp_path: Path) -> Any:
+    """An AppConfig for in-process runs: the models under test and $EDGE_MTL_TEST_CONFIG's settings, if any."""
+    from edge_mtl.config import load_config
+
+    cfg = load_config(write_config(tmp_path / "in-process.toml"))
+    cfg.detector.model, cfg.recognizer.model = shipped_models
+    return cfg
