@@ -226,22 +226,22 @@ def eye_pairs(det: Detections, gt: GroundTruth, threshold: float) -> list[tuple[
         if not np.isfinite(eyes).all():
             continue
         centre = np.nanmean(gt.landmarks[g], axis=0)
-        for p in keep:
+        for p in keep.tolist():
             x1, y1, x2, y2 = det.boxes[p]
             if (eyes[:, 0] >= x1).all() and (eyes[:, 0] <= x2).all() and (eyes[:, 1] >= y1).all() \
                     and (eyes[:, 1] <= y2).all():
                 c = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
                 size = max(float(np.sqrt((x2 - x1) * (y2 - y1))), 1e-6)
-                cands.append((float(np.linalg.norm(c - centre)) / size, g, int(p)))
+                cands.append((float(np.linalg.norm(c - centre)) / size, g, p))
     cands.sort()
     used_g: set[int] = set()
     used_p: set[int] = set()
-    out = []
-    for _, g, p in cands:
-        if g not in used_g and p not in used_p:
-            used_g.add(g)
-            used_p.add(p)
-            out.append((g, p))
+    out: list[tuple[int, int]] = []
+    for _, gi, pi in cands:
+        if gi not in used_g and pi not in used_p:
+            used_g.add(gi)
+            used_p.add(pi)
+            out.append((gi, pi))
     return out
 
 
@@ -316,13 +316,18 @@ def metrics(peer: Peer, dets: Sequence[Detections], gts: Sequence[GroundTruth]) 
 
 
 # ------------------------------------------------------------------------------------------------ runs
+def read_bgr(path: str) -> U8:
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"cannot read {path}")
+    return np.asarray(img, np.uint8)
+
+
 def run_accuracy(peers: Sequence[Peer], images: Sequence[DetImage], what: str) -> dict[str, list[Detections]]:
     out: dict[str, list[Detections]] = {p.name: [] for p in peers}
     t0 = time.time()
     for i, it in enumerate(images):
-        img = cv2.imread(it.path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise OSError(f"cannot read {it.path}")
+        img = read_bgr(it.path)
         for p in peers:
             out[p.name].append(p.detect(img))
         if (i + 1) % 100 == 0:
@@ -449,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_timing:
             t0 = time.time()
             names = [it.path for it in val_items][: args.timing_images or None]
-            frames = [letterbox(cv2.imread(pth, cv2.IMREAD_COLOR)) for pth in names]
+            frames = [letterbox(read_bgr(pth)) for pth in names]
             for n, key, count in ((1, "threads_1", len(frames)), (0, "threads_default", args.timing_default_images)):
                 log.info("timing %s on %d frames", key, min(count, len(frames)))
                 for name, t in run_timing(peers, worker, frames[:count], n).items():
