@@ -23,7 +23,7 @@ def test_two_cameras_one_process(data_dir: Path, tmp_path: Path, model_args: lis
     clip = data_dir / "videos" / SMALL_CLIP
     db, log = tmp_path / "events.db", tmp_path / "events.jsonl"
     proc = edge_mtl("run", *model_args, "--source", str(clip), "--camera", "hall", "--source", str(clip),
-                    "--camera", "gate", "--events", str(db), "--jsonl", str(log), "--max-frames", "90")
+                    "--camera", "gate", "--events", str(db), "--jsonl", str(log), "--max-frames", "60")
     events = queue_events(db)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert [e["id"] for e in read_jsonl(log)] == [e["id"] for e in events]
@@ -40,7 +40,7 @@ def test_two_cameras_one_process(data_dir: Path, tmp_path: Path, model_args: lis
         # each camera's source delivered all its frames to the pipeline
         stats = re.search(rf"source {cam}: (\{{.*\}})", proc.stderr)
         assert stats, proc.stderr[-3000:]
-        assert ast.literal_eval(stats.group(1))["frames_delivered"] == 90
+        assert ast.literal_eval(stats.group(1))["frames_delivered"] == 60
     appeared_ids = [e["track_id"] for e in events if e["type"] == "face.appeared"]
     assert len(appeared_ids) == len(set(appeared_ids))
     # faces of both cameras went through the recognizer together: some call had more than one face
