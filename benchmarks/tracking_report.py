@@ -11,7 +11,10 @@ the listed faces by box overlap (Hungarian assignment, IoU >= --iou). From the m
 * people: persons with at least one clearly visible (not hard) face;
 * tracks: confirmed tracks (face.appeared events), their lifetimes (first to last frame seen, in frames and
   seconds), and how many of them never matched a listed face (false or too brief to be sampled);
-* missed: clearly visible faces with no matching track (recall = 1 - missed / visible faces);
+* missed: clearly visible faces with no matching track (recall = 1 - missed / visible faces); detector_recall is
+  the share of those faces the detector alone finds at the tracker's high and low score thresholds (a face the
+  detector finds but no confirmed track covers was lost by the tracker: unconfirmed yet, or a new track not opened
+  because its score is below new_track_threshold);
 * false: confirmed tracks seen at an annotated frame that match no listed face;
 * id_switches: for each person, how often the matched track id changes between consecutive matched samples;
 * fragmentation: how often a person's matching is interrupted (matched, then missed while clearly visible, then
@@ -61,8 +64,9 @@ def match(gt_boxes: np.ndarray, boxes: np.ndarray, min_iou: float) -> list[tuple
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= min_iou]
 
 
-def run_pipeline(args: argparse.Namespace, video: Path, size: int) -> dict[str, Any]:
-    """Every frame through the pipeline; per frame the confirmed tracks seen in it (id, box), plus events."""
+def run_pipeline(args: argparse.Namespace, video: Path, size: int, sampled: set[int]) -> dict[str, Any]:
+    """Every frame through the pipeline; per frame the confirmed tracks seen in it (id, box), plus events; at the
+    `sampled` frames also the detector's own output (box, score), to tell detector misses from tracker misses."""
     import cv2
 
     from edge_mtl.config import AppConfig, load_config
@@ -80,12 +84,16 @@ def run_pipeline(args: argparse.Namespace, video: Path, size: int) -> dict[str, 
     cap = cv2.VideoCapture(str(video))
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
     seen: dict[int, list[tuple[int, np.ndarray]]] = {}
+    dets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     events: list[Any] = []
     index = 0
     while True:
         ok, image = cap.read()
         if not ok:
             break
+        if index in sampled:
+            d = pipe.detector.detect(image)
+            dets[index] = (d.boxes.astype(np.float64), d.scores.astype(np.float64))
         events += pipe.process([Frame(image, "ped", index, index / fps)])
         cam = pipe.cameras["ped"]
         seen[index] = [(st.track_id, st.box.copy()) for st in cam.tracks.values() if st.announced and st.visible]
@@ -93,7 +101,8 @@ def run_pipeline(args: argparse.Namespace, video: Path, size: int) -> dict[str, 
     cap.release()
     events += pipe.finish()
     pipe.close()
-    return {"frames": index, "fps": fps, "seen": seen, "events": events, "stages": pipe.timer.summary()}
+    return {"frames": index, "fps": fps, "seen": seen, "dets": dets, "events": events, "stages": pipe.timer.summary(),
+            "thresholds": (cfg.tracker.high_threshold, cfg.tracker.low_threshold)}
 
 
 def evaluate(gt: dict[str, Any], run: dict[str, Any], min_iou: float) -> dict[str, Any]:
@@ -147,6 +156,16 @@ def evaluate(gt: dict[str, Any], run: dict[str, Any], min_iou: float) -> dict[st
             "samples": len(samples), "clear": sum(not h for _, _, h in samples),
             "matched": len(ids), "tracks": sorted(set(ids)), "id_switches": switches, "fragmentation": frags,
         }
+    # the detector alone at the sampled frames: clearly visible faces it finds above the tracker's thresholds
+    det_recall = {}
+    for name, thr in zip(("high", "low"), run["thresholds"], strict=True):
+        found = total = 0
+        for fr in gt["frames"]:
+            clear = [x["box"] for x in fr["faces"] if not x["hard"]]
+            boxes, scores = run["dets"].get(fr["frame"], (np.zeros((0, 4)), np.zeros(0)))
+            found += len(match(np.asarray(clear, np.float64).reshape(-1, 4), boxes[scores >= thr], min_iou))
+            total += len(clear)
+        det_recall[f"{name}_{thr:g}"] = round(found / max(total, 1), 3)
     clear_people = [p for p, s in per_person.items() if any(not h for _, _, h in s)]
     never = [tid for tid in appeared_numbers(appeared) if tid not in matched_tracks]
     return {
@@ -158,6 +177,7 @@ def evaluate(gt: dict[str, Any], run: dict[str, Any], min_iou: float) -> dict[st
         "median_lifetime_s": round(float(np.median([b - a + 1 for a, b in lifetimes.values()])) / fps, 2)
         if lifetimes else 0.0,
         "visible_faces": visible, "missed": missed, "recall": round(1 - missed / max(visible, 1), 3),
+        "detector_recall": det_recall,
         "false_tracks_at_samples": false, "id_switches": id_switches, "fragmentation": fragmentation,
         "tracks_per_person": {p: len(v["tracks"]) for p, v in people.items()},
         "people": people,
@@ -192,7 +212,7 @@ def main() -> int:
     result: dict[str, Any] = {"video": video.name, "annotated_frames": len(gt["frames"]), "iou": args.iou,
                               "sizes": {}}
     for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
-        run = run_pipeline(args, video, size)
+        run = run_pipeline(args, video, size, {fr["frame"] for fr in gt["frames"]})
         rep = evaluate(gt, run, args.iou)
         rep["stages"] = run["stages"]
         result["sizes"][str(size)] = rep
