@@ -28,6 +28,7 @@ class FaceDetector:
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
         min_face: int = 0,
+        vote_iou: float | None = 0.6,
     ) -> None:
         meta = engine.metadata
         if meta.kind != "detector":
@@ -38,6 +39,7 @@ class FaceDetector:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.min_face = min_face
+        self.vote_iou = vote_iou
         names = list(meta.output_names)
         self._levels = [
             (names.index(f"score_{s}"), names.index(f"box_{s}"), names.index(f"kps_{s}")) for s in meta.strides
@@ -84,6 +86,7 @@ class FaceDetector:
                     (ph, pw),
                     self.score_threshold,
                     self.nms_threshold,
+                    vote_iou=self.vote_iou,
                 )
                 boxes /= scale
                 lms /= scale

@@ -164,3 +164,23 @@ def test_anchor_count_and_order_match_the_network(h: int, w: int) -> None:
             y, x = a // fw, a % fw
             assert float(cls[0, a, 0]) == float(m[0, 0, y, x])
             np.testing.assert_array_equal(centres[a], [(x + 0.5) * s, (y + 0.5) * s])
+
+
+def test_vote_averages_overlapping_candidates() -> None:
+    """Box voting: the kept face becomes the score-weighted mean of the candidates overlapping it."""
+    from edge_mtl.runtime.postprocess import decode
+
+    # one level of stride 8 on a 16x16 input: 4 anchors at (4,4), (12,4), (4,12), (12,12)
+    scores = np.array([[0.9], [0.3], [0.0], [0.0]], np.float32)
+    # anchor 0 predicts a box 4 px around (4,4); anchor 1 predicts the same box seen from (12,4)
+    boxes = np.array([[0.5, 0.5, 0.5, 0.5], [1.5, 0.5, -0.5, 0.5], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
+    kps = np.zeros((4, 8), np.float32)
+    kps[0] = [0.0, 0.0] * 4  # landmarks at the anchor (4,4)
+    kps[1] = [-0.75, 0.0] * 4  # landmarks at (6,4): 2 px to the right of anchor 0's
+    b0, s0, k0 = decode([scores], [boxes], [kps], [8], (16, 16), 0.5, 0.4)
+    b1, s1, k1 = decode([scores], [boxes], [kps], [8], (16, 16), 0.5, 0.4, vote_iou=0.5)
+    np.testing.assert_allclose(k0[0, :, 0], 4.0)
+    # anchor 1 (score 0.3) is below the score threshold but overlaps the kept face: it still votes
+    np.testing.assert_allclose(k1[0, :, 0], (0.9 * 4.0 + 0.3 * 6.0) / 1.2, rtol=1e-5)
+    np.testing.assert_allclose(b1, b0, atol=1e-5)
+    assert s1[0] == s0[0]
