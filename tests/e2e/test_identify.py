@@ -22,17 +22,17 @@ def _frame(video: Path, index: int, out: Path) -> Path:
     return out
 
 
-def test_enrolled_person_is_identified(data_dir: Path, tmp_path: Path, shipped_models: tuple[Path, Path]) -> None:
+def test_enrolled_person_is_identified(data_dir: Path, tmp_path: Path, model_args: list[str]) -> None:
     video = data_dir / "videos" / "selfie_portrait.mp4"
     # enrol from two stills taken from the last seconds of the clip, then run on its first 150 frames (5 s):
     # the enrolment images are never the frames being recognised
     stills = [_frame(video, i, tmp_path / f"still{i}.png") for i in (300, 330)]
     gallery = tmp_path / "people.db"
-    edge_mtl("enroll", "--gallery", str(gallery), "--name", "selfie_person", *map(str, stills))
+    edge_mtl("enroll", *model_args, "--gallery", str(gallery), "--name", "selfie_person", *map(str, stills))
     listing = edge_mtl("gallery", "list", "--gallery", str(gallery), "--json").stdout
     assert '"selfie_person"' in listing
     log = tmp_path / "events.jsonl"
-    edge_mtl("run", "--source", str(video), "--gallery", str(gallery), "--events", str(tmp_path / "e.db"),
+    edge_mtl("run", *model_args, "--source", str(video), "--gallery", str(gallery), "--events", str(tmp_path / "e.db"),
              "--jsonl", str(log), "--max-frames", "150")
     ident = [e for e in read_jsonl(log) if e["type"] == "face.identified"]
     assert ident, "no face.identified event"
@@ -40,14 +40,14 @@ def test_enrolled_person_is_identified(data_dir: Path, tmp_path: Path, shipped_m
     assert ident[0]["identity"]["similarity"] >= 0.3
 
 
-def test_stranger_is_unknown(data_dir: Path, tmp_path: Path, shipped_models: tuple[Path, Path]) -> None:
+def test_stranger_is_unknown(data_dir: Path, tmp_path: Path, model_args: list[str]) -> None:
     """Someone else is enrolled: the selfie person must come out as unknown (identity null), never matched."""
     lfw = data_dir / "lfw" / "images_deepfunneled" / "George_W_Bush"
     imgs = sorted(lfw.glob("*.jpg"))[:3]
     gallery = tmp_path / "people.db"
-    edge_mtl("enroll", "--gallery", str(gallery), "--name", "someone_else", *map(str, imgs))
+    edge_mtl("enroll", *model_args, "--gallery", str(gallery), "--name", "someone_else", *map(str, imgs))
     log = tmp_path / "events.jsonl"
-    edge_mtl("run", "--source", str(data_dir / "videos" / "selfie_portrait.mp4"), "--gallery", str(gallery),
-             "--events", str(tmp_path / "e.db"), "--jsonl", str(log), "--max-frames", "90")
+    edge_mtl("run", *model_args, "--source", str(data_dir / "videos" / "selfie_portrait.mp4"),
+             "--gallery", str(gallery), "--events", str(tmp_path / "e.db"), "--jsonl", str(log), "--max-frames", "90")
     ident = [e for e in read_jsonl(log) if e["type"] == "face.identified"]
     assert ident and all(e["identity"] is None for e in ident), ident

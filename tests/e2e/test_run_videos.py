@@ -14,10 +14,10 @@ from tests.e2e.conftest import edge_mtl, read_jsonl
 pytestmark = pytest.mark.data
 
 
-def test_pedestrians_appeared_and_left(data_dir: Path, tmp_path: Path, shipped_models: tuple[Path, Path]) -> None:
+def test_pedestrians_appeared_and_left(data_dir: Path, tmp_path: Path, model_args: list[str]) -> None:
     video = data_dir / "videos" / "pedestrians_1080p.mp4"
     db, log = tmp_path / "events.db", tmp_path / "events.jsonl"
-    edge_mtl("run", "--source", str(video), "--camera", "ped", "--events", str(db), "--jsonl", str(log))
+    edge_mtl("run", *model_args, "--source", str(video), "--camera", "ped", "--events", str(db), "--jsonl", str(log))
     events = read_jsonl(log)
     kinds = Counter(e["type"] for e in events)
     assert kinds["face.appeared"] >= 3, kinds  # several people walk toward the camera
@@ -42,10 +42,10 @@ def test_pedestrians_appeared_and_left(data_dir: Path, tmp_path: Path, shipped_m
         assert [r["id"] for r in q.read(1, 10_000)] == [e["id"] for e in events]
 
 
-def test_cctv_without_faces_gives_few_events(data_dir: Path, tmp_path: Path, shipped_models: tuple[Path, Path]) -> None:
+def test_cctv_without_faces_gives_few_events(data_dir: Path, tmp_path: Path, model_args: list[str]) -> None:
     video = data_dir / "videos" / "cctv_overhead_no_faces.mp4"
     log = tmp_path / "events.jsonl"
-    edge_mtl("run", "--source", str(video), "--events", str(tmp_path / "e.db"), "--jsonl", str(log))
+    edge_mtl("run", *model_args, "--source", str(video), "--events", str(tmp_path / "e.db"), "--jsonl", str(log))
     appeared = [e for e in read_jsonl(log) if e["type"] == "face.appeared"]
     # overhead camera, people almost never show a face: at most one spurious track in 26 s of video
     assert len(appeared) <= 1, appeared
