@@ -21,7 +21,8 @@ the listed faces by box overlap (Hungarian assignment, IoU >= --iou). From the m
   matched again), plus tracks_per_person (distinct track ids each person was matched to).
 
     nice -n 10 python benchmarks/tracking_report.py --sizes 640,960 --json
-    python benchmarks/tracking_report.py --detector d.onnx --recognizer r.onnx --config weak.toml --sizes 640
+    python benchmarks/tracking_report.py --detector d.onnx --recognizer r.onnx --sizes 640 \\
+        --set tracker.high_threshold=0.3 --set tracker.new_track_threshold=0.35 --set tracker.low_threshold=0.15
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import json
 import logging
 import sys
+import tomllib
 from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
@@ -80,6 +82,13 @@ def run_pipeline(args: argparse.Namespace, video: Path, size: int, sampled: set[
     if args.recognizer:
         cfg.recognizer.model = args.recognizer
     cfg.detector.input_size = size
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        if not (section and name and value):
+            raise SystemExit(f"--set {item!r}: expected section.key=value")
+        setattr(getattr(cfg, section), name, tomllib.loads(f"v = {value.strip()}")["v"])
+    cfg = type(cfg).model_validate(cfg.model_dump())  # re-check bounds and relations of the changed settings
     pipe = Pipeline(cfg, load_detector(cfg), load_recognizer(cfg))
     cap = cv2.VideoCapture(str(video))
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
@@ -195,6 +204,8 @@ def main() -> int:
     ap.add_argument("--config", type=Path)
     ap.add_argument("--detector", type=Path)
     ap.add_argument("--recognizer", type=Path)
+    ap.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="a config setting (TOML value), e.g. --set tracker.high_threshold=0.3 (repeat)")
     ap.add_argument("--iou", type=float, default=0.3, help="minimum IoU of a track box with a listed face")
     ap.add_argument("--json", action="store_true", help="one JSON line instead of indented JSON")
     args = ap.parse_args()
@@ -210,7 +221,7 @@ def main() -> int:
             ap.error("no --video and no ../shared/data (set EDGE_MTL_DATA)")
         video = root / "videos" / gt["video"]
     result: dict[str, Any] = {"video": video.name, "annotated_frames": len(gt["frames"]), "iou": args.iou,
-                              "sizes": {}}
+                              "settings": args.set or [], "sizes": {}}
     for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
         run = run_pipeline(args, video, size, {fr["frame"] for fr in gt["frames"]})
         rep = evaluate(gt, run, args.iou)
