@@ -49,7 +49,8 @@ def _frames(video: Path, n: int) -> tuple[list[npt.NDArray[np.uint8]], list[floa
     if not cap.isOpened():
         raise InputError(f"{video}: cannot open video")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 25.0)
-    frames, times = [], []
+    frames: list[npt.NDArray[np.uint8]] = []
+    times: list[float] = []
     while len(frames) < n:
         t = time.perf_counter()
         ok, f = cap.read()

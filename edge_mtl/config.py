@@ -52,6 +52,12 @@ class DetectorConfig(Strict):
     min_face: int = Field(
         0, ge=0, le=4096, description="Drop faces whose box is narrower than this (input pixels)."
     )
+    landmarks: Path | None = Field(
+        None, description="Landmark refiner ONNX; default: the shipped export/landmarks.onnx when present."
+    )
+    refine_iterations: int = Field(
+        2, ge=0, le=5, description="Landmark refinement passes per face (0: use the detector's own landmarks)."
+    )
 
 
 class RecognizerConfig(Strict):

@@ -15,6 +15,7 @@ from edge_mtl.errors import InputError, MissingExtraError, ModelError
 from edge_mtl.paths import default_model
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.engine import Engine
+from edge_mtl.runtime.landmarks import LandmarkRefiner
 from edge_mtl.runtime.recognizer import FaceRecognizer
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,27 @@ def torch_engine_from_onnx_or_checkpoint(path: Path, backend: BackendConfig) -> 
     return TorchEngine(RecognizerExport(deploy_copy(rm)), recognizer_metadata(rargs.to_dict()), device, half)
 
 
+def load_refiner(cfg: AppConfig) -> LandmarkRefiner | None:
+    """The landmark refiner: configured, else the shipped one when present; always FP32 on ONNX Runtime (it is
+    tiny, and alignment precision is what it is for)."""
+    d = cfg.detector
+    if d.refine_iterations == 0:
+        return None
+    path = d.landmarks or default_model("landmarks.onnx")
+    if d.landmarks is None and not path.exists():
+        log.warning("no landmark refiner at %s: aligning with the detector's own landmarks", path)
+        return None
+    backend = BackendConfig(type="onnxruntime", device=d.backend.device if d.backend.type == "onnxruntime" else "cpu",
+                            threads=d.backend.threads)
+    return LandmarkRefiner(load_engine(model_path(path, "landmarks.onnx", "fp32"), backend), d.refine_iterations)
+
+
 def load_detector(cfg: AppConfig) -> FaceDetector:
     d = cfg.detector
     path = model_path(d.model, "detector.onnx", d.backend.precision if d.backend.type == "onnxruntime" else "fp32")
     engine = load_engine(path, d.backend)
-    return FaceDetector(engine, d.input_size, d.score_threshold, d.nms_threshold, d.min_face)
+    return FaceDetector(engine, d.input_size, d.score_threshold, d.nms_threshold, d.min_face,
+                        refiner=load_refiner(cfg))
 
 
 def load_recognizer(cfg: AppConfig) -> FaceRecognizer:
@@ -111,3 +128,5 @@ def check_models(cfg: AppConfig) -> None:
         meta = ModelMetadata.from_props(props, str(path))
         if meta.kind != kind:
             raise ModelError(f"{path}: expected a {kind} model, got a {meta.kind!r} model")
+    if cfg.detector.refine_iterations:
+        load_refiner(cfg)  # a configured refiner must load and be a landmarks model

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.build.metadata import detector_metadata, recognizer_metadata
+from edge_mtl.build.metadata import detector_metadata, landmarks_metadata, recognizer_metadata
 from edge_mtl.build.onnx_utils import (
     file_sha256,
     import_onnx,
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPSET = 17
-KINDS = ("detector", "recognizer")
+KINDS = ("detector", "recognizer", "landmarks")
 # MACs are reported at the detector's typical frame (480 x 640 letterboxed) and at the recognizer's crop size.
 DETECTOR_MACS_HW = (480, 640)
 
@@ -64,6 +64,10 @@ def build_model(kind: str, args: dict[str, Any]) -> nn.Module:
         from edge_mtl.models.recognizer import Recognizer, RecognizerArgs
 
         return Recognizer(RecognizerArgs.from_dict(dict(args)))
+    if kind == "landmarks":
+        from edge_mtl.models.landmarks import LandmarkArgs, LandmarkRefiner
+
+        return LandmarkRefiner(LandmarkArgs.from_dict(dict(args)))
     raise InputError(f"unknown model kind {kind!r}; expected one of {KINDS}")
 
 
@@ -74,10 +78,14 @@ def deploy_module(model: nn.Module, kind: str, fuse: bool = True) -> nn.Module:
     """
     from edge_mtl.models.blocks import fuse_repvgg
     from edge_mtl.models.detector import DetectorExport
+    from edge_mtl.models.landmarks import LandmarkExport
     from edge_mtl.models.recognizer import RecognizerExport
 
-    inner = getattr(model, "model", model) if isinstance(model, DetectorExport | RecognizerExport) else model
+    wrappers = DetectorExport | RecognizerExport | LandmarkExport
+    inner = getattr(model, "model", model) if isinstance(model, wrappers) else model
     m = copy.deepcopy(inner).cpu().eval()
+    if kind == "landmarks":
+        return LandmarkExport(m).eval()  # type: ignore[arg-type]
     if kind == "recognizer":
         if fuse:
             fuse_repvgg(m)
@@ -91,18 +99,20 @@ def model_metadata(
     args = json.loads(json.dumps(args))  # tuples -> lists, as they will read back
     if kind == "detector":
         return detector_metadata(args, version=version, provenance=provenance, precision=precision)
+    if kind == "landmarks":
+        return landmarks_metadata(args, version=version, provenance=provenance, precision=precision)
     return recognizer_metadata(args, version=version, provenance=provenance, precision=precision)
 
 
 def _input_hw(kind: str, meta: ModelMetadata) -> tuple[int, int]:
-    return (meta.input_size, meta.input_size) if kind == "recognizer" else DETECTOR_MACS_HW
+    return DETECTOR_MACS_HW if kind == "detector" else (meta.input_size, meta.input_size)
 
 
 def random_inputs(kind: str, meta: ModelMetadata, seed: int = 0) -> list[npt.NDArray[np.float32]]:
     """Inputs in the normalised range ([-1, 1]); batch sizes and (detector) shapes differ from the export dummy,
     so the parity check also proves that the dynamic axes work."""
     rng = np.random.default_rng(seed)
-    if kind == "recognizer":
+    if kind in ("recognizer", "landmarks"):
         s = meta.input_size
         return [rng.uniform(-1, 1, (3, 3, s, s)).astype(np.float32)]
     return [
@@ -124,7 +134,7 @@ def _torch_export(module: nn.Module, kind: str, meta: ModelMetadata, path: Path,
     import torch
 
     names = list(meta.output_names)
-    if kind == "recognizer":
+    if kind in ("recognizer", "landmarks"):
         s = meta.input_size
         dummy = torch.randn(2, 3, s, s)
         axes: dict[str, dict[int, str]] = {"input": {0: "batch"}}
@@ -286,7 +296,7 @@ def model_from_checkpoint(state: dict[str, Any], source: str) -> tuple[str, dict
     if kind not in KINDS or not isinstance(margs, dict) or kind not in margs:
         raise ModelError(
             f"{source}: checkpoint kind {kind!r} with model_args {sorted(margs) if isinstance(margs, dict) else margs}"
-            f" is not an edge-mtl detector or recognizer checkpoint"
+            f" is not an edge-mtl detector, recognizer or landmarks checkpoint"
         )
     args = dict(margs[kind])
     try:

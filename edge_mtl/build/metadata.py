@@ -60,3 +60,27 @@ def recognizer_metadata(
         args=args,
         provenance=provenance,
     )
+
+
+LANDMARK_OUTPUTS = ("offsets",)
+
+
+def landmarks_metadata(
+    args: dict[str, Any], version: str = "dev", provenance: str = "", precision: str = "fp32"
+) -> ModelMetadata:
+    size = int(args.get("size", 64))
+    return ModelMetadata(
+        kind="landmarks",
+        version=version,
+        input_name="input",
+        output_names=LANDMARK_OUTPUTS,
+        color="RGB",
+        mean=DET_MEAN,
+        std=DET_STD,
+        input_size=size,
+        points=int(args.get("points", 4)),
+        template=tuple((float(x) * size / 112.0, float(y) * size / 112.0) for x, y in TEMPLATE_4),
+        precision=precision,
+        args=args,
+        provenance=provenance,
+    )

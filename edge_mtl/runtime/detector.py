@@ -8,10 +8,22 @@ import numpy.typing as npt
 
 from edge_mtl.errors import ModelError
 from edge_mtl.runtime.engine import Engine, normalize
+from edge_mtl.runtime.landmarks import LandmarkRefiner
 from edge_mtl.runtime.postprocess import decode
 from edge_mtl.types import Detections
 
 PAD = 32  # the input must be a multiple of the largest stride
+
+
+def _as_bgr(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Grayscale (2-D or 1-channel) and BGRA frames as 3-channel BGR."""
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
 
 
 class FaceDetector:
@@ -29,6 +41,7 @@ class FaceDetector:
         nms_threshold: float = 0.4,
         min_face: int = 0,
         vote_iou: float | None = 0.6,
+        refiner: LandmarkRefiner | None = None,
     ) -> None:
         meta = engine.metadata
         if meta.kind != "detector":
@@ -40,6 +53,7 @@ class FaceDetector:
         self.nms_threshold = nms_threshold
         self.min_face = min_face
         self.vote_iou = vote_iou
+        self.refiner = refiner
         names = list(meta.output_names)
         self._levels = [
             (names.index(f"score_{s}"), names.index(f"box_{s}"), names.index(f"kps_{s}")) for s in meta.strides
@@ -47,12 +61,7 @@ class FaceDetector:
 
     def prepare(self, image: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint8], float]:
         """BGR uint8 frame -> padded network input (BGR) and the scale applied."""
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        elif image.ndim == 3 and image.shape[2] == 1:
-            image = cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
-        elif image.ndim == 3 and image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        image = _as_bgr(image)
         h, w = image.shape[:2]
         scale = self.input_size / max(h, w)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -96,5 +105,7 @@ class FaceDetector:
                 if self.min_face:
                     keep = (boxes[:, 2] - boxes[:, 0]) >= self.min_face
                     boxes, scores, lms = boxes[keep], scores[keep], lms[keep]
+                if self.refiner is not None and len(lms) and lms.shape[1] == self.refiner.template.shape[0]:
+                    lms = self.refiner.refine(_as_bgr(images[i]), lms)
                 results[i] = Detections(boxes.astype(np.float32), scores.astype(np.float32), lms.astype(np.float32))
         return [r if r is not None else Detections.empty(self.meta.points) for r in results]

@@ -96,6 +96,27 @@ class RecognizerTrain(Strict):
     detector: Path | None = Field(
         None, description="Detector (ONNX or checkpoint) that aligns the training crops; needed to build the cache."
     )
+    landmarks: Path | None = Field(
+        None, description="Landmark refiner ONNX applied after the detector (as at runtime) when building crops."
+    )
+
+
+class LandmarkModelConfig(Strict):
+    size: int = Field(64, ge=32, le=256)
+    widths: tuple[int, int, int, int] = (24, 48, 64, 96)
+
+
+class LandmarkTrain(Strict):
+    kind: Literal["landmarks"] = "landmarks"
+    model: LandmarkModelConfig = Field(default_factory=LandmarkModelConfig)
+    detector: Path | None = Field(None, description="Detector ONNX used to measure the refined landmarks on val.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Caltech images held out (same split as the detector).")
+    split_seed: int = 0
+    noise_min: float = Field(0.02, ge=0, le=1, description="Smallest simulated landmark error (x inter-ocular).")
+    noise_max: float = Field(0.15, ge=0, le=1, description="Largest simulated landmark error (x inter-ocular).")
+    min_iod: float = Field(8.0, ge=0, description="Faces with a smaller annotated inter-ocular distance are skipped.")
+    iterations: int = Field(2, ge=1, le=5, description="Refinement passes at validation (and runtime).")
+    val_every: int = Field(5, ge=1, description="Validate every this many epochs (and after the last).")
 
 
 class TrainConfig(Strict):
@@ -111,4 +132,4 @@ class TrainConfig(Strict):
     checkpoint_every_s: float = Field(600.0, gt=0)
     data: DataPaths = Field(default_factory=DataPaths)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    task: Annotated[DetectorTrain | RecognizerTrain, Field(discriminator="kind")]
+    task: Annotated[DetectorTrain | RecognizerTrain | LandmarkTrain, Field(discriminator="kind")]

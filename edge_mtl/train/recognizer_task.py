@@ -39,12 +39,15 @@ log = logging.getLogger(__name__)
 LOSS_TASKS = {"identity", "distill", "age", "gender", "quality"}
 
 
-def load_detector(path: Path, input_size: int = 320) -> FaceDetector:
-    """The detector used to align training crops: an exported ONNX, or a training checkpoint."""
-    if path.suffix == ".onnx":
-        from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
+def load_detector(path: Path, input_size: int = 320, landmarks: Path | None = None) -> FaceDetector:
+    """The detector used to align training crops (an exported ONNX, or a training checkpoint), followed by the
+    landmark refiner when given, exactly as at runtime."""
+    from edge_mtl.runtime.landmarks import LandmarkRefiner
+    from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
 
-        return FaceDetector(OnnxRuntimeEngine(path), input_size=input_size, score_threshold=0.3)
+    refiner = LandmarkRefiner(OnnxRuntimeEngine(landmarks)) if landmarks else None
+    if path.suffix == ".onnx":
+        return FaceDetector(OnnxRuntimeEngine(path), input_size=input_size, score_threshold=0.3, refiner=refiner)
     from edge_mtl.build.metadata import detector_metadata
     from edge_mtl.models.detector import Detector, DetectorArgs, DetectorExport
     from edge_mtl.train.checkpoint import load_checkpoint
@@ -54,7 +57,7 @@ def load_detector(path: Path, input_size: int = 320) -> FaceDetector:
     model = Detector(args)
     model.load_state_dict(st["model"])
     engine = TorchEngine(DetectorExport(model), detector_metadata(args.to_dict()))
-    return FaceDetector(engine, input_size=input_size, score_threshold=0.3)
+    return FaceDetector(engine, input_size=input_size, score_threshold=0.3, refiner=refiner)
 
 
 def lfw_records(root: Path, pair_files: list[str]) -> list[S.FaceRecord]:
@@ -100,7 +103,7 @@ class RecognizerTask:
         if cfg.data.crops is None:
             raise InputError("recognizer training needs data.crops (a folder for the aligned crop cache)")
         det_path = detector or t.detector
-        self.detector = load_detector(Path(det_path)) if det_path else None
+        self.detector = load_detector(Path(det_path), landmarks=t.landmarks) if det_path else None
         self.crop_dir = Path(cfg.data.crops)
         self.args = RecognizerArgs(
             widths=t.model.widths,

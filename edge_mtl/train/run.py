@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mtl.config import load_toml
-from edge_mtl.train.config import DetectorTrain, TrainConfig
+from edge_mtl.train.config import DetectorTrain, LandmarkTrain, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ def train(config_path: str | Path, resume: bool = True, max_steps: int | None = 
         from edge_mtl.train.detector_task import DetectorTask
 
         task = DetectorTask(cfg)
+    elif isinstance(cfg.task, LandmarkTrain):
+        from edge_mtl.train.landmark_task import LandmarkTask
+
+        task = LandmarkTask(cfg)
     else:
         from edge_mtl.train.recognizer_task import RecognizerTask
 
