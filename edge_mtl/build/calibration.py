@@ -315,7 +315,7 @@ def parity_inputs(
         return None
     images = []
     try:
-        if kind == "recognizer":
+        if kind in ("recognizer", "landmarks"):  # face crops at the model's input size
             for nm in _sample(utkface_names(root, "val"), n, EVAL_SEED):
                 im = read_bgr(root / "utkface" / nm)
                 if im is not None:

@@ -86,6 +86,7 @@ def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> None:
     os.close(fd)
     try:
         onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model is not a secret and the service user must read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
