@@ -83,6 +83,19 @@ def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, cout))
 
 
+def task_heads(a: RecognizerArgs) -> nn.ModuleDict:
+    """The four task heads on the backbone's last feature map (a.widths[-1] channels, input/16 spatial)."""
+    c = int(a.widths[-1])
+    return nn.ModuleDict(
+        {
+            "embedding": EmbeddingHead(c, a.embedding_hidden, a.embedding_dim, a.input_size // 16),
+            "age": _mlp(c, 128, AGE_BINS),
+            "gender": _mlp(c, 64, 2),
+            "quality": _mlp(c, 64, 1),
+        }
+    )
+
+
 class Recognizer(nn.Module):
     """Shared backbone + heads. `forward` returns raw head outputs as a dict keyed by task.
 
@@ -95,16 +108,7 @@ class Recognizer(nn.Module):
         self.args = args or RecognizerArgs()
         a = self.args
         self.backbone = Backbone(a.widths, a.depths)
-        c = self.backbone.out_channels
-        spatial = a.input_size // 16
-        self.heads = nn.ModuleDict(
-            {
-                "embedding": EmbeddingHead(c, a.embedding_hidden, a.embedding_dim, spatial),
-                "age": _mlp(c, 128, AGE_BINS),
-                "gender": _mlp(c, 64, 2),
-                "quality": _mlp(c, 64, 1),
-            }
-        )
+        self.heads = task_heads(a)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -172,16 +176,7 @@ class SoftSharedRecognizer(nn.Module):
         self.backbones = nn.ModuleDict(
             {g: Backbone(a.widths, a.depths) for g in ("identity", "attributes")}
         )
-        c = int(a.widths[-1])
-        spatial = a.input_size // 16
-        self.heads = nn.ModuleDict(
-            {
-                "embedding": EmbeddingHead(c, a.embedding_hidden, a.embedding_dim, spatial),
-                "age": _mlp(c, 128, AGE_BINS),
-                "gender": _mlp(c, 64, 2),
-                "quality": _mlp(c, 64, 1),
-            }
-        )
+        self.heads = task_heads(a)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = {g: b(x) for g, b in self.backbones.items()}
