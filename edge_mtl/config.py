@@ -69,9 +69,11 @@ class RecognizerConfig(Strict):
 class TrackerConfig(Strict):
     """ByteTrack-style tracker settings (see edge_mtl.track for what raising or lowering each does)."""
 
-    high_threshold: float = Field(0.6, gt=0, lt=1, description="Detections above this start and match tracks.")
-    low_threshold: float = Field(0.2, gt=0, lt=1, description="Second-stage matches use detections above this.")
-    new_track_threshold: float = Field(0.7, gt=0, lt=1, description="Score needed to open a new track.")
+    high_threshold: float = Field(
+        0.3, gt=0, lt=1, description="Detections above this match tracks first (scores are IoU-calibrated)."
+    )
+    low_threshold: float = Field(0.15, gt=0, lt=1, description="Second-stage matches use detections above this.")
+    new_track_threshold: float = Field(0.35, gt=0, lt=1, description="Score needed to open a new track.")
     match_iou: float = Field(0.3, gt=0, lt=1, description="Minimum IoU for the first-stage match.")
     lost_frames: int = Field(30, ge=1, le=10000, description="Frames a track survives unseen before it ends.")
     confirm_frames: int = Field(3, ge=1, le=100, description="Consecutive hits before a track is confirmed.")

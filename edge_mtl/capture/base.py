@@ -438,9 +438,13 @@ class ThreadedSource(FrameSource):
             return "corrupt", None
         return "ok", image
 
+    def _frame_time(self) -> float:
+        """The timestamp of the frame about to be delivered (wall clock; file sources use media time)."""
+        return time.time()
+
     def _deliver(self, image: np.ndarray) -> bool:
         now_mono = time.monotonic()
-        frame = Frame(image=image, camera=self.name, index=self._next_index, timestamp=time.time())
+        frame = Frame(image=image, camera=self.name, index=self._next_index, timestamp=self._frame_time())
         self._next_index += 1
         self._last_good_mono = now_mono
         with self._lock:

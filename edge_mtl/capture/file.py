@@ -62,10 +62,13 @@ class FileSource(ThreadedSource):
         self._pace_start: float | None = None
         self._paced = 0
         self._period = 1.0 / DEFAULT_FPS
+        self._media_period = 1.0 / DEFAULT_FPS
+        self._t0: float | None = None
 
     def _prepare(self) -> None:
         cap = open_video_file(self.path)
         fps = nominal_fps(cap)
+        self._media_period = 1.0 / (fps or DEFAULT_FPS)
         if self.realtime:
             if fps is None:
                 log.warning("%s: %s declares no frame rate; pacing at %.0f fps", self.name, self.path, DEFAULT_FPS)
@@ -74,6 +77,16 @@ class FileSource(ThreadedSource):
 
     def _open_capture(self) -> cv2.VideoCapture:
         return open_video_file(self.path)
+
+    def _frame_time(self) -> float:
+        """Offline, frames are stamped in media time (the first frame's wall time + index / fps), so track
+        durations and event times mean seconds of video however fast or slow the file is processed; realtime
+        (a camera stand-in) uses the wall clock like a camera."""
+        if self.realtime:
+            return time.time()
+        if self._t0 is None:
+            self._t0 = time.time()
+        return self._t0 + self._next_index * self._media_period
 
     def _end_of_stream(self) -> bool:
         if not self.loop:

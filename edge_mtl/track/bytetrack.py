@@ -129,9 +129,9 @@ class ByteTracker:
     def __init__(
         self,
         *,
-        high_threshold: float = 0.6,
-        low_threshold: float = 0.2,
-        new_track_threshold: float = 0.7,
+        high_threshold: float = 0.3,
+        low_threshold: float = 0.15,
+        new_track_threshold: float = 0.35,
         match_iou: float = 0.3,
         lost_frames: int = 30,
         confirm_frames: int = 3,

@@ -282,7 +282,7 @@ def test_low_score_detection_never_starts_a_track() -> None:
 
 def test_low_score_detection_does_not_revive_a_lost_track() -> None:
     # Stage 2 only serves tracks seen in the previous frame; a lost track needs a high-score detection.
-    t = ByteTracker(confirm_frames=1, lost_frames=10)
+    t = ByteTracker(confirm_frames=1, lost_frames=10, high_threshold=0.6, low_threshold=0.2, new_track_threshold=0.7)
     for f in range(5):
         t.update(dets([box(100 + 2.0 * f, 200)]))
     assert t.update(Detections.empty()).det_index.tolist() == [-1]

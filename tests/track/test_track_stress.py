@@ -100,7 +100,10 @@ def test_random_frames_keep_invariants(
 def test_seeded_crowd_with_dropouts_and_clutter() -> None:
     """Many faces moving at random, missed now and then, blurred now and then, plus random clutter."""
     rng = np.random.default_rng(1234)
-    c = Checker(ByteTracker(lost_frames=8, confirm_frames=3))
+    # Scores in this simulation are a plain classifier's (faces 0.6-1.0), so it uses thresholds to match.
+    c = Checker(
+        ByteTracker(lost_frames=8, confirm_frames=3, high_threshold=0.6, low_threshold=0.2, new_track_threshold=0.7)
+    )
     n = 12
     pos = rng.uniform([0, 0], [1200, 700], (n, 2))
     vel = rng.normal(0, 4, (n, 2))
