@@ -47,7 +47,7 @@ class DetectorConfig(Strict):
     input_size: int = Field(
         640, ge=128, le=4096, description="Frames are resized so their long side is this many pixels."
     )
-    score_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Minimum face score kept.")
+    score_threshold: float = Field(0.45, gt=0.0, lt=1.0, description="Minimum face score kept.")
     nms_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="IoU above which overlapping boxes merge.")
     min_face: int = Field(
         0, ge=0, le=4096, description="Drop faces whose box is narrower than this (input pixels)."
