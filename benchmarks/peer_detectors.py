@@ -104,14 +104,20 @@ def _at_long_side(fn: Callable[[U8], Detections], long_side: int | None) -> Call
     return run
 
 
-def edge_peer(model: str, input_size: int, threshold: float) -> Peer:
+def edge_peer(model: str, input_size: int, threshold: float, landmarks: str | None = None) -> Peer:
+    """edge-mtl's detector as the product runs it: FaceDetector, with the landmark refiner when `landmarks` names
+    one (the shipped export/landmarks.onnx by default; its cost is in the timing)."""
     from edge_mtl.runtime.detector import FaceDetector
+    from edge_mtl.runtime.landmarks import LandmarkRefiner
     from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
 
+    def refiner(n: int) -> LandmarkRefiner | None:
+        return LandmarkRefiner(OnnxRuntimeEngine(landmarks, threads=n), 2) if landmarks else None
+
     dets = {n: FaceDetector(OnnxRuntimeEngine(model, threads=n), input_size=input_size,
-                            score_threshold=min(0.05, threshold)) for n in (0, 1)}
+                            score_threshold=min(0.05, threshold), refiner=refiner(n)) for n in (0, 1)}
     op = {n: FaceDetector(OnnxRuntimeEngine(model, threads=n), input_size=input_size,
-                          score_threshold=threshold) for n in (0, 1)}
+                          score_threshold=threshold, refiner=refiner(n)) for n in (0, 1)}
     state = {"n": 0}
 
     def set_threads(n: int) -> int:
@@ -119,7 +125,8 @@ def edge_peer(model: str, input_size: int, threshold: float) -> Peer:
         return n if n == 1 else int(os.cpu_count() or 1)
 
     return Peer("edge-mtl", lambda im: dets[state["n"]].detect(im), set_threads, threshold, True, True,
-                {"model": model, "input_size": input_size, "score_threshold": threshold, "nms": 0.4,
+                {"model": model, "landmarks": landmarks, "input_size": input_size, "score_threshold": threshold,
+                 "nms": 0.4,
                  "runtime": "onnxruntime CPU (FaceDetector)", "ap_scores_from": min(0.05, threshold)},
                 timing_detect=lambda im: op[state["n"]].detect(im))
 
@@ -393,7 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--long-side", type=int, default=640, help="all detectors see images with this long side")
     ap.add_argument("--input-size", type=int, default=0, help="edge-mtl FaceDetector input_size (0: --long-side)")
-    ap.add_argument("--score-threshold", type=float, default=0.5, help="edge-mtl operating threshold")
+    ap.add_argument("--landmarks", default=str(Path(__file__).resolve().parents[1] / "export" / "landmarks.onnx"),
+                    help="edge-mtl landmark refiner (default: the shipped one)")
+    ap.add_argument("--no-refiner", action="store_true", help="edge-mtl without its landmark refiner")
+    ap.add_argument("--score-threshold", type=float, default=0.45,
+                    help="edge-mtl operating threshold (the config default)")
     ap.add_argument("--mtcnn-min-face", type=float, default=20.0)
     ap.add_argument("--wheel", default=DEFAULT_WHEEL, help="facenet-pytorch wheel holding the MTCNN weights")
     ap.add_argument("--peer-python", default="/work/peers/bin/python", help="Python with dlib-bin")
@@ -423,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers: list[Peer] = []
     worker = None
     if "edge-mtl" in which:
-        peers.append(edge_peer(args.model, args.input_size or args.long_side, args.score_threshold))
+        peers.append(edge_peer(args.model, args.input_size or args.long_side, args.score_threshold,
+                               None if args.no_refiner else args.landmarks))
     if "mtcnn" in which:
         peers.append(mtcnn_peer(args.wheel, args.mtcnn_min_face, args.long_side))
     if "hog" in which or "haar" in which:
