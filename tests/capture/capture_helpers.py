@@ -49,9 +49,10 @@ class RtspServer:
     """One gst-rtsp-server subprocess serving `clip` (remuxed) at rtsp://127.0.0.1:port/test; restartable on
     the same port, so a test can kill it mid-stream and bring it back."""
 
-    def __init__(self, port: int, clip: Path | None) -> None:
+    def __init__(self, port: int, clip: Path | None, repeat: int = 1) -> None:
         self.port = port
         self.clip = clip
+        self.repeat = repeat
         self.url = f"rtsp://127.0.0.1:{port}/test"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -59,7 +60,7 @@ class RtspServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), "--max-seconds", "180"]
         if self.clip is not None:
-            cmd += ["--file", str(self.clip)]
+            cmd += ["--file", str(self.clip), "--repeat", str(self.repeat)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout

@@ -29,10 +29,17 @@ def launch_line(args: argparse.Namespace) -> str:
     """The media pipeline in gst-launch syntax; the payloader must be named pay0."""
     if args.file:
         location = str(Path(args.file).resolve()).replace("\\", "\\\\").replace('"', '\\"')
-        return (
-            f'( filesrc location="{location}" ! qtdemux name=d d.video_0 ! queue ! h264parse ! '
-            "rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        if args.repeat <= 1:
+            return (
+                f'( filesrc location="{location}" ! qtdemux name=d d.video_0 ! queue ! h264parse ! '
+                "rtph264pay name=pay0 pt=96 config-interval=-1 )"
+            )
+        # the file played `repeat` times back to back (concat keeps the timeline running), still without encoding
+        copies = " ".join(
+            f'filesrc location="{location}" ! qtdemux name=d{i} d{i}.video_0 ! queue ! h264parse ! c.'
+            for i in range(args.repeat)
         )
+        return f"( concat name=c ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 {copies} )"
     return (
         f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={args.width},height={args.height},"
         f"framerate={args.fps}/1 ! x264enc tune=zerolatency speed-preset=ultrafast bitrate=300 "
@@ -45,6 +52,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--path", default="/test", help="mount point")
     ap.add_argument("--file", help="MP4 with an H.264 video track to remux (default: synthetic pattern)")
+    ap.add_argument("--repeat", type=int, default=1, help="with --file: play it this many times back to back")
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--fps", type=int, default=15)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_mtl.events.schema import decode_event
-from tests.capture.capture_helpers import SMALL_CLIP, RtspServer, free_port, gst_rtsp_missing
+from tests.capture.capture_helpers import RtspServer, free_port, gst_rtsp_missing
 from tests.e2e.conftest import read_jsonl
 from tests.e2e.e2e_helpers import Daemon, event_time, queue_events, wait_until
 
@@ -24,10 +24,11 @@ def test_rtsp_camera_crash_and_restart(data_dir: Path, tmp_path: Path, model_arg
     why = gst_rtsp_missing()
     if why:
         pytest.skip(why)
-    # The selfie clip: one face in nearly every frame, 320x568 H.264, remuxed by the server (no encoding). The
-    # server starts every client at the clip's first frame, so a client that reconnects sees the clip again.
-    clip = data_dir / "videos" / SMALL_CLIP
-    server = RtspServer(free_port(), clip)
+    # The 1080p pedestrians clip (4.2 s) played 8 times back to back by the server, remuxed (no encoding): several
+    # people walking toward the camera. The server starts every client at the first frame, so a client that
+    # reconnects sees the clip again.
+    clip = data_dir / "videos" / "pedestrians_1080p.mp4"
+    server = RtspServer(free_port(), clip, repeat=8)
     server.start()
     db, log = tmp_path / "events.db", tmp_path / "events.jsonl"
     try:
