@@ -108,6 +108,7 @@ def test_example_config_passes_check_config(tmp_path: Path, models: dict[str, Pa
     text = EXAMPLE.read_text()
     text = text.replace("/opt/edge-mtl/models/detector.onnx", str(models["detector"]))
     text = text.replace("/opt/edge-mtl/models/recognizer.onnx", str(models["recognizer"]))
+    text = text.replace("/opt/edge-mtl/models/landmarks.onnx", str(SYSTEMD.parent / "export" / "landmarks.onnx"))
     cfg = tmp_path / "edge-mtl.toml"
     cfg.write_text(text)
     proc = edge_mtl("check-config", str(cfg))
