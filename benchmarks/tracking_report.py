@@ -44,22 +44,11 @@ REPO = Path(__file__).resolve().parents[1]
 GT = Path(__file__).with_name("pedestrians_gt.json")
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
-
-
 def match(gt_boxes: np.ndarray, boxes: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
     """One-to-one (gt index, box index) pairs with IoU >= min_iou maximising total IoU."""
-    iou = iou_matrix(gt_boxes, boxes)
+    from edge_mtl.eval.detection import iou_matrix
+
+    iou = iou_matrix(gt_boxes.astype(np.float32), boxes.astype(np.float32))
     if iou.size == 0:
         return []
     rows, cols = linear_sum_assignment(-iou)

@@ -54,6 +54,7 @@ from edge_mtl.build.onnx_utils import (
     set_metadata,
 )
 from edge_mtl.errors import EdgeMtlError, InputError, ModelError
+from edge_mtl.eval.detection import iou_matrix
 from edge_mtl.runtime.engine import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -438,22 +439,11 @@ GATE_SCORE_THRESHOLD = 0.5
 GATE_IOU = 0.5
 
 
-def _iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9), np.float64)
-
-
 def _matched(ref: npt.NDArray[np.float32], cand: npt.NDArray[np.float32]) -> int:
     """Greedy one-to-one matches at IoU >= GATE_IOU (reference boxes in score order)."""
     if len(ref) == 0 or len(cand) == 0:
         return 0
-    iou = _iou(ref, cand)
+    iou = iou_matrix(ref, cand)
     used = np.zeros(len(cand), bool)
     hits = 0
     for i in range(len(ref)):
