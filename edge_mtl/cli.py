@@ -148,7 +148,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     with Gallery(args.gallery, create=False) as g:
         if args.action == "list":
             for row in g.people():
-                _emit(row) if args.json else sys.stdout.write(f"{row['name']}\t{row['embeddings']}\n")
+                line = f"{row['name']}\t{row['embeddings']}\t{','.join(row['models'])}\n"
+                _emit(row) if args.json else sys.stdout.write(line)
         else:
             if not args.name:
                 raise InputError("gallery remove: name a person to remove")

@@ -144,7 +144,7 @@ class Pipeline:
         if v == self._gallery_version and not force:
             return False
         self._gallery_version = v
-        self.matcher = Matcher.load(self._gallery)
+        self.matcher = Matcher.load(self._gallery, self.recognizer.meta.version)
         log.info("gallery %s: %d people", self.gallery_path, len(self.matcher))
         return True
 

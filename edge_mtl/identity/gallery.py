@@ -7,6 +7,7 @@ owner-only (0600): embeddings are biometric data.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -18,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.errors import InputError
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS people (
@@ -90,11 +93,10 @@ class Gallery:
         emb = np.asarray(embeddings, np.float32)
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise InputError("enrol: no embeddings to add")
-        dims = {int(r[0]) for r in self.db.execute("SELECT DISTINCT dim FROM embeddings")}
+        dims = {int(r[0]) for r in self.db.execute("SELECT DISTINCT dim FROM embeddings WHERE model = ?", (model,))}
         if dims and dims != {emb.shape[1]}:
             raise InputError(
-                f"enrol: gallery holds {sorted(dims)}-d embeddings, this model makes {emb.shape[1]}-d: "
-                "use a new gallery for a new model"
+                f"enrol: gallery holds {sorted(dims)}-d embeddings of model {model!r}, got {emb.shape[1]}-d"
             )
         now = time.time()
         with self.db:
@@ -132,22 +134,46 @@ class Gallery:
         return int(n)
 
     def people(self) -> list[dict[str, Any]]:
+        """Enrolled people: name, embedding count, creation time and the recognizer versions that made them."""
         rows = self.db.execute(
-            "SELECT p.name, COUNT(e.id), p.created FROM people p LEFT JOIN embeddings e ON e.person_id = p.id "
-            "GROUP BY p.id ORDER BY p.name"
+            "SELECT p.name, COUNT(e.id), p.created, GROUP_CONCAT(DISTINCT e.model) FROM people p "
+            "LEFT JOIN embeddings e ON e.person_id = p.id GROUP BY p.id ORDER BY p.name"
         ).fetchall()
-        return [{"name": r[0], "embeddings": int(r[1]), "created": round(float(r[2]), 3)} for r in rows]
+        return [
+            {"name": r[0], "embeddings": int(r[1]), "created": round(float(r[2]), 3),
+             "models": sorted(m for m in (r[3] or "").split(",") if r[1])}
+            for r in rows
+        ]
 
-    def matrix(self) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """Every embedding with its person's name: (names per row, N x D)."""
+    def matrix(self, model: str | None = None) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """Embeddings with their person's name: (names per row, N x D); only those made by `model` when given.
+
+        Embeddings of different recognizers live in different spaces (even at the same dimension): a matcher
+        must only compare an embedding with those its own model made."""
+        sql = "SELECT p.name, e.dim, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id"
         rows = self.db.execute(
-            "SELECT p.name, e.dim, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id ORDER BY e.id"
+            sql + (" WHERE e.model = ? ORDER BY e.id" if model is not None else " ORDER BY e.id"),
+            (model,) if model is not None else (),
         ).fetchall()
         if not rows:
             return [], np.zeros((0, 0), np.float32)
+        if len({int(r[1]) for r in rows}) > 1:
+            raise InputError(f"{self.path}: embeddings of several dimensions; name the recognizer version")
         names = [r[0] for r in rows]
         mat = np.stack([np.frombuffer(r[2], np.float32, count=int(r[1])) for r in rows])
         return names, mat
+
+    def stale(self, model: str) -> dict[str, list[str]]:
+        """People with embeddings made by another recognizer than `model`: {other version: [names]}."""
+        rows = self.db.execute(
+            "SELECT DISTINCT e.model, p.name FROM embeddings e JOIN people p ON p.id = e.person_id "
+            "WHERE e.model != ? ORDER BY e.model, p.name",
+            (model,),
+        ).fetchall()
+        out: dict[str, list[str]] = {}
+        for m, name in rows:
+            out.setdefault(m or "unknown", []).append(name)
+        return out
 
 
 class Matcher:
@@ -160,8 +186,18 @@ class Matcher:
         self.owner = np.array([idx[n] for n in names], np.int64)
 
     @staticmethod
-    def load(gallery: Gallery) -> Matcher:
-        return Matcher(*gallery.matrix())
+    def load(gallery: Gallery, model: str | None = None) -> Matcher:
+        """The gallery's embeddings made by recognizer version `model` (all when None). Embeddings of another
+        version are left out, with a warning naming the people to enrol again."""
+        if model is not None:
+            for other, names in gallery.stale(model).items():
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                log.warning(
+                    "gallery %s: %d people have embeddings of recognizer %s, not of the loaded %s; those are not "
+                    "matched (enrol them again: edge-mtl enroll --replace): %s",
+                    gallery.path, len(names), other, model, shown,
+                )
+        return Matcher(*gallery.matrix(model))
 
     def __len__(self) -> int:
         return len(self.people)
@@ -169,8 +205,11 @@ class Matcher:
     def scores(self, embedding: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Best cosine similarity per person (same order as `people`)."""
         out = np.full(len(self.people), -1.0, np.float32)
-        if not self.people or self.matrix.shape[1] != embedding.shape[-1]:
+        if not self.people:
             return out
+        if self.matrix.shape[1] != embedding.shape[-1]:
+            d, e = self.matrix.shape[1], embedding.shape[-1]
+            raise ValueError(f"gallery embeddings are {d}-d, the recognizer's {e}-d")
         sims = self.matrix @ embedding.astype(np.float32)
         np.maximum.at(out, self.owner, sims)
         return out

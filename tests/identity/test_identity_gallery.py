@@ -87,7 +87,7 @@ def test_input_errors(tmp_path: Path) -> None:
     assert not db.exists()
     with Gallery(db) as g:
         g.add("alice", np.eye(2, 8, dtype=np.float32))
-        with pytest.raises(InputError, match=r"\[8\]-d embeddings, this model makes 16-d"):
+        with pytest.raises(InputError, match=r"\[8\]-d embeddings of model '', got 16-d"):
             g.add("bob", np.eye(2, 16, dtype=np.float32))
         with pytest.raises(InputError, match="name must not be empty"):
             g.add("  ", np.eye(1, 8, dtype=np.float32))
@@ -122,3 +122,33 @@ def test_matcher_empty_and_single() -> None:
     assert empty.best(np.ones(4, np.float32)) == (None, -1.0, -1.0)
     one = Matcher(["a"], np.eye(1, 4, dtype=np.float32))
     assert one.best(np.eye(1, 4, dtype=np.float32)[0]) == ("a", 1.0, -1.0)
+    with pytest.raises(ValueError, match="4-d, the recognizer's 8-d"):
+        one.best(np.ones(8, np.float32))
+
+
+def test_matcher_uses_only_its_recognizers_embeddings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """After a recognizer upgrade, embeddings of the old model are in another space (here: same dimension):
+    matching them would silently give wrong identities, so they are left out, with a warning naming the people."""
+    e = np.eye(8, dtype=np.float32)
+    with Gallery(tmp_path / "g.db") as g:
+        g.add("alice", e[:2], model="recognizer-1.0")
+        g.add("bob", e[2:3], model="recognizer-1.0")
+        g.add("bob", e[3:4], model="recognizer-1.1")  # bob enrolled again with the new model
+        g.add("carol", e[4:6], model="recognizer-1.1")
+        with pytest.raises(InputError, match=r"\[8\]-d embeddings of model 'recognizer-1.1', got 4-d"):
+            g.add("dave", np.eye(1, 4, dtype=np.float32), model="recognizer-1.1")
+        g.add("dave", np.eye(1, 4, dtype=np.float32), model="other-4d")  # another model may differ in size
+        assert {p["name"]: p["models"] for p in g.people()} == {
+            "alice": ["recognizer-1.0"], "bob": ["recognizer-1.0", "recognizer-1.1"], "carol": ["recognizer-1.1"],
+            "dave": ["other-4d"]}
+        with caplog.at_level("WARNING", logger="edge_mtl.identity.gallery"):
+            m = Matcher.load(g, "recognizer-1.1")
+        assert m.people == ["bob", "carol"] and m.matrix.shape == (3, 8)
+        np.testing.assert_array_equal(m.matrix[0], e[3])
+        assert m.best(e[2])[1] == 0.0, "bob's old-model embedding is not matched"
+        assert m.best(e[3])[:2] == ("bob", 1.0)
+        warned = " ".join(r.getMessage() for r in caplog.records)
+        assert "recognizer recognizer-1.0" in warned and "alice, bob" in warned and "other-4d" in warned
+        assert Matcher.load(g, "recognizer-1.0").people == ["alice", "bob"]
+        with pytest.raises(InputError, match="several dimensions"):
+            g.matrix()
