@@ -24,17 +24,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of a CLI subprocess: this checkout importable, one intra-op thread per library (the CI box
-    has two cores and the suite runs beside other work), no systemd variables leaking in."""
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.update(extra or {})
-    return env
+from tests.proc_helpers import REPO, child_env
 
 
 def edge_mtl(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:

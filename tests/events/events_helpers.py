@@ -8,13 +8,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from edge_mtl.events.schema import utc_ts
 from edge_mtl.types import Event
+from tests.proc_helpers import wait_until as wait_until  # re-exported
 
 EPOCH = 1_795_370_400.0  # 2026-11-22T18:00:00Z
 
@@ -42,15 +40,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
-    """Poll `cond` until true; fail the test (not hang) after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(step)
 
 
 def mosquitto_path() -> str | None:

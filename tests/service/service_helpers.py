@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,10 @@ import cv2
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.proc_helpers import REPO as REPO  # re-exported
+from tests.proc_helpers import Daemon as Daemon
+from tests.proc_helpers import child_env as child_env
+from tests.proc_helpers import wait_until as wait_until
 
 #: Settings that make a random detector produce a steady stream of tracks on noise frames (events to test with):
 #: scores sit near 0.5, so thresholds go below that, every track is confirmed at once and ends two frames later.
@@ -40,15 +41,6 @@ new_track_threshold = 0.45
 confirm_frames = 1
 lost_frames = 2
 """
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
-    """Poll `cond`; fail the test (never hang) after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(step)
 
 
 def free_port() -> int:
@@ -114,14 +106,6 @@ def export_models(folder: Path) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------ the daemon
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(extra or {})
-    return env
-
-
 def edge_mtl(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the CLI to completion in a subprocess, as systemd or a user would."""
     return subprocess.run(
@@ -138,73 +122,6 @@ def one_line_error(stderr: str) -> str:
     assert "Traceback" not in stderr and " ERROR " not in stderr, stderr[-3000:]
     assert lines[0].startswith("edge-mtl: error: "), lines[0]
     return lines[0]
-
-
-class Daemon:
-    """`edge-mtl run ...` in the background; stderr collected by a thread (the pipe never fills up)."""
-
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_mtl.cli", "run", *args], cwd=REPO, env=env or child_env(),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, umask=0o022,
-        )
-        self.pid = self.proc.pid
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._lock:
-                self._lines.append(line)
-
-    @property
-    def stderr(self) -> str:
-        with self._lock:
-            return "".join(self._lines)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"edge-mtl run did not exit within {timeout:g} s:\n{self.stderr[-3000:]}")
-        self._reader.join(10)
-        return rc
-
-    def wait_log(self, pattern: str, timeout: float) -> re.Match[str]:
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            m = re.search(pattern, self.stderr)
-            if m:
-                found.append(m)
-            if not self.alive() and not m:
-                pytest.fail(f"edge-mtl run exited ({self.proc.returncode}) before logging {pattern!r}:\n"
-                            f"{self.stderr[-3000:]}")
-            return m is not None
-
-        wait_until(seen, timeout, f"log line {pattern!r}")
-        return found[0]
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
 
 
 class NotifySocket:
