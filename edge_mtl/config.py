@@ -133,6 +133,7 @@ class MqttForwarder(Strict):
     username: str | None = None
     password_file: Path | None = Field(None, description="File holding the password (never inline).")
     tls: bool = False
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version spoken to the broker.")
     cursor: Path | None = Field(None, description="Where delivered progress (last seq) is kept.")
 
 

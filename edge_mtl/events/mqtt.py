@@ -242,10 +242,12 @@ class MqttForwarder:
 
     def _connect(self, link: _Link) -> paho.Client:
         mqtt = self._mqtt
+        v5 = self.cfg.protocol == "5"
         client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.cfg.client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
         )
         client.on_connect = link.on_connect
         client.on_disconnect = link.on_disconnect
@@ -257,7 +259,10 @@ class MqttForwarder:
         if self.cfg.tls:
             client.tls_set()
         try:
-            client.connect(self.cfg.host, self.cfg.port, keepalive=self._keepalive, clean_start=True)
+            if v5:
+                client.connect(self.cfg.host, self.cfg.port, keepalive=self._keepalive, clean_start=True)
+            else:  # 3.1.1 has no clean_start: the session is clean by `clean_session` above
+                client.connect(self.cfg.host, self.cfg.port, keepalive=self._keepalive)
             deadline = time.monotonic() + self._connect_timeout
             while link.connack is None:
                 if self._stop.is_set():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,28 @@ def test_every_event_arrives_on_its_camera_topic(
         assert ev == stored[ev["seq"]]  # byte-for-byte the queued event
         assert topic == f"{TOPIC}/{ev['camera']}"
     assert sorted(set(sub.seqs())) == list(range(1, 56))
+
+
+def test_mqtt_3_1_1_broker(
+    queue: EventQueue, make_broker: Callable[..., Broker], forwarders: Callable[..., MqttForwarder],
+    collectors: Callable[..., Collector],
+) -> None:
+    """Brokers and bridges that only speak MQTT 3.1.1 get the same events, exactly the queued bytes. The broker's
+    connection log names the protocol each client spoke (mosquitto: p2 = 3.1.1, p5 = 5)."""
+    broker = make_broker(extra="log_type notice")
+    sub = collectors(broker.port)
+    seqs = _append(queue, 0, 12)
+    cfg = _cfg(broker.port, protocol="3.1.1")
+    fwd = forwarders(queue.path, cfg)
+    fwd.start()
+    sub.wait_for(set(seqs), 20)
+    wait_until(lambda: fwd.delivered_seq == seqs[-1], 10, "the forwarder's cursor")
+    stored = {e["seq"]: e for e in queue.read(1, 100)}
+    with sub.lock:
+        assert sorted(ev["seq"] for _, ev in sub.messages) == seqs
+        assert all(ev == stored[ev["seq"]] for _, ev in sub.messages)
+    log = broker.log.read_text()
+    assert re.search(rf"as {cfg.client_id} \(p2,", log), log[-2000:]
 
 
 @pytest.mark.timeout(180)
