@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,38 @@ def test_tail_follow_prints_new_events_until_stopped(queue: EventQueue) -> None:
     assert not t.is_alive()
     assert result == [0]
     assert _seqs(out.getvalue()) == [1, 2, 3, 4]
+
+
+def test_tail_follow_waits_for_the_queue_to_be_created(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`tail --follow` started before the daemon (no file yet, then the empty file being initialised) waits for
+    the queue instead of failing, then prints its events; a foreign file is still an error, stopping still works."""
+    db = tmp_path / "later" / "events.db"
+    out = io.StringIO()
+    stop = threading.Event()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(tail(db, None, follow=True, out=out, stop=stop, poll_s=0.02)))
+    with caplog.at_level("INFO", logger="edge_mtl.events.tail"):
+        t.start()
+        try:
+            wait_until(lambda: "waiting for the event queue" in caplog.text, 10, "the waiting message")
+            db.parent.mkdir()
+            db.touch()  # what the creator's O_CREAT leaves before its tables are committed
+            time.sleep(0.3)  # several polls see the empty file
+            assert t.is_alive(), "an empty file is waited for, not reported as a foreign one"
+            with EventQueue(db) as q:
+                q.append([make_event(0), make_event(1)])
+                wait_until(lambda: _seqs(out.getvalue()) == [1, 2], 10, "the events of the new queue")
+        finally:
+            stop.set()
+            t.join(timeout=10)
+    assert not t.is_alive() and result == [0]
+    stop2 = threading.Event()
+    stop2.set()
+    assert tail(tmp_path / "never.db", None, follow=True, out=io.StringIO(), stop=stop2) == 0
+    junk = tmp_path / "junk.db"
+    junk.write_text("hello")
+    with pytest.raises(InputError, match="not an edge-mtl event queue"):
+        tail(junk, None, True, io.StringIO())
 
 
 def test_tail_missing_or_foreign_db_is_an_input_error(tmp_path: Path) -> None:
