@@ -83,14 +83,21 @@ def ten_fold_accuracy(sims: F64, same: npt.NDArray[np.bool_], folds: npt.NDArray
     }
 
 
-def tar_at_far(sims: F64, same: npt.NDArray[np.bool_], far: float) -> float:
-    """True accept rate at the threshold whose false accept rate on mismatched pairs is <= `far`."""
+def far_threshold(sims: F64, same: npt.NDArray[np.bool_], far: float) -> float:
+    """The lowest similarity threshold (accept when similarity > it) whose false accept rate on mismatched pairs
+    is <= `far`: a gallery's `identity.threshold` for that FAR. NaN without mismatched pairs."""
     neg = np.sort(sims[~same])[::-1]
-    if neg.size == 0 or not same.any():
+    if neg.size == 0:
         return float("nan")
     k = int(np.floor(far * neg.size))
-    th = neg[k] if k < neg.size else neg[-1] - 1e-6
-    return float((sims[same] > th).mean())
+    return float(neg[k] if k < neg.size else neg[-1] - 1e-6)
+
+
+def tar_at_far(sims: F64, same: npt.NDArray[np.bool_], far: float) -> float:
+    """True accept rate at the threshold whose false accept rate on mismatched pairs is <= `far`."""
+    if not same.any() or same.all():
+        return float("nan")
+    return float((sims[same] > far_threshold(sims, same, far)).mean())
 
 
 def verification_metrics(
@@ -99,6 +106,7 @@ def verification_metrics(
     out = ten_fold_accuracy(sims, same, folds)
     for far in fars:
         out[f"tar_at_far_{far:g}"] = round(tar_at_far(sims, same, far), 4)
+        out[f"threshold_at_far_{far:g}"] = round(far_threshold(sims, same, far), 4)
     out["pairs"] = float(len(sims))
     return out
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from edge_mtl.eval.verification import (
     best_threshold,
     error_by_quality,
+    far_threshold,
     lfw_path,
     read_pairs,
     tar_at_far,
@@ -117,6 +118,7 @@ def test_tar_at_far_never_exceeds_far(seed: int, far: float) -> None:
     k = int(np.floor(far * neg.size))
     th = neg[k] if k < neg.size else neg[-1] - 1e-6
     assert (sims[~same] > th).mean() <= far
+    assert far_threshold(sims, same, far) == th
     if same.any():
         assert tar == pytest.approx((sims[same] > th).mean())
     else:
@@ -131,6 +133,8 @@ def test_verification_metrics_and_quality_bins() -> None:
     res = verification_metrics(sims, same, np.arange(n) // 20)
     assert res["accuracy"] == 1.0 and res["pairs"] == 200.0
     assert res["tar_at_far_0.001"] == 1.0 and res["tar_at_far_0.01"] == 1.0
+    neg = np.sort(sims[~same])[::-1]  # 100 mismatched pairs: FAR 1e-2 allows one above the threshold, 1e-3 none
+    assert res["threshold_at_far_0.01"] == round(neg[1], 4) and res["threshold_at_far_0.001"] == round(neg[0], 4)
     quality = np.arange(n, dtype=np.float64)
     # errors only among the lowest-quality quarter
     bad = sims.copy()
