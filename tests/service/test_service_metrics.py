@@ -55,7 +55,7 @@ def test_metrics_health_and_sighup_reload(
     gallery = tmp_path / "gallery.db"
     cfg = tmp_path / "edge-mtl.toml"
 
-    def write_cfg(threshold: float = 0.45, every: int = 15, input_size: int = 160, extra: str = "") -> None:
+    def write_cfg(threshold: float = 0.53, every: int = 15, input_size: int = 160, extra: str = "") -> None:
         text = EVENTFUL.replace("input_size = 160", f"input_size = {input_size}")
         cfg.write_text(
             text + f'\n[identity]\ngallery = "{gallery}"\nthreshold = {threshold}\n'
@@ -96,7 +96,7 @@ def test_metrics_health_and_sighup_reload(
         write_cfg(threshold=0.6, every=5, input_size=192)
         mark = len(notify.messages())
         d.signal(signal.SIGHUP)
-        d.wait_log(r"SIGHUP: applied .*identity\.threshold 0\.45 -> 0\.6", 20)
+        d.wait_log(r"SIGHUP: applied .*identity\.threshold 0\.53 -> 0\.6", 20)
         d.wait_log(r"recognition\.every_n_frames 15 -> 5", 5)
         d.wait_log(r"need a restart \(systemctl restart edge-mtl\): detector\.input_size", 5)
 
