@@ -168,6 +168,11 @@ class ServiceConfig(Strict):
     )
     metrics_host: str = Field("127.0.0.1", description="Listen address for metrics (keep it on localhost).")
     stop_timeout_s: float = Field(10.0, gt=0, le=600, description="Drain and flush within this on SIGTERM.")
+    malloc_arenas: int = Field(
+        2, ge=0, le=64,
+        description="Cap glibc's malloc arenas as MALLOC_ARENA_MAX does (0: glibc's default, 8 per core); the "
+        "environment variable wins when set. Capture threads allocating frames in many arenas fragment them.",
+    )
     watchdog_stall_s: float = Field(
         30.0, gt=0, description="Stop petting the systemd watchdog when no frame was processed for this long."
     )

@@ -151,3 +151,18 @@ def test_pipeline_runs_under_memory_deny_write_execute(
     assert queue_rows(db), "no event was written"
     m = re.search(r"(\d+) analyses", proc.stderr)
     assert m and int(m.group(1)) > 0, "the recognizer never ran"
+
+
+def test_malloc_arena_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`service.malloc_arenas` caps glibc's arenas through mallopt (the soak's memory growth, docs/operations.md);
+    an operator's MALLOC_ARENA_MAX wins."""
+    from edge_mtl.config import AppConfig
+    from edge_mtl.service import limit_malloc_arenas
+
+    assert AppConfig().service.malloc_arenas == 2
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    if not ctypes.util.find_library("c"):
+        pytest.skip("no C library to call (not glibc)")
+    assert limit_malloc_arenas(2) is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas(2) is False
