@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.types import Detections
+from edge_mtl.vision.boxes import box_iou
 
 F32 = npt.NDArray[np.float32]
 BANDS: tuple[tuple[str, float, float], ...] = (
@@ -29,14 +30,8 @@ class GroundTruth:
 
 
 def iou_matrix(a: F32, b: F32) -> F32:
-    if a.shape[0] == 0 or b.shape[0] == 0:
-        return np.zeros((a.shape[0], b.shape[0]), np.float32)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    aa = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    ab = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    return (inter / np.maximum(aa[:, None] + ab[None, :] - inter, 1e-9)).astype(np.float32)
+    """IoU matrix (N, M) in float32 (`edge_mtl.vision.boxes.box_iou`)."""
+    return box_iou(a, b).astype(np.float32)
 
 
 def match(pred_boxes: F32, pred_scores: F32, gt_boxes: F32, iou_thr: float = 0.5) -> tuple[

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from edge_mtl.vision.boxes import box_iou
+
 F32 = npt.NDArray[np.float32]
 
 
@@ -86,16 +88,8 @@ def decode(
     keep = passing[nms(b[passing], sc_all[passing], nms_threshold)][:max_faces]
     kb, ks, kk = b[keep], sc_all[keep], k_all[keep]
     if vote_iou is not None and keep.size:
-        x1 = np.maximum(kb[:, None, 0], b[None, :, 0])
-        y1 = np.maximum(kb[:, None, 1], b[None, :, 1])
-        x2 = np.minimum(kb[:, None, 2], b[None, :, 2])
-        y2 = np.minimum(kb[:, None, 3], b[None, :, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        area_k = np.clip(kb[:, 2] - kb[:, 0], 0, None) * np.clip(kb[:, 3] - kb[:, 1], 0, None)
-        area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-        iou = inter / np.maximum(area_k[:, None] + area_b[None, :] - inter, 1e-9)
-        w = (iou >= vote_iou) * sc_all[None, :]
-        w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
-        kb = (w @ b).astype(np.float32)
-        kk = np.einsum("kn,npc->kpc", w, k_all).astype(np.float32)
+        votes = np.where(box_iou(kb, b) >= vote_iou, sc_all[None, :].astype(np.float64), 0.0)
+        votes /= np.maximum(votes.sum(axis=1, keepdims=True), 1e-12)
+        kb = (votes @ b).astype(np.float32)
+        kk = np.einsum("kn,npc->kpc", votes, k_all).astype(np.float32)
     return kb, ks, kk

@@ -54,6 +54,7 @@ from scipy.optimize import linear_sum_assignment
 
 from edge_mtl.track.kalman import BoxKalmanFilter, cxcywh_to_xyxy
 from edge_mtl.types import Detections, Tracks
+from edge_mtl.vision.boxes import box_iou
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +82,6 @@ class TrackInfo:
     def age(self) -> int:
         """Frames from the first to the last sighting, both included."""
         return self.last_seen_frame - self.first_frame + 1
-
-
-def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> F64:
-    """IoU matrix (N, M) between (x1, y1, x2, y2) boxes; 0 where either box has no area."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0.0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
 
 
 def min_cost_matching(cost: npt.ArrayLike, max_cost: float) -> tuple[I64, I64]:
