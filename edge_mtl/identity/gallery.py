@@ -141,7 +141,7 @@ class Gallery:
         ).fetchall()
         return [
             {"name": r[0], "embeddings": int(r[1]), "created": round(float(r[2]), 3),
-             "models": sorted(m for m in (r[3] or "").split(",") if r[1])}
+             "models": sorted(r[3].split(",")) if r[1] else []}
             for r in rows
         ]
 
@@ -150,10 +150,11 @@ class Gallery:
 
         Embeddings of different recognizers live in different spaces (even at the same dimension): a matcher
         must only compare an embedding with those its own model made."""
-        sql = "SELECT p.name, e.dim, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id"
+        where, params = (" WHERE e.model = ?", (model,)) if model is not None else ("", ())
         rows = self.db.execute(
-            sql + (" WHERE e.model = ? ORDER BY e.id" if model is not None else " ORDER BY e.id"),
-            (model,) if model is not None else (),
+            "SELECT p.name, e.dim, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id"
+            + where + " ORDER BY e.id",
+            params,
         ).fetchall()
         if not rows:
             return [], np.zeros((0, 0), np.float32)
