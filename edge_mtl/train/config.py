@@ -56,6 +56,16 @@ class DetectorTrain(Strict):
     split_seed: int = 0
     sources: list[Literal["caltech", "wider", "maskon"]] = Field(default_factory=lambda: ["caltech"])  # type: ignore[arg-type]
     loss_weights: tuple[float, float, float] = Field((1.0, 2.0, 0.2), description="cls, box, landmarks")
+    crop_scales: tuple[float, float] = Field(
+        (0.3, 1.6), description="Training crop side as a range of multiples of the image's short side (>1 zooms out)."
+    )
+    score_target_power: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Score target of a positive is IoU**p (1: quality focal loss; smaller: a score less tied to "
+        "how well the box fits, i.e. more confident on small faces).",
+    )
     val_size: int = Field(480, ge=64, le=4096, description="Long side at validation.")
     val_limit: int = Field(0, ge=0, description="Validate on at most this many images (0: all).")
 
@@ -130,6 +140,11 @@ class TrainConfig(Strict):
         False, description="bfloat16 autocast for the forward pass (CPUs with AVX512-BF16/AMX, GPUs); losses in FP32."
     )
     checkpoint_every_s: float = Field(600.0, gt=0)
+    init: Path | None = Field(
+        None,
+        description="Fine-tune: start from this checkpoint's weights (same kind and model args); the optimizer, "
+        "schedule and epochs start afresh. Ignored when `out` already has a last.pt to resume.",
+    )
     data: DataPaths = Field(default_factory=DataPaths)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     task: Annotated[DetectorTrain | RecognizerTrain | LandmarkTrain, Field(discriminator="kind")]

@@ -52,8 +52,16 @@ def read_rgb(path: str) -> npt.NDArray[np.uint8]:
 class DetectionDataset(Dataset[dict[str, torch.Tensor]]):
     """Random square crops of `size` with flips and photometric augmentation (train) or none (eval)."""
 
-    def __init__(self, images: Sequence[DetImage], size: int = 320, train: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: Sequence[DetImage],
+        size: int = 320,
+        train: bool = True,
+        seed: int = 0,
+        scales: tuple[float, float] = (0.3, 1.6),
+    ) -> None:
         self.images = list(images)
+        self.scales = scales
         self.size = size
         self.train = train
         self.seed = seed
@@ -72,7 +80,7 @@ class DetectionDataset(Dataset[dict[str, torch.Tensor]]):
         img = read_rgb(item.path)
         boxes, lms = item.boxes.copy(), item.landmarks.copy()
         if self.train:
-            img, boxes, lms, keep = A.random_square_crop(img, boxes, lms, self.size, rng)
+            img, boxes, lms, keep = A.random_square_crop(img, boxes, lms, self.size, rng, self.scales)
             boxes, lms = boxes[keep], lms[keep]
             if rng.random() < 0.5:
                 img, boxes, lms = A.hflip(img, boxes, lms)

@@ -119,8 +119,11 @@ def detection_loss(
     gt_ignore: list[torch.Tensor],
     image_hw: tuple[int, int],
     weights: tuple[float, float, float] = (1.0, 2.0, 0.2),
+    target_power: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Joint loss over a batch; returns {"loss", "loss_cls", "loss_box", "loss_kps", "num_pos"}."""
+    """Joint loss over a batch; returns {"loss", "loss_cls", "loss_box", "loss_kps", "num_pos"}.
+
+    A positive's score target is IoU**target_power (1: plain quality focal loss)."""
     cls = torch.cat([o[0] for o in outputs], dim=1)[..., 0]  # B x A
     box = torch.cat([o[1] for o in outputs], dim=1)  # B x A x 4
     kps = torch.cat([o[2] for o in outputs], dim=1)  # B x A x 2K
@@ -155,7 +158,7 @@ def detection_loss(
             pb = decode_boxes(points[pos], strides[pos], box[b][pos])
             tb = valid[assigned[pos]]
             iou = box_iou(pb.detach(), tb).diagonal() if pb.shape[0] else pb.new_zeros(0)
-            target[pos] = iou.clamp(min=0.01)
+            target[pos] = iou.clamp(min=0.01) ** target_power
             l_box.append(giou_loss(pb, tb).sum())
             tl = vlm[assigned[pos]]  # P x K x 2
             has = ~torch.isnan(tl).any(dim=(1, 2))

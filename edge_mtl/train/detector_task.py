@@ -57,7 +57,7 @@ class DetectorTask:
         if "maskon" in t.sources and cfg.data.maskon_images and cfg.data.maskon_annotations:
             train += to_det_images(S.maskon_voc(cfg.data.maskon_images, cfg.data.maskon_annotations))
         log.info("detector data: %d training images, %d validation images", len(train), len(self.val))
-        self.dataset = DetectionDataset(train, size=t.size, train=True, seed=cfg.seed)
+        self.dataset = DetectionDataset(train, size=t.size, train=True, seed=cfg.seed, scales=t.crop_scales)
         self.collate = collate
         self._mean = torch.tensor(DET_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(DET_STD).view(1, 3, 1, 1)
@@ -74,7 +74,13 @@ class DetectorTask:
         t = self.cfg.task
         assert isinstance(t, DetectorTrain)
         return detection_loss(
-            out, batch["boxes"], batch["landmarks"], batch["ignore"], (x.shape[2], x.shape[3]), t.loss_weights
+            out,
+            batch["boxes"],
+            batch["landmarks"],
+            batch["ignore"],
+            (x.shape[2], x.shape[3]),
+            t.loss_weights,
+            t.score_target_power,
         )
 
     def detector(self, score_threshold: float = 0.02) -> FaceDetector:

@@ -58,4 +58,6 @@ def train(config_path: str | Path, resume: bool = True, max_steps: int | None = 
     last = Path(cfg.out) / "last.pt"
     if resume and last.exists():
         trainer.resume(last)
+    elif cfg.init is not None:
+        trainer.init_weights(cfg.init)
     return trainer.fit()

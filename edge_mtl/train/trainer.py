@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from edge_mtl.errors import ModelError
 from edge_mtl.train.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,17 @@ class Trainer:
         if "torch_rng" in st:
             torch.set_rng_state(st["torch_rng"])
         log.info("resumed %s at epoch %d step %d", path, self.epoch, self.step_in_epoch)
+
+    def init_weights(self, path: str | Path) -> None:
+        """Fine-tuning: start from another run's weights; optimizer, schedule and epoch count start afresh."""
+        st = load_checkpoint(path)
+        if st.get("kind") != self.kind or st.get("model_args") != self.task.model_args():
+            raise ModelError(
+                f"{path}: a {st.get('kind')} checkpoint with model args {st.get('model_args')}, "
+                f"not the {self.kind} this config builds ({self.task.model_args()})"
+            )
+        self.task.model.load_state_dict(st["model"])
+        log.info("initialised weights from %s (epoch %s of that run)", path, st.get("epoch"))
 
     def save(self, name: str = "last.pt") -> Path:
         p = self.out / name

@@ -91,6 +91,31 @@ def test_detection_loss_runs_and_learns_positives() -> None:
     assert float(none["loss"].detach()) > 0
 
 
+def test_score_target_power_is_applied_to_the_iou_target() -> None:
+    """Reference check: loss_cls equals the quality focal loss against IoU**p recomputed by hand."""
+    torch.manual_seed(0)
+    model = Detector(DetectorArgs(widths=(8, 8, 8, 8, 8), depths=(1, 1, 1, 1), neck=8, head_convs=1))
+    outs = model(torch.randn(1, 3, 128, 128))
+    gt = torch.tensor([[30.0, 30.0, 90.0, 90.0]])
+    args = ([gt], [torch.full((1, 4, 2), float("nan"))], [torch.zeros(1, dtype=torch.bool)], (128, 128))
+    cls = torch.cat([o[0] for o in outs], dim=1)[0, :, 0]
+    box = torch.cat([o[1] for o in outs], dim=1)[0]
+    pts, strides = anchor_points(128, 128, torch.device("cpu"))
+    assigned, _ = atss_assign(pts, strides, gt, [(-(-128 // s)) ** 2 for s in STRIDES])
+    pos = assigned >= 0
+    iou = box_iou(decode_boxes(pts[pos], strides[pos], box[pos]), gt[assigned[pos]]).diagonal().clamp(min=0.01)
+    got = {}
+    for p in (1.0, 0.5):
+        target = torch.zeros_like(cls)
+        target[pos] = iou**p
+        q = cls.sigmoid()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(cls, target, reduction="none")
+        want = float((bce * (target - q).abs() ** 2).sum() / pos.sum())
+        got[p] = float(detection_loss(outs, *args, target_power=p)["loss_cls"])
+        assert got[p] == pytest.approx(want, rel=1e-4)
+    assert got[1.0] != pytest.approx(got[0.5], rel=1e-3)
+
+
 # ------------------------------------------------------------------ augmentation
 def test_hflip_swaps_left_and_right() -> None:
     img = np.zeros((6, 10, 3), np.uint8)

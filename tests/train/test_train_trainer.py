@@ -170,3 +170,24 @@ def test_checkpoint_refuses_bad_files(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ModelError, match="not an edge-mtl checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_init_weights_fine_tunes_from_another_run(tmp_path: Path) -> None:
+    src = ToyTask()
+    first = _trainer(src, tmp_path / "a")
+    first.fit()
+    trained = _weights(src)
+    fresh = ToyTask()
+    assert not all(torch.equal(trained[k], v) for k, v in _weights(fresh).items())
+    ft = _trainer(fresh, tmp_path / "b")
+    ft.init_weights(tmp_path / "a" / "best.pt")
+    best = load_checkpoint(tmp_path / "a" / "best.pt")["model"]
+    assert all(torch.equal(best[k], v) for k, v in _weights(fresh).items())
+    assert ft.epoch == 0 and ft.global_step == 0 and ft.best is None  # schedule and selection start afresh
+
+    class OtherArgs(ToyTask):
+        def model_args(self) -> dict[str, Any]:
+            return {"toy": {"in": 5}}
+
+    with pytest.raises(ModelError, match="model args"):
+        _trainer(OtherArgs(), tmp_path / "c").init_weights(tmp_path / "a" / "best.pt")
