@@ -432,3 +432,17 @@ def config_with_unknown_key(draw: st.DrawFn) -> tuple[str, int, str]:
 def test_property_unknown_key_exact_line(case: tuple[str, int, str]) -> None:
     text, line, key = case
     assert _err(text) == f"{SRC}:{line}: {key}: unknown key"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").rglob("*.toml")), ids=lambda p: p.name
+)
+def test_shipped_training_configs_validate(path: Path) -> None:
+    """Every training config the model cards name is valid as written (a typo would surface hours into a run)."""
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    cfg = load_toml(path, TrainConfig)
+    assert cfg.task.kind in {"detector", "recognizer", "landmarks"}
+    if cfg.init is not None:
+        assert cfg.init.suffix == ".pt"
