@@ -91,14 +91,25 @@ def rescore(d: Detections, scale: float, w: F64) -> Detections:
     return Detections(d.boxes, s, d.landmarks)
 
 
-def table(preds: list[Detections], gts: list[GroundTruth], cctv: list[Detections]) -> list[dict[str, float]]:
+def table(preds: list[Detections], gts: list[GroundTruth], cctv: list[Detections],
+          thresholds: tuple[float, ...] = THRESHOLDS) -> list[dict[str, float]]:
     cs = np.concatenate([d.scores for d in cctv]) if cctv else np.zeros(0)
     rows = []
-    for t in THRESHOLDS:
+    for t in thresholds:
         r = evaluate(preds, gts, t)
         rows.append({"threshold": t, **{k: r[k] for k in KEYS},
                      "cctv_per_frame": round(float((cs >= t).sum()) / max(len(cctv), 1), 4)})
     return rows
+
+
+def at_budget(preds: list[Detections], gts: list[GroundTruth], cctv: list[Detections],
+              budget: float) -> dict[str, float]:
+    """The operating point at the lowest threshold (0.01 steps) whose CCTV false detections per frame stay within
+    `budget`. Note: the threshold is chosen on the CCTV clip itself, the only faceless footage there is."""
+    cs = np.concatenate([d.scores for d in cctv]) if cctv else np.zeros(0)
+    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
+    ok = [float(t) for t in grid if (cs >= t).sum() / max(len(cctv), 1) <= budget]
+    return {"cctv_budget": budget, **table(preds, gts, cctv, (min(ok),))[0]} if ok else {"cctv_budget": budget}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         val_dets = detect_all(det, [it.path for it in val_items])
         cctv = [(det.detect(f), size / max(f.shape[:2])) for f in frames]
         res: dict[str, Any] = {"raw": table([d for d, _ in val_dets], gts, [d for d, _ in cctv])}
+        res["raw_at_budget"] = at_budget([d for d, _ in val_dets], gts, [d for d, _ in cctv], args.cctv_budget)
         if args.size_calibration:
             rng = np.random.default_rng(args.seed)
             names = list(rng.permutation(sorted(train))[: args.calibration_images])
@@ -133,6 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["calibration"] = {"weights": [round(float(v), 4) for v in w], "train_images": len(tr_items)}
             res["calibrated"] = table([rescore(d, sc, w) for d, sc in val_dets], gts,
                                       [rescore(d, sc, w) for d, sc in cctv])
+            res["calibrated_at_budget"] = at_budget([rescore(d, sc, w) for d, sc in val_dets], gts,
+                                                    [rescore(d, sc, w) for d, sc in cctv], args.cctv_budget)
         res["seconds"] = round(time.time() - t0, 1)
         out["sizes"][str(size)] = res
         log.info("input %d done in %.0f s", size, res["seconds"])
@@ -148,10 +162,15 @@ def markdown(res: dict[str, Any]) -> str:
             lines += [f"\ninput {size}, {kind} score", "",
                       "| threshold | recall IOD>=10 | <10 | 10-30 | >30 | precision | NME | CCTV per frame |",
                       "|---|---|---|---|---|---|---|---|"]
+            rows = list(r[kind])
+            best = r.get(f"{kind}_at_budget", {})
+            if "threshold" in best:
+                label = f"**{best['threshold']}** (lowest within {best['cctv_budget']}/frame)"
+                rows.append({**best, "threshold": label})
             lines += [f"| {x['threshold']} | {100 * x['recall_iod_ge10']:.1f} | {100 * x['recall_iod_lt10']:.1f} | "
                       f"{100 * x['recall_iod_10_30']:.1f} | {100 * x['recall_iod_gt30']:.1f} | "
                       f"{100 * x['precision']:.1f} | {x['nme_iod_ge10']:.3f} | {x['cctv_per_frame']:.2f} |"
-                      for x in r[kind]]
+                      for x in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -162,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int, nargs="+", default=[640])
     p.add_argument("--floor", type=float, default=0.05, help="score threshold of the single detection pass")
     p.add_argument("--size-calibration", action="store_true")
+    p.add_argument("--cctv-budget", type=float, default=0.05,
+                   help="false detections per CCTV frame allowed (issue 4) for the lowest-threshold operating point")
     p.add_argument("--calibration-images", type=int, default=1500)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path)

@@ -117,7 +117,7 @@ class ByteTracker:
         *,
         high_threshold: float = 0.3,
         low_threshold: float = 0.15,
-        new_track_threshold: float = 0.35,
+        new_track_threshold: float = 0.4,
         match_iou: float = 0.3,
         lost_frames: int = 30,
         confirm_frames: int = 3,
