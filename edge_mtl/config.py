@@ -47,7 +47,7 @@ class DetectorConfig(Strict):
     input_size: int = Field(
         640, ge=128, le=4096, description="Frames are resized so their long side is this many pixels."
     )
-    score_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="Minimum face score kept.")
+    score_threshold: float = Field(0.3, gt=0.0, lt=1.0, description="Minimum face score kept.")
     nms_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="IoU above which overlapping boxes merge.")
     min_face: int = Field(
         0, ge=0, le=4096, description="Drop faces whose box is narrower than this (input pixels)."
@@ -74,7 +74,7 @@ class TrackerConfig(Strict):
     )
     low_threshold: float = Field(0.15, gt=0, lt=1, description="Second-stage matches use detections above this.")
     new_track_threshold: float = Field(
-        0.4, gt=0, lt=1, description="Score needed to open a new track (the detector's own default threshold)."
+        0.4, gt=0, lt=1, description="Score needed to open a new track (higher: fewer ghost tracks)."
     )
     match_iou: float = Field(0.3, gt=0, lt=1, description="Minimum IoU for the first-stage match.")
     lost_frames: int = Field(30, ge=1, le=10000, description="Frames a track survives unseen before it ends.")

@@ -1,7 +1,9 @@
 """Enrolment: images of one person -> quality-gated embeddings in the gallery, all or nothing.
 
 Every image must show exactly one usable face: a file that is not an image, has no face, several comparable
-faces, a face too small or too blurry is rejected with a one-line error naming the file, and nothing is written.
+faces (another face at least 0.6x the largest one's area, detected with score >= 0.5: a low-score box such as a
+partial face at the image border does not count), a face too small or too blurry is rejected with a one-line error
+naming the file, and nothing is written. The largest face is the one enrolled.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ MIN_IOD_PX = 20.0  # inter-ocular distance below this: too small to enrol
 MIN_SHARPNESS = 20.0  # variance of the Laplacian of the aligned crop; below: too blurry
 MIN_QUALITY = 0.15  # the recognizer's own quality score
 SECOND_FACE_RATIO = 0.6  # another face at least this large relative to the main one: ambiguous
+COMPETING_SCORE = 0.5  # ... and detected at least this confidently (not a partial face at the border, not clutter)
 
 
 def enroll_images(
@@ -47,8 +50,11 @@ def enroll_images(
             raise InputError(f"{p}: no face found")
         areas = (d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])
         order = np.argsort(-areas)
-        if len(d) > 1 and areas[order[1]] >= SECOND_FACE_RATIO * areas[order[0]]:
-            raise InputError(f"{p}: {len(d)} faces found; enrol from images with one person")
+        rivals = [
+            j for j in order[1:] if areas[j] >= SECOND_FACE_RATIO * areas[order[0]] and d.scores[j] >= COMPETING_SCORE
+        ]
+        if rivals:
+            raise InputError(f"{p}: {len(rivals) + 1} faces found; enrol from images with one person")
         i = int(order[0])
         iod = float(np.linalg.norm(d.landmarks[i, 1] - d.landmarks[i, 0]))
         if iod < MIN_IOD_PX:

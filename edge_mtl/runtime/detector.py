@@ -37,7 +37,7 @@ class FaceDetector:
         self,
         engine: Engine,
         input_size: int | None = None,
-        score_threshold: float = 0.4,
+        score_threshold: float = 0.3,
         nms_threshold: float = 0.4,
         min_face: int = 0,
         vote_iou: float | None = 0.6,

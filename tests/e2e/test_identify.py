@@ -51,3 +51,19 @@ def test_stranger_is_unknown(data_dir: Path, tmp_path: Path, model_args: list[st
              "--gallery", str(gallery), "--events", str(tmp_path / "e.db"), "--jsonl", str(log), "--max-frames", "90")
     ident = [e for e in read_jsonl(log) if e["type"] == "face.identified"]
     assert ident and all(e["identity"] is None for e in ident), ident
+
+
+def test_enrolment_refuses_two_people_but_not_a_partial_face(
+    data_dir: Path, tmp_path: Path, model_args: list[str]
+) -> None:
+    """Two comparable, confidently detected faces make an image ambiguous (exit 2, nothing written); a low-score box
+    at the border beside the main face (a cut-off second person) does not."""
+    gallery = tmp_path / "people.db"
+    two = data_dir / "caltech_webfaces" / "images" / "pic01282.jpg"  # two annotated faces, eyes 60 and 65 px apart
+    proc = edge_mtl("enroll", *model_args, "--gallery", str(gallery), "--name", "x", str(two), check=False)
+    assert proc.returncode == 2 and "2 faces found; enrol from images with one person" in proc.stderr, proc.stderr
+    assert not gallery.exists() or '"x"' not in edge_mtl("gallery", "list", "--gallery", str(gallery), "--json").stdout
+    # George_W_Bush_0065: the main face (score ~0.9) and, cut by the right border, a box of 0.8x its area at ~0.38
+    partial = data_dir / "lfw" / "images_deepfunneled" / "George_W_Bush" / "George_W_Bush_0065.jpg"
+    edge_mtl("enroll", *model_args, "--gallery", str(gallery), "--name", "gwb", str(partial))
+    assert '"gwb"' in edge_mtl("gallery", "list", "--gallery", str(gallery), "--json").stdout

@@ -98,8 +98,8 @@ def test_score_target_power_is_applied_to_the_iou_target() -> None:
     outs = model(torch.randn(1, 3, 128, 128))
     gt = torch.tensor([[30.0, 30.0, 90.0, 90.0]])
     args = ([gt], [torch.full((1, 4, 2), float("nan"))], [torch.zeros(1, dtype=torch.bool)], (128, 128))
-    cls = torch.cat([o[0] for o in outs], dim=1)[0, :, 0]
-    box = torch.cat([o[1] for o in outs], dim=1)[0]
+    cls = torch.cat([o[0] for o in outs], dim=1)[0, :, 0].detach()
+    box = torch.cat([o[1] for o in outs], dim=1)[0].detach()
     pts, strides = anchor_points(128, 128, torch.device("cpu"))
     assigned, _ = atss_assign(pts, strides, gt, [(-(-128 // s)) ** 2 for s in STRIDES])
     pos = assigned >= 0
