@@ -91,14 +91,17 @@ def rescore(d: Detections, scale: float, w: F64) -> Detections:
     return Detections(d.boxes, s, d.landmarks)
 
 
+def cctv_per_frame(cctv: list[Detections], t: float) -> float:
+    """False detections per CCTV frame at score threshold t (every detection there is false)."""
+    return sum(int((d.scores >= t).sum()) for d in cctv) / max(len(cctv), 1)
+
+
 def table(preds: list[Detections], gts: list[GroundTruth], cctv: list[Detections],
           thresholds: tuple[float, ...] = THRESHOLDS) -> list[dict[str, float]]:
-    cs = np.concatenate([d.scores for d in cctv]) if cctv else np.zeros(0)
     rows = []
     for t in thresholds:
         r = evaluate(preds, gts, t)
-        rows.append({"threshold": t, **{k: r[k] for k in KEYS},
-                     "cctv_per_frame": round(float((cs >= t).sum()) / max(len(cctv), 1), 4)})
+        rows.append({"threshold": t, **{k: r[k] for k in KEYS}, "cctv_per_frame": round(cctv_per_frame(cctv, t), 4)})
     return rows
 
 
@@ -106,9 +109,8 @@ def at_budget(preds: list[Detections], gts: list[GroundTruth], cctv: list[Detect
               budget: float) -> dict[str, float]:
     """The operating point at the lowest threshold (0.01 steps) whose CCTV false detections per frame stay within
     `budget`. Note: the threshold is chosen on the CCTV clip itself, the only faceless footage there is."""
-    cs = np.concatenate([d.scores for d in cctv]) if cctv else np.zeros(0)
     grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
-    ok = [float(t) for t in grid if (cs >= t).sum() / max(len(cctv), 1) <= budget]
+    ok = [float(t) for t in grid if cctv_per_frame(cctv, t) <= budget]
     return {"cctv_budget": budget, **table(preds, gts, cctv, (min(ok),))[0]} if ok else {"cctv_budget": budget}
 
 
@@ -130,8 +132,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         det.input_size, det.score_threshold = size, args.floor
         val_dets = detect_all(det, [it.path for it in val_items])
         cctv = [(det.detect(f), size / max(f.shape[:2])) for f in frames]
-        res: dict[str, Any] = {"raw": table([d for d, _ in val_dets], gts, [d for d, _ in cctv])}
-        res["raw_at_budget"] = at_budget([d for d, _ in val_dets], gts, [d for d, _ in cctv], args.cctv_budget)
+        raw_val, raw_cctv = [d for d, _ in val_dets], [d for d, _ in cctv]
+        res: dict[str, Any] = {"raw": table(raw_val, gts, raw_cctv),
+                               "raw_at_budget": at_budget(raw_val, gts, raw_cctv, args.cctv_budget)}
         if args.size_calibration:
             rng = np.random.default_rng(args.seed)
             names = list(rng.permutation(sorted(train))[: args.calibration_images])
@@ -143,10 +146,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ys.append((assign >= 0).astype(np.float64))
             w = fit_logistic(np.concatenate(xs), np.concatenate(ys))
             res["calibration"] = {"weights": [round(float(v), 4) for v in w], "train_images": len(tr_items)}
-            res["calibrated"] = table([rescore(d, sc, w) for d, sc in val_dets], gts,
-                                      [rescore(d, sc, w) for d, sc in cctv])
-            res["calibrated_at_budget"] = at_budget([rescore(d, sc, w) for d, sc in val_dets], gts,
-                                                    [rescore(d, sc, w) for d, sc in cctv], args.cctv_budget)
+            cal_val = [rescore(d, sc, w) for d, sc in val_dets]
+            cal_cctv = [rescore(d, sc, w) for d, sc in cctv]
+            res["calibrated"] = table(cal_val, gts, cal_cctv)
+            res["calibrated_at_budget"] = at_budget(cal_val, gts, cal_cctv, args.cctv_budget)
         res["seconds"] = round(time.time() - t0, 1)
         out["sizes"][str(size)] = res
         log.info("input %d done in %.0f s", size, res["seconds"])
