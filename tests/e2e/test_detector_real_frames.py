@@ -26,18 +26,12 @@ Img = npt.NDArray[np.uint8]
 Pts = npt.NDArray[np.float64]
 
 
-def _scale(f: float) -> Callable[[Img, Pts], tuple[Img, Pts]]:
-    def go(img: Img, pts: Pts) -> tuple[Img, Pts]:
-        h, w = img.shape[:2]
-        out = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
-        return out, pts * [out.shape[1] / w, out.shape[0] / h]
-
-    return go
-
-
 def _to_long_side(side: int) -> Callable[[Img, Pts], tuple[Img, Pts]]:
     def go(img: Img, pts: Pts) -> tuple[Img, Pts]:
-        return _scale(side / max(img.shape[:2]))(img, pts)
+        h, w = img.shape[:2]
+        f = side / max(h, w)
+        out = cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+        return out, pts * [out.shape[1] / w, out.shape[0] / h]
 
     return go
 
@@ -64,7 +58,7 @@ def _border(img: Img, pts: Pts) -> tuple[Img, Pts]:
 
 CASES: dict[str, list[Callable[[Img, Pts], tuple[Img, Pts]]]] = {
     "landscape_320": [_to_long_side(320)],
-    "landscape_4k": [_scale(3840 / 480), _to_long_side(3840)],
+    "landscape_4k": [_to_long_side(3840)],
     "portrait_1080x1920": [_portrait, _to_long_side(1920)],
     "greyscale_2d": [_grey],
     "face_cut_by_border": [_border],
