@@ -102,6 +102,11 @@ class RecognizerTrain(Strict):
     utk_val_fraction: float = Field(0.15, gt=0, lt=1)
     utk_split_seed: int = 0
     max_per_source: int = Field(0, ge=0, description="Cap images per source (0: all), for quick runs.")
+    oversample_age_below: float = Field(
+        0.0, ge=0, le=100, description="Faces with an age label below this (years) are seen `oversample_factor` "
+        "times per epoch (0: off); children are scarce in the training data and their gender is the hardest."
+    )
+    oversample_factor: int = Field(1, ge=1, le=20)
     val_every: int = Field(1, ge=1)
     detector: Path | None = Field(
         None, description="Detector (ONNX or checkpoint) that aligns the training crops; needed to build the cache."

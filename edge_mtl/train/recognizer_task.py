@@ -88,6 +88,15 @@ def subsample(recs: list[S.FaceRecord], n: int, seed: int) -> list[S.FaceRecord]
     return [recs[i] for i in sorted(rng.choice(len(recs), n, replace=False))]
 
 
+def oversample_young(samples: list[RecSample], below: float, factor: int) -> list[RecSample]:
+    """Each face with an age label under `below` years repeated `factor` times (appended after the originals)."""
+    if below <= 0 or factor <= 1:
+        return samples
+    young = [s for s in samples if 0 <= s.age < below]
+    log.info("oversampling %d faces younger than %g years x%d", len(young), below, factor)
+    return samples + young * (factor - 1)
+
+
 def center_teacher(emb: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
     """Subtract the teacher's mean embedding and re-normalise.
 
@@ -211,6 +220,7 @@ class RecognizerTask:
                     teacher=trow.get(rec.key, -1),
                 )
             )
+        samples = oversample_young(samples, t.oversample_age_below, t.oversample_factor)
         log.info(
             "recognizer data: %d faces, %d identity classes, %d with teacher, %d with age, %d with gender",
             len(samples), self.n_classes, sum(s.teacher >= 0 for s in samples),
@@ -335,4 +345,7 @@ class RecognizerTask:
         if state.get("weighting"):
             self.weighting.load_state_dict(state["weighting"])
         if state.get("margin") and self.margin is not None:
-            self.margin.load_state_dict(state["margin"])
+            if state.get("classes", self.classes) != self.classes:
+                log.warning("checkpoint's identity classes differ from this run's: margin-loss centres start afresh")
+            else:
+                self.margin.load_state_dict(state["margin"])

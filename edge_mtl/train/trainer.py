@@ -164,7 +164,8 @@ class Trainer:
         log.info("resumed %s at epoch %d step %d", path, self.epoch, self.step_in_epoch)
 
     def init_weights(self, path: str | Path) -> None:
-        """Fine-tuning: start from another run's weights; optimizer, schedule and epoch count start afresh."""
+        """Fine-tuning: start from another run's weights and task state (a recognizer's margin-loss class centres,
+        learnt loss weights); optimizer, schedule, epoch count and model selection start afresh."""
         st = load_checkpoint(path)
         if st.get("kind") != self.kind or st.get("model_args") != self.task.model_args():
             raise ModelError(
@@ -172,6 +173,7 @@ class Trainer:
                 f"not the {self.kind} this config builds ({self.task.model_args()})"
             )
         self.task.model.load_state_dict(st["model"])
+        self.task.load_extra_state(st.get("task", {}))
         log.info("initialised weights from %s (epoch %s of that run)", path, st.get("epoch"))
 
     def save(self, name: str = "last.pt") -> Path:

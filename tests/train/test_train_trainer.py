@@ -184,6 +184,7 @@ def test_init_weights_fine_tunes_from_another_run(tmp_path: Path) -> None:
     best = load_checkpoint(tmp_path / "a" / "best.pt")["model"]
     assert all(torch.equal(best[k], v) for k, v in _weights(fresh).items())
     assert ft.epoch == 0 and ft.global_step == 0 and ft.best is None  # schedule and selection start afresh
+    assert fresh.epochs_started == [0, 1, 2]  # the task's own state (a margin head's centres) comes along
 
     class OtherArgs(ToyTask):
         def model_args(self) -> dict[str, Any]:
