@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_mtl import defaults as D
 from edge_mtl.errors import ConfigError
 
 
@@ -47,8 +48,14 @@ class DetectorConfig(Strict):
     input_size: int = Field(
         640, ge=128, le=4096, description="Frames are resized so their long side is this many pixels."
     )
-    score_threshold: float = Field(0.3, gt=0.0, lt=1.0, description="Minimum face score kept.")
-    nms_threshold: float = Field(0.4, gt=0.0, lt=1.0, description="IoU above which overlapping boxes merge.")
+    score_threshold: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description=f"Minimum face score kept; default {D.DETECTOR_SCORE_THRESHOLD}, "
+        f"{D.DETECTOR_SCORE_THRESHOLD_INT8} with the int8 detector (it scores false objects higher).",
+    )
+    nms_threshold: float = Field(
+        D.DETECTOR_NMS_THRESHOLD, gt=0.0, lt=1.0, description="IoU above which overlapping boxes merge."
+    )
     min_face: int = Field(
         0, ge=0, le=4096, description="Drop faces whose box is narrower than this (input pixels)."
     )
@@ -70,15 +77,22 @@ class TrackerConfig(Strict):
     """ByteTrack-style tracker settings (see edge_mtl.track for what raising or lowering each does)."""
 
     high_threshold: float = Field(
-        0.3, gt=0, lt=1, description="Detections above this match tracks first (scores are IoU-calibrated)."
+        D.TRACK_HIGH_THRESHOLD, gt=0, lt=1,
+        description="Detections above this match tracks first (scores are IoU-calibrated)."
     )
-    low_threshold: float = Field(0.15, gt=0, lt=1, description="Second-stage matches use detections above this.")
+    low_threshold: float = Field(
+        D.TRACK_LOW_THRESHOLD, gt=0, lt=1, description="Second-stage matches use detections above this."
+    )
     new_track_threshold: float = Field(
-        0.4, gt=0, lt=1, description="Score needed to open a new track (higher: fewer ghost tracks)."
+        D.TRACK_NEW_THRESHOLD, gt=0, lt=1, description="Score needed to open a new track (higher: fewer ghost tracks)."
     )
-    match_iou: float = Field(0.3, gt=0, lt=1, description="Minimum IoU for the first-stage match.")
-    lost_frames: int = Field(30, ge=1, le=10000, description="Frames a track survives unseen before it ends.")
-    confirm_frames: int = Field(3, ge=1, le=100, description="Consecutive hits before a track is confirmed.")
+    match_iou: float = Field(D.TRACK_MATCH_IOU, gt=0, lt=1, description="Minimum IoU for the first-stage match.")
+    lost_frames: int = Field(
+        D.TRACK_LOST_FRAMES, ge=1, le=10000, description="Frames a track survives unseen before it ends."
+    )
+    confirm_frames: int = Field(
+        D.TRACK_CONFIRM_FRAMES, ge=1, le=100, description="Consecutive hits before a track is confirmed."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> TrackerConfig:

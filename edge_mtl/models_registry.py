@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from edge_mtl.config import AppConfig, BackendConfig
+from edge_mtl.defaults import detector_score_threshold
 from edge_mtl.errors import InputError, MissingExtraError, ModelError
 from edge_mtl.paths import default_model
 from edge_mtl.runtime.detector import FaceDetector
@@ -99,7 +100,8 @@ def load_detector(cfg: AppConfig) -> FaceDetector:
     d = cfg.detector
     path = model_path(d.model, "detector.onnx", d.backend.precision if d.backend.type == "onnxruntime" else "fp32")
     engine = load_engine(path, d.backend)
-    return FaceDetector(engine, d.input_size, d.score_threshold, d.nms_threshold, d.min_face,
+    score = d.score_threshold if d.score_threshold is not None else detector_score_threshold(d.backend.precision)
+    return FaceDetector(engine, d.input_size, score, d.nms_threshold, d.min_face,
                         refiner=load_refiner(cfg))
 
 

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edge_mtl import defaults as D
 from edge_mtl.errors import ModelError
 from edge_mtl.runtime.engine import Engine, normalize
 from edge_mtl.runtime.landmarks import LandmarkRefiner
@@ -37,8 +38,8 @@ class FaceDetector:
         self,
         engine: Engine,
         input_size: int | None = None,
-        score_threshold: float = 0.3,
-        nms_threshold: float = 0.4,
+        score_threshold: float = D.DETECTOR_SCORE_THRESHOLD,
+        nms_threshold: float = D.DETECTOR_NMS_THRESHOLD,
         min_face: int = 0,
         vote_iou: float | None = 0.6,
         refiner: LandmarkRefiner | None = None,

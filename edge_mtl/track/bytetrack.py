@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
+from edge_mtl import defaults as D
 from edge_mtl.track.kalman import BoxKalmanFilter, cxcywh_to_xyxy
 from edge_mtl.types import Detections, Tracks
 from edge_mtl.vision.boxes import box_iou
@@ -115,12 +116,12 @@ class ByteTracker:
     def __init__(
         self,
         *,
-        high_threshold: float = 0.3,
-        low_threshold: float = 0.15,
-        new_track_threshold: float = 0.4,
-        match_iou: float = 0.3,
-        lost_frames: int = 30,
-        confirm_frames: int = 3,
+        high_threshold: float = D.TRACK_HIGH_THRESHOLD,
+        low_threshold: float = D.TRACK_LOW_THRESHOLD,
+        new_track_threshold: float = D.TRACK_NEW_THRESHOLD,
+        match_iou: float = D.TRACK_MATCH_IOU,
+        lost_frames: int = D.TRACK_LOST_FRAMES,
+        confirm_frames: int = D.TRACK_CONFIRM_FRAMES,
         low_match_iou: float = 0.5,
         motion_gate: float | None = None,
         smooth_boxes: bool = False,
