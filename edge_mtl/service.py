@@ -456,7 +456,11 @@ class Service:
                             svc.watchdog_stall_s)
         self.notifier.notify("STATUS=loading models")
         detector = load_detector(cfg)
-        recognizer = load_recognizer(cfg)
+        recognizer = load_recognizer(cfg)  # (TensorRT: may build engines for minutes on a first start)
+        if self.stop_event.is_set():
+            # Stopped while loading: nothing accepted yet, so leave the queue and the events log untouched.
+            log.info("stop requested while loading models: not starting sources")
+            return
         gallery = cfg.identity.gallery
         if gallery is not None and not Path(gallery).exists():
             if getattr(self.args, "gallery", None):  # named on the command line: most likely a typo
