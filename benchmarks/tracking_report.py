@@ -115,6 +115,7 @@ def evaluate(gt: dict[str, Any], run: dict[str, Any], min_iou: float) -> dict[st
     lifetimes = {tid: (min(fs), max(fs)) for tid, fs in life.items()}
 
     visible = missed = false = 0
+    unmatched: list[dict[str, Any]] = []  # the false tracks at the samples, to look at
     per_person: dict[int, list[tuple[int, int | None, bool]]] = defaultdict(list)  # (frame, track or None, hard)
     matched_tracks: dict[int, Counter[int]] = defaultdict(Counter)  # track -> person -> samples
     for fr in gt["frames"]:
@@ -133,6 +134,9 @@ def evaluate(gt: dict[str, Any], run: dict[str, Any], min_iou: float) -> dict[st
                 visible += 1
                 missed += tid is None
         false += len(tracks) - len(pairs)
+        hit = set(pairs.values())
+        unmatched += [{"frame": f, "track": tid, "box": [round(float(v)) for v in box]}
+                      for j, (tid, box) in enumerate(tracks) if j not in hit]
 
     id_switches = fragmentation = 0
     people = {}
@@ -176,7 +180,7 @@ def evaluate(gt: dict[str, Any], run: dict[str, Any], min_iou: float) -> dict[st
         if lifetimes else 0.0,
         "visible_faces": visible, "missed": missed, "recall": round(1 - missed / max(visible, 1), 3),
         "detector_recall": det_recall,
-        "false_tracks_at_samples": false, "id_switches": id_switches, "fragmentation": fragmentation,
+        "false_tracks_at_samples": false, "false_at_samples": unmatched, "id_switches": id_switches, "fragmentation": fragmentation,
         "tracks_per_person": {p: len(v["tracks"]) for p, v in people.items()},
         "people": people,
     }
