@@ -6,21 +6,76 @@ and its line in the file, which is what `edge-mtl check-config` prints before ex
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_mtl import defaults as D
 from edge_mtl.errors import ConfigError
 
+_ENV_REF = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def expand_path(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """`~`, `$VAR`, `${VAR}` and `${VAR:-default}` in a configured path, as a shell would expand them (systemd's
+    `$STATE_DIRECTORY`, a cache root per machine); an unset variable without a default is an error, never a
+    literal `$VAR` folder."""
+    env = os.environ if environ is None else environ
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group("braced") or m.group("bare")
+        if name in env and env[name] != "":
+            return env[name]
+        if m.group("default") is not None:
+            return m.group("default")
+        raise ValueError(f"environment variable {name} is not set (in {value!r}; ${{{name}:-default}} gives one)")
+
+    out = _ENV_REF.sub(sub, value)
+    return os.path.expanduser(out) if out.startswith("~") else out
+
+
+def _is_path_type(tp: Any) -> bool:
+    return tp is Path or any(_is_path_type(a) for a in get_args(tp))
+
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors (a typo must not silently fall back to a default)."""
+    """Base: unknown keys are errors (a typo must not silently fall back to a default). Path settings written in a
+    file expand `~` and environment variables (`expand_path`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_paths(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is None or not _is_path_type(field.annotation):
+                continue
+            try:
+                if isinstance(value, str):
+                    out[name] = expand_path(value)
+                elif isinstance(value, list):
+                    out[name] = [expand_path(x) if isinstance(x, str) else x for x in value]
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+        return out
 
 
 Backend = Literal["onnxruntime", "tensorrt", "torch"]

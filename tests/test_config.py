@@ -446,3 +446,36 @@ def test_shipped_training_configs_validate(path: Path) -> None:
     assert cfg.task.kind in {"detector", "recognizer", "landmarks"}
     if cfg.init is not None:
         assert cfg.init.suffix == ".pt"
+
+
+def test_paths_expand_environment_and_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/edge-mtl")
+    monkeypatch.delenv("EDGE_MTL_NOT_SET", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = parse_toml(
+        '[events]\ndb = "${STATE_DIRECTORY}/events.db"\njsonl = "$STATE_DIRECTORY/events.jsonl"\n'
+        '[identity]\ngallery = "${EDGE_MTL_NOT_SET:-/srv/edge}/gallery.db"\n'
+        '[detector]\nmodel = "~/models/detector.onnx"\n', SRC, AppConfig)
+    assert cfg.events.db == Path("/var/lib/edge-mtl/events.db")
+    assert cfg.events.jsonl == Path("/var/lib/edge-mtl/events.jsonl")
+    assert cfg.identity.gallery == Path("/srv/edge/gallery.db")
+    assert cfg.detector.model == tmp_path / "models" / "detector.onnx"
+    # strings that are not paths are never touched
+    cam = parse_toml('[[cameras]]\nname = "door"\nsource = "rtsp://cam/$x"\n', SRC, AppConfig).cameras[0]
+    assert cam.source == "rtsp://cam/$x"
+
+
+def test_unset_environment_variable_in_a_path_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGE_MTL_NOT_SET", raising=False)
+    msg = _err('[events]\n\ndb = "$EDGE_MTL_NOT_SET/events.db"\n')
+    assert msg.startswith(f"{SRC}:") and "events" in msg
+    assert "db: environment variable EDGE_MTL_NOT_SET is not set" in msg
+
+
+def test_training_config_paths_expand(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_mtl.train.config import TrainConfig
+
+    monkeypatch.setenv("EDGE_MTL_CACHE", "/data/cache")
+    cfg = parse_toml('[task]\nkind = "recognizer"\n[data]\ncrops = "${EDGE_MTL_CACHE:-/work/cache}/crops"\n',
+                     SRC, TrainConfig)
+    assert cfg.data.crops == Path("/data/cache/crops")
