@@ -8,6 +8,9 @@ import numpy.typing as npt
 AGE_BANDS: tuple[tuple[int, int], ...] = (
     (0, 13), (13, 20), (20, 30), (30, 40), (40, 50), (50, 60), (60, 70), (70, 117)
 )
+#: The first band split: infants, small children, older children (gender from the face alone gets harder the
+#: younger the child).
+CHILD_BANDS: tuple[tuple[int, int], ...] = ((0, 3), (3, 7), (7, 13))
 
 
 def attribute_metrics(
@@ -28,16 +31,23 @@ def attribute_metrics(
         "age_median_ae": round(float(np.median(err)), 3) if at.size else float("nan"),
         "gender_accuracy": round(float(((fp >= 0.5).astype(np.int64) == gt).mean()), 4) if gt.size else float("nan"),
     }
-    bands = {}
-    for lo, hi in AGE_BANDS:
-        m = (at >= lo) & (at < hi)
-        if m.any():
-            bands[f"{lo}-{hi - 1}"] = {
-                "n": int(m.sum()),
-                "age_mae": round(float(err[m].mean()), 3),
-                "gender_accuracy": round(float(((fp[m] >= 0.5).astype(np.int64) == gt[m]).mean()), 4),
-            }
-    res["bands"] = bands
+    def by_band(edges: tuple[tuple[int, int], ...]) -> dict[str, dict[str, float | int]]:
+        bands: dict[str, dict[str, float | int]] = {}
+        for lo, hi in edges:
+            m = (at >= lo) & (at < hi)
+            if m.any():
+                bands[f"{lo}-{hi - 1}"] = {
+                    "n": int(m.sum()),
+                    "age_mae": round(float(err[m].mean()), 3),
+                    "gender_accuracy": round(float(((fp[m] >= 0.5).astype(np.int64) == gt[m]).mean()), 4),
+                    # a gender bias shows as predicted and true shares of female faces far apart
+                    "female_share": round(float(gt[m].mean()), 4),
+                    "predicted_female_share": round(float((fp[m] >= 0.5).mean()), 4),
+                }
+        return bands
+
+    res["bands"] = by_band(AGE_BANDS)
+    res["child_bands"] = by_band(CHILD_BANDS)
     if age_std is not None:
         sd = np.asarray(age_std, np.float64)
         res["age_within_1std"] = round(float((err <= sd).mean()), 4)

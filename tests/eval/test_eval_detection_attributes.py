@@ -139,12 +139,27 @@ def test_attribute_metrics_known_values() -> None:
     assert res["age_mae"] == 4.25 and res["age_median_ae"] == 3.5
     assert res["gender_accuracy"] == 0.5  # 0.5 counts as female
     assert res["age_within_1std"] == 0.75
+    def band(n: int, mae: float, acc: float, female: float, predicted: float) -> dict[str, float]:
+        return {"n": n, "age_mae": mae, "gender_accuracy": acc, "female_share": female,
+                "predicted_female_share": predicted}
+
     assert res["bands"] == {
-        "0-12": {"n": 1, "age_mae": 2.0, "gender_accuracy": 1.0},
-        "20-29": {"n": 1, "age_mae": 0.0, "gender_accuracy": 1.0},
-        "30-39": {"n": 1, "age_mae": 5.0, "gender_accuracy": 0.0},
-        "70-116": {"n": 1, "age_mae": 10.0, "gender_accuracy": 0.0},
+        "0-12": band(1, 2.0, 1.0, 0.0, 0.0),
+        "20-29": band(1, 0.0, 1.0, 1.0, 1.0),
+        "30-39": band(1, 5.0, 0.0, 1.0, 0.0),
+        "70-116": band(1, 10.0, 0.0, 0.0, 1.0),
     }
+    assert res["child_bands"] == {"7-12": band(1, 2.0, 1.0, 0.0, 0.0)}
+
+
+def test_attribute_metrics_child_bands_show_a_gender_bias() -> None:
+    # infants: all predicted male although half are girls; older children: right
+    res = attribute_metrics([1, 1, 2, 2, 8, 9], [1, 1, 2, 2, 8, 9], [1, 0, 1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4, 0.9, 0.1])
+    kids = res["child_bands"]
+    assert isinstance(kids, dict) and set(kids) == {"0-2", "7-12"}
+    assert kids["0-2"]["gender_accuracy"] == 0.5 and kids["0-2"]["female_share"] == 0.5
+    assert kids["0-2"]["predicted_female_share"] == 0.0
+    assert kids["7-12"]["gender_accuracy"] == 1.0 and kids["7-12"]["predicted_female_share"] == 0.5
 
 
 def test_attribute_metrics_band_edges_and_empty() -> None:
