@@ -145,6 +145,21 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     from edge_mtl.identity.gallery import Gallery
 
+    if args.action == "reenroll":
+        from edge_mtl.identity.enroll import reenroll
+
+        res = reenroll(args.gallery, _app_config(args), [args.name] if args.name else [])
+        if args.json:
+            _emit(res)
+        else:
+            for n in res["reenrolled"]:
+                sys.stdout.write(f"re-enrolled {n} with {res['model']}\n")
+        if res["failed"]:
+            first = next(iter(res["failed"].items()))
+            raise InputError(f"gallery reenroll: {len(res['failed'])} of "
+                             f"{len(res['failed']) + len(res['reenrolled'])} people not re-enrolled "
+                             f"(enrol them again from new photos), first {first[0]}: {first[1]}")
+        return 0
     with Gallery(args.gallery, create=False) as g:
         if args.action == "list":
             for row in g.people():
@@ -273,11 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.set_defaults(func=cmd_enroll)
 
-    s = sub.add_parser("gallery", help="list or remove enrolled people")
-    s.add_argument("action", choices=["list", "remove"])
-    s.add_argument("name", nargs="?")
+    s = sub.add_parser(
+        "gallery", help="list or remove enrolled people; reenroll them from their recorded images after a "
+        "recognizer upgrade"
+    )
+    s.add_argument("action", choices=["list", "remove", "reenroll"])
+    s.add_argument("name", nargs="?", help="remove: who; reenroll: only this person (default: everyone)")
     s.add_argument("--gallery", type=Path, required=True)
     s.add_argument("--json", action="store_true")
+    _add_model_args(s)
     s.set_defaults(func=cmd_gallery)
 
     s = sub.add_parser("eval", help="measure accuracy: verification (LFW), attributes (UTKFace), detection")

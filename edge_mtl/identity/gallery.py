@@ -164,6 +164,26 @@ class Gallery:
         mat = np.stack([np.frombuffer(r[2], np.float32, count=int(r[1])) for r in rows])
         return names, mat
 
+    def sources_to_reembed(self, model: str, names: list[str] | None = None) -> dict[str, list[str]]:
+        """People (all, or `names`) without an embedding of `model`: {name: the image paths of their newest other
+        version's embeddings}. InputError for a named person who is not enrolled."""
+        people = {p["name"]: p for p in self.people()}
+        for n in names or []:
+            if n not in people:
+                raise InputError(f"{self.path}: no person named {n!r}")
+        out: dict[str, list[str]] = {}
+        for name in names or sorted(people):
+            if model in people[name]["models"]:
+                continue
+            rows = self.db.execute(
+                "SELECT e.model, e.source FROM embeddings e JOIN people p ON p.id = e.person_id WHERE p.name = ? "
+                "ORDER BY e.created DESC, e.id",
+                (name,),
+            ).fetchall()
+            newest = rows[0][0] if rows else None
+            out[name] = [src for m, src in rows if m == newest and src]
+        return out
+
     def stale(self, model: str) -> dict[str, list[str]]:
         """People with embeddings made by another recognizer than `model`: {other version: [names]}."""
         rows = self.db.execute(

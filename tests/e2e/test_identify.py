@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import sqlite3
 from pathlib import Path
 
 import cv2
@@ -67,3 +70,31 @@ def test_enrolment_refuses_two_people_but_not_a_partial_face(
     partial = data_dir / "lfw" / "images_deepfunneled" / "George_W_Bush" / "George_W_Bush_0065.jpg"
     edge_mtl("enroll", *model_args, "--gallery", str(gallery), "--name", "gwb", str(partial))
     assert '"gwb"' in edge_mtl("gallery", "list", "--gallery", str(gallery), "--json").stdout
+
+
+def test_reenroll_after_a_recognizer_upgrade(data_dir: Path, tmp_path: Path, model_args: list[str]) -> None:
+    """A gallery made by an older recognizer: `gallery reenroll` embeds each person's recorded images again with
+    the loaded one and keeps the old rows; a person whose images are gone is named in a one-line error (exit 2)
+    while the others are still re-enrolled."""
+    lfw = data_dir / "lfw" / "images_deepfunneled"
+    keep = [shutil.copy(p, tmp_path / p.name) for p in sorted((lfw / "Tony_Blair").glob("*.jpg"))[:2]]
+    gone = [shutil.copy(p, tmp_path / p.name) for p in sorted((lfw / "Colin_Powell").glob("*.jpg"))[:1]]
+    gallery = tmp_path / "people.db"
+    edge_mtl("enroll", *model_args, "--gallery", str(gallery), "--name", "tony", *map(str, keep))
+    edge_mtl("enroll", *model_args, "--gallery", str(gallery), "--name", "colin", *map(str, gone))
+    with sqlite3.connect(gallery) as db:  # as if enrolled by the previous recognizer
+        current = db.execute("SELECT DISTINCT model FROM embeddings").fetchone()[0]
+        db.execute("UPDATE embeddings SET model = 'recognizer-0.9'")
+    Path(gone[0]).unlink()
+    proc = edge_mtl("gallery", "reenroll", *model_args, "--gallery", str(gallery), check=False)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "1 of 2 people not re-enrolled" in err and "colin" in err and "no such file" in err, err
+    assert "re-enrolled tony" in proc.stdout
+    listing = edge_mtl("gallery", "list", "--gallery", str(gallery), "--json").stdout
+    rows = {r["name"]: r for r in map(json.loads, listing.splitlines())}
+    assert rows["tony"]["models"] == sorted(["recognizer-0.9", current]) and rows["tony"]["embeddings"] == 4
+    assert rows["colin"]["models"] == ["recognizer-0.9"]
+    # nothing left to do for tony: a second run re-enrols nobody new and still names colin
+    again = edge_mtl("gallery", "reenroll", *model_args, "--gallery", str(gallery), "--json", check=False)
+    assert again.returncode == 2 and '"reenrolled": []' in again.stdout
