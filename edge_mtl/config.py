@@ -169,13 +169,17 @@ class RecognitionConfig(Strict):
 class IdentityConfig(Strict):
     gallery: Path | None = Field(None, description="SQLite gallery of enrolled people (none: all unknown).")
     threshold: float = Field(
-        0.53, gt=-1, lt=1,
-        description="Cosine similarity needed to accept a match (0.53: 1% false accepts per comparison on LFW).",
+        D.IDENTITY_THRESHOLD, gt=-1, lt=1,
+        description="Cosine similarity needed to accept a match (0.45: 1% false accepts per comparison on LFW with "
+        "recognizer-1.2).",
     )
     margin: float = Field(
-        0.05, ge=0, lt=1, description="Hysteresis: a different identity must beat the current one by this much."
+        D.IDENTITY_MARGIN, ge=0, lt=1,
+        description="Hysteresis: a different identity must beat the current one by this much.",
     )
-    min_observations: int = Field(2, ge=1, le=1000, description="Analyses needed before a name is announced.")
+    min_observations: int = Field(
+        D.IDENTITY_MIN_OBSERVATIONS, ge=1, le=1000, description="Analyses needed before a name is announced."
+    )
 
 
 class EventsConfig(Strict):

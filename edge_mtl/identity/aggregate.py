@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from edge_mtl import defaults as D
 from edge_mtl.identity.gallery import Matcher
 
 MIN_WEIGHT = 0.02  # a face of quality 0 still counts a little, so a track of bad faces still gets attributes
@@ -81,9 +82,9 @@ class TrackAggregate:
 class IdentityDecider:
     """Threshold + hysteresis + explicit unknown. `decide` returns (changed, current name or None, similarity)."""
 
-    threshold: float = 0.45
-    margin: float = 0.05
-    min_observations: int = 2
+    threshold: float = D.IDENTITY_THRESHOLD
+    margin: float = D.IDENTITY_MARGIN
+    min_observations: int = D.IDENTITY_MIN_OBSERVATIONS
     current: str | None = None
     similarity: float = 0.0
     decided: bool = False

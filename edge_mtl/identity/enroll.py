@@ -91,8 +91,8 @@ def enroll_images(
     enroller = Enroller(cfg)
     emb, quality = enroller.embed(images)
     with Gallery(gallery_path) as g:
-        total = g.add(name, emb, [float(q) for q in quality], [str(Path(p).absolute()) for p in images], model=enroller.model,
-                      replace=replace)
+        total = g.add(name, emb, [float(q) for q in quality], [str(Path(p).absolute()) for p in images],
+                      model=enroller.model, replace=replace)
     return {"name": name, "images": len(images), "total": total,
             "quality": [round(float(q), 3) for q in quality]}
 

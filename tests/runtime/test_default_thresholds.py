@@ -52,3 +52,11 @@ def test_loaded_detector_threshold_follows_precision(precision: str, configured:
     det = load_detector(cfg)
     assert det.score_threshold == want
     assert det.meta.precision == precision
+
+
+def test_identity_decider_defaults_are_the_config_defaults() -> None:
+    from edge_mtl.config import IdentityConfig
+    from edge_mtl.identity.aggregate import IdentityDecider
+
+    cfg, dec = IdentityConfig(), IdentityDecider()
+    assert (dec.threshold, dec.margin, dec.min_observations) == (cfg.threshold, cfg.margin, cfg.min_observations)
