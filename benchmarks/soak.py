@@ -233,6 +233,7 @@ def report(args: argparse.Namespace, videos: list[Path], work: Path, samples: li
         "corrupt_total": int(sum(last["corrupt"].values())),
         "fps_per_camera": {c: round(last["frames"][c] / max(last["t_s"], 1e-9), 2) for c in cams},
         "unhealthy_samples": sum(1 for s in samples if s["healthy"] == 0),
+        "unhealthy_at_s": [s["t_s"] for s in samples if s["healthy"] == 0],
         "samples": len(samples),
         "workdir": str(work),
     }
