@@ -206,6 +206,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average_checkpoints(args: argparse.Namespace) -> int:
+    from edge_mtl.train.average import average_checkpoints
+
+    _emit(average_checkpoints(args.checkpoints, args.output))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from edge_mtl.build.export import export_checkpoint
 
@@ -325,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     s.add_argument("--max-steps", type=int, help="stop after this many steps")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "average-checkpoints", help="average the weights of several checkpoints of one run (e.g. its last epochs)"
+    )
+    s.add_argument("checkpoints", type=Path, nargs="+")
+    s.add_argument("--output", "-o", type=Path, required=True)
+    s.set_defaults(func=cmd_average_checkpoints)
 
     s = sub.add_parser("export", help="export a checkpoint to ONNX with metadata and a parity check")
     s.add_argument("checkpoint", type=Path)

@@ -286,6 +286,11 @@ def provenance_from_checkpoint(state: dict[str, Any], checkpoint: Path) -> str:
     for key in ("split_seed", "val_fraction", "utk_split_seed", "utk_val_fraction", "tasks"):
         if key in task:
             prov[key] = task[key]
+    if state.get("averaged_from"):
+        prov["averaged_from"] = [
+            {"checkpoint": Path(str(a.get("checkpoint"))).name, "epoch": a.get("epoch")}
+            for a in state["averaged_from"]
+        ]
     return json.dumps(prov, sort_keys=True)
 
 

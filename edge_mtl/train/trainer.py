@@ -154,6 +154,11 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         st = load_checkpoint(path)
+        if "optimizer" not in st:
+            raise ModelError(
+                f"{path}: no optimizer state (an averaged checkpoint?): a run cannot resume from it; "
+                f"start a new run with init = \"{path}\""
+            )
         self.task.model.load_state_dict(st["model"])
         self.task.load_extra_state(st.get("task", {}))
         self.opt.load_state_dict(st["optimizer"])

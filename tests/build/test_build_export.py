@@ -152,3 +152,16 @@ def test_parity_error_is_internal_error() -> None:
     from edge_mtl.errors import EdgeMtlError, InputError
 
     assert issubclass(ParityError, EdgeMtlError) and not issubclass(ParityError, InputError)
+
+
+def test_export_averaged_checkpoint_records_its_sources(tmp_path: Path) -> None:
+    from edge_mtl.train.average import average_checkpoints
+
+    paths = []
+    for i in range(2):
+        paths.append(_checkpoint(tmp_path / f"e{i}.pt", "recognizer", make_recognizer(i), REC_ARGS.to_dict()))
+    average_checkpoints(paths, tmp_path / "avg.pt")
+    report = export_checkpoint(tmp_path / "avg.pt", tmp_path / "avg.onnx", real_inputs=None)
+    assert all(h["ok"] for h in report["parity"].values())  # the ONNX model is the averaged weights
+    prov = json.loads(read_metadata(tmp_path / "avg.onnx").provenance)
+    assert prov["averaged_from"] == [{"checkpoint": "e0.pt", "epoch": 3}, {"checkpoint": "e1.pt", "epoch": 3}]
