@@ -148,7 +148,9 @@ class TrainConfig(Strict):
     init: Path | None = Field(
         None,
         description="Fine-tune: start from this checkpoint's weights (same kind and model args); the optimizer, "
-        "schedule and epochs start afresh. Ignored when `out` already has a last.pt to resume.",
+        "schedule and epochs start afresh. A recognizer run may name a shipped fp32 deploy ONNX instead "
+        "(export/recognizer.onnx): its weights are unfolded into the training form and the margin-loss class "
+        "centres imprinted. Ignored when `out` already has a last.pt to resume.",
     )
     data: DataPaths = Field(default_factory=DataPaths)
     optim: OptimConfig = Field(default_factory=OptimConfig)

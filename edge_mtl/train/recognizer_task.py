@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edge_mtl.build.metadata import REC_MEAN, REC_STD, recognizer_metadata
-from edge_mtl.errors import InputError
+from edge_mtl.errors import InputError, ModelError
 from edge_mtl.eval.attributes import attribute_metrics
 from edge_mtl.eval.verification import best_threshold, read_pairs
 from edge_mtl.models.recognizer import Recognizer, RecognizerArgs, RecognizerExport, SoftSharedRecognizer
@@ -301,6 +301,43 @@ class RecognizerTask:
             res[f"w_{k}"] = torch.tensor(w)
         res.update(extra)
         return res
+
+    def init_from_deploy(self, path: Path, calib_batches: int = 24) -> None:
+        """Fine-tune from a shipped deploy ONNX: unfold its weights (BatchNorms calibrated on `calib_batches`
+        training batches, `edge_mtl.train.recover`), then imprint the margin-loss class centres from the recovered
+        model's embeddings of each identity's clean crops. The loss-weighting state starts afresh."""
+        from torch.utils.data import DataLoader, Subset
+
+        from edge_mtl.train.recover import imprint_centres, recover_recognizer
+
+        if not isinstance(self.model, Recognizer):
+            raise ModelError(f"{path}: a soft-sharing run cannot start from a deploy model (one backbone)")
+        bs = self.cfg.optim.batch_size
+        rng = np.random.default_rng(self.cfg.seed)
+        pick = rng.choice(len(self.dataset), min(len(self.dataset), calib_batches * bs), replace=False)
+        loader = DataLoader(Subset(self.dataset, pick.tolist()), batch_size=bs)
+        batches = [(b["image"].float() - self._mean) / self._std for b in loader]
+        model = recover_recognizer(path, batches, check=batches[0][:32])
+        if model.args != self.args:
+            raise ModelError(f"{path}: a recognizer with {model.args}, not the {self.args} this config builds")
+        self.model.load_state_dict(model.state_dict())
+        if self.margin is None:
+            return
+        ident = sorted({(s.source, s.row, s.identity) for s in self.dataset.samples if s.identity >= 0})
+        clean = RecognizerDataset(
+            self.dataset.crop_paths, [RecSample(source=a, row=b, identity=c) for a, b, c in ident], None, train=False
+        )
+        embs, labels = [], []
+        self.model.eval()
+        with torch.no_grad():
+            for b in DataLoader(clean, batch_size=256, num_workers=self.cfg.workers):
+                x = (b["image"].float() - self._mean) / self._std
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                    embs.append(self.model(x)["embedding"].float())
+                labels.append(b["identity"])
+        self.model.train()
+        self.margin.weight.data.copy_(imprint_centres(torch.cat(embs), torch.cat(labels), self.n_classes))
+        log.info("imprinted %d margin-loss class centres from %d faces", self.n_classes, len(ident))
 
     # ------------------------------------------------------------ validation
     def recognizer(self) -> FaceRecognizer:

@@ -170,7 +170,15 @@ class Trainer:
 
     def init_weights(self, path: str | Path) -> None:
         """Fine-tuning: start from another run's weights and task state (a recognizer's margin-loss class centres,
-        learnt loss weights); optimizer, schedule, epoch count and model selection start afresh."""
+        learnt loss weights); optimizer, schedule, epoch count and model selection start afresh. A recognizer can
+        also start from a shipped deploy ONNX (`RecognizerTask.init_from_deploy`)."""
+        if Path(path).suffix == ".onnx":
+            from_deploy = getattr(self.task, "init_from_deploy", None)
+            if from_deploy is None:
+                raise ModelError(f"{path}: only a recognizer run can start from a deploy ONNX; name a checkpoint")
+            from_deploy(Path(path))
+            log.info("initialised weights from the deploy model %s", path)
+            return
         st = load_checkpoint(path)
         if st.get("kind") != self.kind or st.get("model_args") != self.task.model_args():
             raise ModelError(

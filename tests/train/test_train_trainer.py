@@ -192,3 +192,19 @@ def test_init_weights_fine_tunes_from_another_run(tmp_path: Path) -> None:
 
     with pytest.raises(ModelError, match="model args"):
         _trainer(OtherArgs(), tmp_path / "c").init_weights(tmp_path / "a" / "best.pt")
+
+
+def test_init_from_a_deploy_model_needs_a_task_that_can(tmp_path: Path) -> None:
+    """Only a recognizer task unfolds a deploy ONNX; any other task names the problem instead of misloading it."""
+    with pytest.raises(ModelError, match="only a recognizer run"):
+        _trainer(ToyTask(), tmp_path / "a").init_weights(tmp_path / "recognizer.onnx")
+
+    seen: list[Path] = []
+
+    class Recovering(ToyTask):
+        def init_from_deploy(self, path: Path) -> None:
+            seen.append(path)
+
+    task = Recovering()
+    _trainer(task, tmp_path / "b").init_weights(tmp_path / "recognizer.onnx")
+    assert seen == [tmp_path / "recognizer.onnx"]
