@@ -4,6 +4,11 @@ The teacher is a training-time tool only (extra `teacher`), never a runtime depe
 face once, with dlib's own detector, 5-point shape model and 150x150 chip alignment, and stores the unit-norm
 embeddings in resumable shards (`<out>/<source>-NNNN.npz`, arrays `keys` and `emb`), so a long extraction can be
 stopped and resumed and training can start on the shards already written.
+
+A previous release of edge-mtl's own recognizer can be the teacher instead (`--from-model export/recognizer.onnx
+--crops DIR`): it embeds the cached aligned crops (`edge_mtl.train.crops`) in seconds rather than hours, and a
+model distilled towards it keeps embeddings comparable with the release's (backward-compatible training, Shen et
+al. 2020), so a gallery enrolled with that release keeps matching after an upgrade.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.errors import MissingExtraError
+from edge_mtl.errors import InputError, MissingExtraError, ModelError
 from edge_mtl.train.sources import FaceRecord
 
 log = logging.getLogger(__name__)
@@ -116,18 +121,62 @@ def load_targets(folder: str | Path) -> dict[str, npt.NDArray[np.float32]]:
     return out
 
 
+def extract_from_model(model: str | Path, crops: str | Path, names: Sequence[str], out: str | Path) -> int:
+    """Embed the cached crops of each source in `names` with an edge-mtl recognizer ONNX into teacher shards
+    (same format and keys as the dlib teacher's). Returns the faces embedded now; finished sources are skipped."""
+    from edge_mtl.config import BackendConfig
+    from edge_mtl.models_registry import load_engine
+    from edge_mtl.runtime.recognizer import FaceRecognizer
+    from edge_mtl.train.crops import load_source
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = FaceRecognizer(load_engine(Path(model), BackendConfig()), max_batch=256)
+    done = 0
+    for name in names:
+        if not (Path(crops) / f"{name}.json").exists():
+            raise InputError(f"{crops}: no crop cache for {name} (train once to build it, or drop it from --only)")
+        cs = load_source(crops, name)
+        rows = [i for i, st in enumerate(cs.status) if st != "missing"]
+        for s in range(0, len(rows), SHARD):
+            shard = out / f"{name}-{s // SHARD:04d}.npz"
+            if shard.exists():
+                continue
+            chunk = rows[s : s + SHARD]
+            emb = rec.analyze(np.asarray(cs.images[chunk])).embeddings
+            tmp = shard.with_suffix(".tmp.npz")
+            np.savez(tmp, keys=np.array([cs.keys[i] for i in chunk]), emb=emb.astype(np.float16))
+            os.replace(tmp, shard)
+            done += len(chunk)
+        log.info("%s: %d faces embedded by %s", name, len(rows), Path(model).name)
+    return done
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from edge_mtl.train import sources as S
 
     p = argparse.ArgumentParser(description="Embed training faces with the dlib teacher (resumable).")
     p.add_argument("--out", required=True)
-    p.add_argument("--data", required=True, help="../shared/data")
+    p.add_argument("--data", help="../shared/data (the dlib teacher)")
+    p.add_argument("--from-model", help="an edge-mtl recognizer ONNX as the teacher, over the cached crops")
+    p.add_argument("--crops", help="the crop cache folder (with --from-model)")
     p.add_argument("--celeba-samples", help="CelebA_Samples/celeba_identity_samples")
     p.add_argument("--utkface-full", help="AgeProgression/data/UTKFace/unlabeled")
     p.add_argument("--celeba-gender", help="gender_detection/datasets/dataset")
     p.add_argument("--only", nargs="*", help="restrict to these sources")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.from_model:
+        if not a.crops or not a.only:
+            p.error("--from-model needs --crops and --only (the cached sources to embed)")
+        try:
+            extract_from_model(a.from_model, a.crops, a.only, a.out)
+        except (InputError, ModelError) as e:
+            log.error("%s", e)
+            return 2
+        return 0
+    if not a.data:
+        p.error("--data is required (or --from-model)")
     data = Path(a.data)
     reserved = S.read_name_list(data / "utkface_reserved.txt")
     _, utk_val = S.utkface_split(data / "utkface")

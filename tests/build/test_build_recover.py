@@ -127,3 +127,27 @@ def test_recognizer_task_fine_tunes_from_a_deploy_model(rec_export: Any, tmp_pat
     emb = torch.from_numpy(want[0][:16])
     means = torch.nn.functional.normalize(torch.stack([emb[i::4].mean(0) for i in range(4)]), dim=1)
     torch.testing.assert_close(task.margin.weight.data, means, atol=1e-4, rtol=1e-4)
+
+
+def test_a_release_as_teacher_embeds_the_crop_cache(rec_export: Any, tmp_path: Path) -> None:
+    """`python -m edge_mtl.train.teacher --from-model`: shards keyed like the dlib teacher's, holding the release's
+    embeddings of the cached crops (missing faces skipped), resumable, and bad input is exit code 2."""
+    import json
+
+    from edge_mtl.train.teacher import extract_from_model, load_targets, main
+
+    path, _, _ = rec_export
+    imgs = ((faces_like(5, seed=6).transpose(0, 2, 3, 1) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    with open(tmp_path / "src.u8", "wb") as f:
+        np.save(f, imgs)
+    status = ["detected", "missing", "detected", "canonical", "detected"]
+    (tmp_path / "src.json").write_text(json.dumps({"keys": [f"k{i}" for i in range(5)], "status": status}))
+    out = tmp_path / "teacher"
+    assert extract_from_model(path, tmp_path, ["src"], out) == 4
+    got = load_targets(out)
+    assert sorted(got) == ["k0", "k2", "k3", "k4"]
+    want = _ort(path, imgs[:, :, :, ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1)[0]
+    for i in (0, 2, 3, 4):
+        np.testing.assert_allclose(got[f"k{i}"], want[i], atol=2e-3)  # stored as float16
+    assert extract_from_model(path, tmp_path, ["src"], out) == 0  # done shards are skipped
+    assert main(["--out", str(out), "--from-model", str(path), "--crops", str(tmp_path), "--only", "absent"]) == 2
