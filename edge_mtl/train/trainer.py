@@ -135,6 +135,7 @@ class Trainer:
         self.sampler = EpochSampler(len(dataset), seed)  # type: ignore[arg-type]
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best: float | None = None
+        self.init_source: str | None = None  # what init_weights loaded: validated before the first step
 
     # ------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -177,6 +178,7 @@ class Trainer:
             if from_deploy is None:
                 raise ModelError(f"{path}: only a recognizer run can start from a deploy ONNX; name a checkpoint")
             from_deploy(Path(path))
+            self.init_source = str(path)
             log.info("initialised weights from the deploy model %s", path)
             return
         st = load_checkpoint(path)
@@ -187,6 +189,7 @@ class Trainer:
             )
         self.task.model.load_state_dict(st["model"])
         self.task.load_extra_state(st.get("task", {}))
+        self.init_source = str(path)
         log.info("initialised weights from %s (epoch %s of that run)", path, st.get("epoch"))
 
     def save(self, name: str = "last.pt") -> Path:
@@ -207,6 +210,13 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         last_ckpt = time.time()
         metrics: dict[str, float] = {}
+        if self.init_source is not None and self.global_step == 0:
+            # a fine-tune's starting point, measured like every epoch: the bar each epoch has to clear
+            self.task.train_modules().eval()
+            with torch.no_grad():
+                start = self.task.validate()
+            self._log_metrics({"epoch": 0, "step": 0, "init": self.init_source,
+                               **{f"val_{k}": v for k, v in start.items()}})
         while self.epoch < self.epochs:
             self.task.on_epoch_start(self.epoch)
             self.sampler.set(self.epoch, self.step_in_epoch * self.batch_size)

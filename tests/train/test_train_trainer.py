@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,13 @@ def test_init_weights_fine_tunes_from_another_run(tmp_path: Path) -> None:
     assert all(torch.equal(best[k], v) for k, v in _weights(fresh).items())
     assert ft.epoch == 0 and ft.global_step == 0 and ft.best is None  # schedule and selection start afresh
     assert fresh.epochs_started == [0, 1, 2]  # the task's own state (a margin head's centres) comes along
+    ft.fit()
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["epoch"] == 0 and lines[0]["init"] == str(tmp_path / "a" / "best.pt")
+    with torch.no_grad():
+        names = src.validate()
+    assert set(lines[0]) >= {f"val_{k}" for k in names}  # the starting point, measured like an epoch
+    assert [x["epoch"] for x in lines[1:]] == list(range(1, ft.epochs + 1))
 
     class OtherArgs(ToyTask):
         def model_args(self) -> dict[str, Any]:
