@@ -213,6 +213,14 @@ def cmd_average_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_quality(args: argparse.Namespace) -> int:
+    from edge_mtl.train.calibrate_quality import calibrate_quality
+
+    _emit(calibrate_quality(args.checkpoint, args.reference, args.crops, args.sources, args.output,
+                            faces=args.faces, seed=args.seed))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from edge_mtl.build.export import export_checkpoint
 
@@ -339,6 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoints", type=Path, nargs="+")
     s.add_argument("--output", "-o", type=Path, required=True)
     s.set_defaults(func=cmd_average_checkpoints)
+
+    s = sub.add_parser(
+        "calibrate-quality",
+        help="put a recognizer checkpoint's quality score on a reference release's scale (affine, rank-preserving)",
+    )
+    s.add_argument("checkpoint", type=Path)
+    s.add_argument("--reference", type=Path, required=True, help="the release whose scale to keep (ONNX)")
+    s.add_argument("--crops", type=Path, required=True, help="crop cache folder (edge_mtl.train.crops)")
+    s.add_argument("--sources", nargs="+", required=True, help="cached sources to draw faces from")
+    s.add_argument("--faces", type=int, default=20000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--output", "-o", type=Path, required=True)
+    s.set_defaults(func=cmd_calibrate_quality)
 
     s = sub.add_parser("export", help="export a checkpoint to ONNX with metadata and a parity check")
     s.add_argument("checkpoint", type=Path)

@@ -291,6 +291,9 @@ def provenance_from_checkpoint(state: dict[str, Any], checkpoint: Path) -> str:
             {"checkpoint": Path(str(a.get("checkpoint"))).name, "epoch": a.get("epoch")}
             for a in state["averaged_from"]
         ]
+    cal = state.get("quality_calibration")
+    if isinstance(cal, dict):
+        prov["quality_calibration"] = {k: cal.get(k) for k in ("reference", "scale", "shift", "faces")}
     return json.dumps(prov, sort_keys=True)
 
 
