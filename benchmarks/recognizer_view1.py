@@ -1,0 +1,79 @@
+"""Compare recognizer candidates on LFW View 1 the way the trainer selects epochs, from the training crop cache.
+
+For each model (deploy ONNX): View 1 accuracy (threshold chosen on pairsDevTrain, accuracy on pairsDevTest: the
+trainer's `val_lfw_dev_accuracy`), the error by pair-quality quartile over both View 1 files, the quality score's
+spread, and, for every model after the first, cross-model matching: the first model's embedding of one face of each
+pair against this model's of the other (whether a gallery enrolled with the first model would still match).
+View 2 (`pairs.txt`) is never touched: it stays for the final measurement (`edge-mtl eval verification`).
+
+Usage: python benchmarks/recognizer_view1.py --crops $EDGE_MTL_CACHE/crops [--data ../shared/data] A.onnx B.onnx ...
+The crop cache's `lfw_dev` source is written by any recognizer training run (`edge_mtl.train.crops`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge_mtl.config import BackendConfig
+from edge_mtl.eval.verification import best_threshold, read_pairs
+from edge_mtl.models_registry import load_engine
+from edge_mtl.paths import data_root
+from edge_mtl.runtime.recognizer import FaceRecognizer
+from edge_mtl.train.crops import load_source
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", type=Path)
+    p.add_argument("--crops", type=Path, required=True)
+    p.add_argument("--data", type=Path, help="../shared/data (default: $EDGE_MTL_DATA)")
+    a = p.parse_args(argv)
+    root = data_root(a.data)
+    if root is None or not (a.crops / "lfw_dev.json").exists():
+        p.error("needs ../shared/data (--data) and a crop cache with lfw_dev (--crops)")
+    cs = load_source(a.crops, "lfw_dev")
+    idx = cs.index()
+    pairs = {f: read_pairs(root / "lfw" / f) for f in ("pairsDevTrain.txt", "pairsDevTest.txt")}
+
+    def split(ps: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+        return (np.array([idx[x.a] for x in ps]), np.array([idx[x.b] for x in ps]), np.array([x.same for x in ps]))
+
+    first = None
+    for m in a.models:
+        r = FaceRecognizer(load_engine(m, BackendConfig()), 128).analyze(np.asarray(cs.images))
+        e = r.embeddings
+        ia, ib, y = split(pairs["pairsDevTrain.txt"])
+        th = best_threshold((e[ia] * e[ib]).sum(1), y)
+        ta, tb, ty = split(pairs["pairsDevTest.txt"])
+        view1 = float((((e[ta] * e[tb]).sum(1) > th) == ty).mean())
+        ia, ib, y = split(pairs["pairsDevTrain.txt"] + pairs["pairsDevTest.txt"])
+        s = (e[ia] * e[ib]).sum(1)
+        err = (s > best_threshold(s, y)) != y
+        q = np.minimum(r.quality[ia], r.quality[ib])
+        bins = np.digitize(q, np.quantile(q, [0.25, 0.5, 0.75]))
+        out = {
+            "model": str(m),
+            "view1_accuracy": round(view1, 4),
+            "view1_threshold": round(float(th), 4),
+            "error_by_quality_quartile": [round(float(err[bins == k].mean()), 4) for k in range(4)],
+            "quality_p10_p50_p90": [round(float(v), 3) for v in np.quantile(r.quality, [0.1, 0.5, 0.9])],
+        }
+        if first is None:
+            first = e
+        else:
+            sx = (first[ia] * e[ib]).sum(1)
+            out["cross_model_accuracy"] = round(float(((sx > best_threshold(sx, y)) == y).mean()), 4)
+        sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
