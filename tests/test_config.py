@@ -444,8 +444,24 @@ def test_shipped_training_configs_validate(path: Path) -> None:
 
     cfg = load_toml(path, TrainConfig)
     assert cfg.task.kind in {"detector", "recognizer", "landmarks"}
-    if cfg.init is not None:
+    if cfg.init is not None and cfg.init.suffix == ".onnx":  # a shipped model: it must be there
+        from edge_mtl.build.onnx_utils import read_metadata
+
+        assert read_metadata(Path(__file__).parents[1] / cfg.init).kind == cfg.task.kind == "recognizer"
+    elif cfg.init is not None:
         assert cfg.init.suffix == ".pt"
+
+
+def test_deploy_init_only_for_a_hard_shared_recognizer() -> None:
+    from edge_mtl.config import ConfigError, parse_toml
+    from edge_mtl.train.config import TrainConfig
+
+    base = 'init = "export/recognizer.onnx"\n[task]\nkind = "recognizer"\n'
+    assert parse_toml(base, "t.toml", TrainConfig).init == Path("export/recognizer.onnx")
+    with pytest.raises(ConfigError, match="deploy ONNX"):
+        parse_toml(base + 'sharing = "soft"\n', "t.toml", TrainConfig)
+    with pytest.raises(ConfigError, match="deploy ONNX"):
+        parse_toml('init = "export/detector.onnx"\n[task]\nkind = "detector"\n', "t.toml", TrainConfig)
 
 
 def test_paths_expand_environment_and_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edge_mtl.config import Strict
 
@@ -155,3 +155,10 @@ class TrainConfig(Strict):
     data: DataPaths = Field(default_factory=DataPaths)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     task: Annotated[DetectorTrain | RecognizerTrain | LandmarkTrain, Field(discriminator="kind")]
+
+    @model_validator(mode="after")
+    def _deploy_init_is_a_hard_shared_recognizer(self) -> TrainConfig:
+        deploy = self.init is not None and self.init.suffix == ".onnx"
+        if deploy and (not isinstance(self.task, RecognizerTrain) or self.task.sharing != "hard"):
+            raise ValueError("init: only a hard-shared recognizer run can start from a deploy ONNX")
+        return self
