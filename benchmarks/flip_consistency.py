@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (a.crops / f"{a.source}.json").exists():
         p.error(f"{a.crops}: no crop cache for {a.source}")
     cs = load_source(a.crops, a.source)
-    x = np.asarray(cs.images)[[i for i, s in enumerate(cs.status) if s != "missing"]]
+    x = np.asarray(cs.images)[cs.present()]
     mirrored = np.ascontiguousarray(x[:, :, ::-1])
     for m in a.models:
         rec = FaceRecognizer(load_engine(m, BackendConfig()), 128)

@@ -108,7 +108,12 @@ def load_detector(cfg: AppConfig) -> FaceDetector:
 def load_recognizer(cfg: AppConfig) -> FaceRecognizer:
     r = cfg.recognizer
     path = model_path(r.model, "recognizer.onnx", r.backend.precision if r.backend.type == "onnxruntime" else "fp32")
-    return FaceRecognizer(load_engine(path, r.backend), r.max_batch)
+    return open_recognizer(path, r.backend, r.max_batch)
+
+
+def open_recognizer(path: Path, backend: BackendConfig | None = None, max_batch: int = 256) -> FaceRecognizer:
+    """A recognizer model file on a backend (default: ONNX Runtime on the CPU), outside the daemon's config."""
+    return FaceRecognizer(load_engine(Path(path), backend or BackendConfig()), max_batch)
 
 
 def check_models(cfg: AppConfig) -> None:

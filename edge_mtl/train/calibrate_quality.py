@@ -43,10 +43,8 @@ def sample_crops(crops: str | Path, sources: Sequence[str], n: int, seed: int = 
     per = max(1, n // len(sources))
     out = []
     for name in sources:
-        if not (Path(crops) / f"{name}.json").exists():
-            raise InputError(f"{crops}: no crop cache for {name}")
         cs = load_source(crops, name)
-        rows = np.array([i for i, st in enumerate(cs.status) if st != "missing"])
+        rows = np.array(cs.present())
         if len(rows):
             pick = np.sort(rng.choice(rows, min(per, len(rows)), replace=False))
             out.append(np.asarray(cs.images[pick]))
@@ -62,26 +60,26 @@ def _logit(p: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
 
 def reference_logits(reference: str | Path, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
     """The quality logits of a deploy recognizer (ONNX) on `crops`."""
-    from edge_mtl.config import BackendConfig
-    from edge_mtl.models_registry import load_engine
-    from edge_mtl.runtime.recognizer import FaceRecognizer
+    from edge_mtl.models_registry import open_recognizer
 
-    rec = FaceRecognizer(load_engine(Path(reference), BackendConfig()), max_batch=256)
-    return _logit(rec.analyze(crops).quality)
+    return _logit(open_recognizer(Path(reference)).analyze(crops).quality)
 
 
 @torch.no_grad()
-def model_logits(model: nn.Module, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
-    """The raw quality logits of a training-form recognizer on `crops` (eval mode)."""
-    from edge_mtl.build.metadata import REC_MEAN, REC_STD
+def model_logits(
+    model: nn.Module, args: dict[str, Any], crops: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.float64]:
+    """The raw quality logits of a training-form recognizer (model args `args`) on `crops` (eval mode),
+    preprocessed as the runtime does."""
+    from edge_mtl.build.metadata import recognizer_metadata
+    from edge_mtl.runtime.engine import normalize
 
-    mean = torch.tensor(REC_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(REC_STD).view(1, 3, 1, 1)
+    meta = recognizer_metadata(args)
     model.eval()
     out = []
     for s in range(0, len(crops), 256):
-        rgb = torch.from_numpy(np.ascontiguousarray(crops[s : s + 256, :, :, ::-1])).permute(0, 3, 1, 2).float()
-        out.append(model((rgb - mean) / std)["quality"].reshape(-1).double().numpy())
+        x = torch.from_numpy(normalize(np.asarray(crops[s : s + 256]), meta, bgr_input=True))
+        out.append(model(x)["quality"].reshape(-1).double().numpy())
     return np.concatenate(out)
 
 
@@ -107,11 +105,11 @@ def calibrate_quality(
     from edge_mtl.build.export import model_from_checkpoint
 
     state = load_checkpoint(checkpoint)
-    kind, _, model = model_from_checkpoint(state, str(checkpoint))
+    kind, args, model = model_from_checkpoint(state, str(checkpoint))
     if kind != "recognizer" or "heads.quality.2.weight" not in state["model"]:
         raise ModelError(f"{checkpoint}: not a hard-shared recognizer checkpoint (no quality head to calibrate)")
     sample = sample_crops(crops, sources, faces, seed)
-    new, ref = model_logits(model, sample), reference_logits(reference, sample)
+    new, ref = model_logits(model, args, sample), reference_logits(reference, sample)
     a, b = fit_affine(new, ref)
     weights = dict(state["model"])
     w, bias = weights["heads.quality.2.weight"], weights["heads.quality.2.bias"]
@@ -122,6 +120,7 @@ def calibrate_quality(
         p = 1 / (1 + np.exp(-z))
         return [round(float(v), 4) for v in (p.mean(), *np.quantile(p, [0.1, 0.5, 0.9]))]
 
+    before, after, reference_q = q(new), q(a * new + b), q(ref)  # mean, p10, p50, p90
     report = {
         "checkpoint": str(checkpoint),
         "reference": Path(reference).name,
@@ -129,9 +128,9 @@ def calibrate_quality(
         "sources": list(sources),
         "scale": round(a, 6),
         "shift": round(b, 6),
-        "quality_before": q(new),  # mean, p10, p50, p90
-        "quality_after": q(a * new + b),
-        "quality_reference": q(ref),
+        "quality_before": before,
+        "quality_after": after,
+        "quality_reference": reference_q,
         "rank_correlation_with_reference": round(float(_spearman(new, ref)), 4),
     }
     out = {k: v for k, v in state.items() if k != "optimizer"}
@@ -140,7 +139,7 @@ def calibrate_quality(
     save_checkpoint(output, out)
     report["output"] = str(output)
     log.info("quality logits scaled by %.3f and shifted by %.3f: mean quality %.3f -> %.3f (reference %.3f)",
-             a, b, q(new)[0], q(a * new + b)[0], q(ref)[0])
+             a, b, before[0], after[0], reference_q[0])
     return report
 
 

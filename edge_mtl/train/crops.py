@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edge_mtl.errors import InputError
 from edge_mtl.eval.detection import iou_matrix
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.train.sources import FaceRecord
@@ -42,6 +43,10 @@ class CropSet:
 
     def index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
+
+    def present(self) -> list[int]:
+        """Rows that hold a face (every status but "missing")."""
+        return [i for i, st in enumerate(self.status) if st != "missing"]
 
 
 def pick_face(det: Detections, rec: FaceRecord, shape: tuple[int, int], offset: float) -> int | None:
@@ -151,7 +156,10 @@ def cache_source(
 
 
 def load_source(out_dir: str | Path, name: str) -> CropSet:
+    """A cached source; InputError when `out_dir` has none called `name` (a recognizer training run builds it)."""
     out_dir = Path(out_dir)
+    if not (out_dir / f"{name}.json").exists():
+        raise InputError(f"{out_dir}: no crop cache for {name} (a recognizer training run builds it)")
     meta = json.loads((out_dir / f"{name}.json").read_text())
     images = np.load(out_dir / f"{name}.u8", mmap_mode="r")
     return CropSet(images, list(meta["keys"]), list(meta["status"]), out_dir / f"{name}.u8")

@@ -257,8 +257,12 @@ class RecognizerTask:
             return list(last_stage[-1].parameters())
         return list(m.parameters())
 
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of uint8 RGB crops (N x 3 x 112 x 112) as the network's normalised input."""
+        return (images.float() - self._mean) / self._std
+
     def training_step(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        x = (batch["image"].float() - self._mean) / self._std
+        x = self._input(batch["image"])
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             raw = self.model(x)
         out = {k: v.float() for k, v in raw.items()}
@@ -316,7 +320,7 @@ class RecognizerTask:
         rng = np.random.default_rng(self.cfg.seed)
         pick = rng.choice(len(self.dataset), min(len(self.dataset), calib_batches * bs), replace=False)
         loader = DataLoader(Subset(self.dataset, pick.tolist()), batch_size=bs)
-        batches = [(b["image"].float() - self._mean) / self._std for b in loader]
+        batches = [self._input(b["image"]) for b in loader]
         model = recover_recognizer(path, batches, check=batches[0][:32])
         if model.args != self.args:
             raise ModelError(f"{path}: a recognizer with {model.args}, not the {self.args} this config builds")
@@ -331,7 +335,7 @@ class RecognizerTask:
         self.model.eval()
         with torch.no_grad():
             for b in DataLoader(clean, batch_size=256, num_workers=self.cfg.workers):
-                x = (b["image"].float() - self._mean) / self._std
+                x = self._input(b["image"])
                 with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                     embs.append(self.model(x)["embedding"].float())
                 labels.append(b["identity"])

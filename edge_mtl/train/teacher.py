@@ -124,20 +124,16 @@ def load_targets(folder: str | Path) -> dict[str, npt.NDArray[np.float32]]:
 def extract_from_model(model: str | Path, crops: str | Path, names: Sequence[str], out: str | Path) -> int:
     """Embed the cached crops of each source in `names` with an edge-mtl recognizer ONNX into teacher shards
     (same format and keys as the dlib teacher's). Returns the faces embedded now; finished sources are skipped."""
-    from edge_mtl.config import BackendConfig
-    from edge_mtl.models_registry import load_engine
-    from edge_mtl.runtime.recognizer import FaceRecognizer
+    from edge_mtl.models_registry import open_recognizer
     from edge_mtl.train.crops import load_source
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rec = FaceRecognizer(load_engine(Path(model), BackendConfig()), max_batch=256)
+    rec = open_recognizer(Path(model))
     done = 0
     for name in names:
-        if not (Path(crops) / f"{name}.json").exists():
-            raise InputError(f"{crops}: no crop cache for {name} (train once to build it, or drop it from --only)")
         cs = load_source(crops, name)
-        rows = [i for i, st in enumerate(cs.status) if st != "missing"]
+        rows = cs.present()
         for s in range(0, len(rows), SHARD):
             shard = out / f"{name}-{s // SHARD:04d}.npz"
             if shard.exists():
