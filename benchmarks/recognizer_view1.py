@@ -2,7 +2,8 @@
 
 For each model (deploy ONNX): View 1 accuracy (threshold chosen on pairsDevTrain, accuracy on pairsDevTest: the
 trainer's `val_lfw_dev_accuracy`), the error by pair-quality quartile over both View 1 files, the quality score's
-spread, and, for every model after the first, cross-model matching: the first model's embedding of one face of each
+spread, and, for every model after the first, cross-model matching (both View 1 files, best threshold, like
+`all_pairs_best_threshold_accuracy`): the first model's embedding of one face of each
 pair against this model's of the other (whether a gallery enrolled with the first model would still match).
 View 2 (`pairs.txt`) is never touched: it stays for the final measurement (`edge-mtl eval verification`).
 
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": str(m),
             "view1_accuracy": round(view1, 4),
             "view1_threshold": round(float(th), 4),
+            "all_pairs_best_threshold_accuracy": round(1 - float(err.mean()), 4),  # compare cross_model_accuracy
             "error_by_quality_quartile": [round(float(err[bins == k].mean()), 4) for k in range(4)],
             "quality_p10_p50_p90": [round(float(v), 3) for v in np.quantile(r.quality, [0.1, 0.5, 0.9])],
         }
