@@ -145,6 +145,12 @@ class TrainConfig(Strict):
         False, description="bfloat16 autocast for the forward pass (CPUs with AVX512-BF16/AMX, GPUs); losses in FP32."
     )
     checkpoint_every_s: float = Field(600.0, gt=0)
+    keep_epochs: int = Field(
+        0,
+        ge=0,
+        description="Also keep the checkpoint of each of the last N epochs as epoch_<n>.pt, for "
+        "`edge-mtl average-checkpoints` (0: only last.pt and best.pt).",
+    )
     init: Path | None = Field(
         None,
         description="Fine-tune: start from this checkpoint's weights (same kind and model args); the optimizer, "

@@ -52,6 +52,7 @@ def train(config_path: str | Path, resume: bool = True, max_steps: int | None = 
         workers=cfg.workers,
         seed=cfg.seed,
         checkpoint_every_s=cfg.checkpoint_every_s,
+        keep_epochs=cfg.keep_epochs,
         max_steps=max_steps or o.max_steps,
         validate_every=getattr(cfg.task, "val_every", 1),
     )

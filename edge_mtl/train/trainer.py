@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -108,6 +109,7 @@ class Trainer:
         workers: int = 1,
         seed: int = 0,
         checkpoint_every_s: float = 600.0,
+        keep_epochs: int = 0,
         max_steps: int | None = None,
         validate_every: int = 1,
     ) -> None:
@@ -118,6 +120,7 @@ class Trainer:
         self.base_lr, self.grad_clip = lr, grad_clip
         self.workers, self.seed = workers, seed
         self.checkpoint_every_s = checkpoint_every_s
+        self.keep_epochs = keep_epochs
         self.max_steps = max_steps
         self.validate_every = validate_every
         self.steps_per_epoch = len(dataset) // batch_size  # type: ignore[arg-type]
@@ -294,6 +297,8 @@ class Trainer:
                     self.save("best.pt")
             self._log_metrics(record)
             self.save()
+            if finished_epoch and self.epoch > self.epochs - self.keep_epochs:
+                shutil.copyfile(self.out / "last.pt", self.out / f"epoch_{self.epoch}.pt")
             last_ckpt = time.time()
             if self.max_steps is not None and self.global_step >= self.max_steps:
                 break

@@ -67,10 +67,11 @@ class ToyTask:
         self.epochs_started.append(epoch)
 
 
-def _trainer(task: ToyTask, out: Path, max_steps: int | None = None) -> Any:
+def _trainer(task: ToyTask, out: Path, max_steps: int | None = None, keep_epochs: int = 0) -> Any:
     return T.Trainer(
         task, task.dataset(), None, out, config={"toy": True}, kind="toy", epochs=3, batch_size=8, lr=0.05,
         weight_decay=0.01, warmup_steps=4, grad_clip=1.0, workers=0, seed=5, max_steps=max_steps,
+        keep_epochs=keep_epochs,
     )
 
 
@@ -117,6 +118,23 @@ def test_checkpoint_contents_and_metrics_log(tmp_path: Path) -> None:
     assert (tmp_path / "best.pt").is_file()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and all('"val_mse"' in ln and '"train_loss"' in ln for ln in lines)
+
+
+def test_keep_epochs_keeps_the_last_n_epoch_checkpoints(tmp_path: Path) -> None:
+    # interrupted inside epoch 2 and resumed: each kept file is the state at the end of its epoch
+    tr = _trainer(ToyTask(), tmp_path, max_steps=12, keep_epochs=2)
+    tr.fit()
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == []
+    tr = _trainer(ToyTask(), tmp_path, keep_epochs=2)
+    tr.resume(tmp_path / "last.pt")
+    tr.fit()
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_2.pt", "epoch_3.pt"]
+    for n in (2, 3):
+        st = load_checkpoint(tmp_path / f"epoch_{n}.pt")
+        assert (st["epoch"], st["step_in_epoch"], st["global_step"]) == (n, 0, 8 * n)
+    last = load_checkpoint(tmp_path / "last.pt")["model"]
+    for k, w in load_checkpoint(tmp_path / "epoch_3.pt")["model"].items():
+        torch.testing.assert_close(w, last[k], atol=0, rtol=0)
 
 
 def test_non_finite_loss_stops(tmp_path: Path) -> None:
