@@ -4,7 +4,9 @@ For each model (deploy ONNX): View 1 accuracy (threshold chosen on pairsDevTrain
 trainer's `val_lfw_dev_accuracy`), the error by pair-quality quartile over both View 1 files, the quality score's
 spread, and, for every model after the first, cross-model matching (both View 1 files, best threshold, like
 `all_pairs_best_threshold_accuracy`): the first model's embedding of one face of each
-pair against this model's of the other (whether a gallery enrolled with the first model would still match).
+pair against this model's of the other (whether a gallery enrolled with the first model would still match), with
+its own best threshold and, at this model's threshold, the false-accept / false-reject rates beside this model's own
+(what `--compatible-with` lets the daemon do).
 View 2 (`pairs.txt`) is never touched: it stays for the final measurement (`edge-mtl eval verification`).
 
 Usage: python benchmarks/recognizer_view1.py --crops $EDGE_MTL_CACHE/crops [--data ../shared/data] A.onnx B.onnx ...
@@ -72,7 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             first = e
         else:
             sx = (first[ia] * e[ib]).sum(1)
-            out["cross_model_accuracy"] = round(float(((sx > best_threshold(sx, y)) == y).mean()), 4)
+            tx = best_threshold(sx, y)
+            out["cross_model_accuracy"] = round(float(((sx > tx) == y).mean()), 4)
+            out["cross_model_threshold"] = round(float(tx), 4)
+            # what the daemon does with a declared-compatible gallery: cross-version scores against this model's own
+            # threshold; the false-accept and false-reject rates there, beside this model's own
+            t = best_threshold(s, y)
+            for name, sc in (("own", s), ("cross_model", sx)):
+                out[f"{name}_far_frr_at_own_threshold"] = [
+                    round(float((sc[~y] > t).mean()), 4), round(float((sc[y] <= t).mean()), 4)]
         sys.stdout.write(json.dumps(out) + "\n")
     return 0
 

@@ -224,7 +224,8 @@ def cmd_calibrate_quality(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from edge_mtl.build.export import export_checkpoint
 
-    _emit(export_checkpoint(args.checkpoint, args.output, version=args.version, check=not args.no_check))
+    _emit(export_checkpoint(args.checkpoint, args.output, version=args.version, check=not args.no_check,
+                            compatible=args.compatible_with))
     return 0
 
 
@@ -365,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", type=Path)
     s.add_argument("--output", "-o", type=Path, required=True)
     s.add_argument("--version", default="dev")
+    s.add_argument(
+        "--compatible-with", action="append", default=[], metavar="VERSION",
+        help="recognizer: an earlier version whose gallery embeddings this one may be matched against until people "
+        "are re-enrolled (only after measuring cross-version verification; repeatable)",
+    )
     s.add_argument("--no-check", action="store_true")
     s.set_defaults(func=cmd_export)
 

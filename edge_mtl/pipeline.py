@@ -144,7 +144,8 @@ class Pipeline:
         if v == self._gallery_version and not force:
             return False
         self._gallery_version = v
-        self.matcher = Matcher.load(self._gallery, self.recognizer.meta.version)
+        meta = self.recognizer.meta
+        self.matcher = Matcher.load(self._gallery, meta.version, meta.compatible)
         log.info("gallery %s: %d people", self.gallery_path, len(self.matcher))
         return True
 

@@ -13,6 +13,7 @@ re-parameterisation and the export, on random inputs and, when given, on real pr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -185,6 +186,7 @@ def export_module(
     provenance: str = "",
     check: bool = True,
     real_inputs: npt.NDArray[np.float32] | None = None,
+    compatible: Sequence[str] = (),
     opset: int = OPSET,
     tolerances: dict[str, Tolerance] | None = None,
 ) -> dict[str, Any]:
@@ -201,6 +203,10 @@ def export_module(
         raise InputError(f"unknown model kind {kind!r}; expected one of {KINDS}")
     output = Path(output)
     meta = model_metadata(kind, args_dict, version=version, provenance=provenance)
+    if compatible:
+        if kind != "recognizer" or version in compatible:
+            raise InputError("--compatible-with: names earlier recognizer versions (not this model's own)")
+        meta = dataclasses.replace(meta, compatible=tuple(dict.fromkeys(compatible)))
     deploy = deploy_module(model, kind, fuse=True)
     n_params = sum(int(p.numel()) for p in deploy.parameters())
     from edge_mtl.models.blocks import count_macs
@@ -246,6 +252,7 @@ def export_module(
         "output": str(output),
         "kind": kind,
         "version": version,
+        "compatible": list(meta.compatible),
         "bytes": output.stat().st_size,
         "sha256": file_sha256(output),
         "opset": opset,
@@ -327,6 +334,7 @@ def export_checkpoint(
     provenance: str | None = None,
     real_inputs: npt.NDArray[np.float32] | str | None = "auto",
     data: Path | None = None,
+    compatible: Sequence[str] = (),
 ) -> dict[str, Any]:
     """`edge-mtl export`: rebuild the model from the checkpoint's args, load its weights, export and check.
 
@@ -354,7 +362,8 @@ def export_checkpoint(
     else:
         real = real_inputs
     report = export_module(
-        model, kind, args, output, version=version, provenance=provenance, check=check, real_inputs=real
+        model, kind, args, output, version=version, provenance=provenance, check=check, real_inputs=real,
+        compatible=compatible,
     )
     report["checkpoint"] = str(checkpoint)
     return report

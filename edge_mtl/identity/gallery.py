@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -145,23 +146,34 @@ class Gallery:
             for r in rows
         ]
 
-    def matrix(self, model: str | None = None) -> tuple[list[str], npt.NDArray[np.float32]]:
+    def matrix(
+        self, model: str | None = None, compatible: Sequence[str] = ()
+    ) -> tuple[list[str], npt.NDArray[np.float32]]:
         """Embeddings with their person's name: (names per row, N x D); only those made by `model` when given.
 
         Embeddings of different recognizers live in different spaces (even at the same dimension): a matcher
-        must only compare an embedding with those its own model made."""
-        where, params = (" WHERE e.model = ?", (model,)) if model is not None else ("", ())
+        must only compare an embedding with those its own model made. The exception is `compatible`, earlier
+        versions that `model` declares comparable (trained and measured to match them): a person with no
+        embedding of `model` is represented by their embeddings of the first of those versions they have."""
+        versions = [model, *(c for c in compatible if c != model)] if model is not None else []
+        where = f" WHERE e.model IN ({','.join('?' * len(versions))})" if versions else ""
         rows = self.db.execute(
-            "SELECT p.name, e.dim, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id"
+            "SELECT p.name, e.model, e.dim, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id"
             + where + " ORDER BY e.id",
-            params,
+            versions,
         ).fetchall()
+        if versions:
+            rank = {v: i for i, v in enumerate(versions)}
+            first: dict[str, int] = {}
+            for name, m, _, _ in rows:
+                first[name] = min(first.get(name, len(versions)), rank[m])
+            rows = [r for r in rows if rank[r[1]] == first[r[0]]]
         if not rows:
             return [], np.zeros((0, 0), np.float32)
-        if len({int(r[1]) for r in rows}) > 1:
+        if len({int(r[2]) for r in rows}) > 1:
             raise InputError(f"{self.path}: embeddings of several dimensions; name the recognizer version")
         names = [r[0] for r in rows]
-        mat = np.stack([np.frombuffer(r[2], np.float32, count=int(r[1])) for r in rows])
+        mat = np.stack([np.frombuffer(r[3], np.float32, count=int(r[2])) for r in rows])
         return names, mat
 
     def sources_to_reembed(self, model: str, names: list[str] | None = None) -> dict[str, list[str]]:
@@ -184,16 +196,36 @@ class Gallery:
             out[name] = [src for m, src in rows if m == newest and src]
         return out
 
-    def stale(self, model: str) -> dict[str, list[str]]:
-        """People with embeddings made by another recognizer than `model`: {other version: [names]}."""
+    def stale(self, model: str, compatible: Sequence[str] = ()) -> dict[str, list[str]]:
+        """People with no embedding of recognizer `model` (nor of a version in `compatible`): {the newest version
+        they have: [names]}."""
+        versions = [model, *compatible]
+        marks = ",".join("?" * len(versions))
+        rows = self.db.execute(
+            "SELECT p.name, e.model FROM embeddings e JOIN people p ON p.id = e.person_id "
+            f"WHERE p.id NOT IN (SELECT person_id FROM embeddings WHERE model IN ({marks})) "
+            "ORDER BY p.name, e.created DESC, e.id",
+            versions,
+        ).fetchall()
+        newest: dict[str, str] = {}
+        for name, m in rows:
+            newest.setdefault(name, m or "unknown")
+        out: dict[str, list[str]] = {}
+        for name, m in newest.items():
+            out.setdefault(m, []).append(name)
+        return dict(sorted(out.items()))
+
+    def by_version(self, versions: Sequence[str]) -> dict[str, list[str]]:
+        """People who have embeddings of each of `versions`: {version: [names]}."""
+        marks = ",".join("?" * len(versions))
         rows = self.db.execute(
             "SELECT DISTINCT e.model, p.name FROM embeddings e JOIN people p ON p.id = e.person_id "
-            "WHERE e.model != ? ORDER BY e.model, p.name",
-            (model,),
-        ).fetchall()
+            f"WHERE e.model IN ({marks}) ORDER BY p.name",
+            list(versions),
+        ).fetchall() if versions else []
         out: dict[str, list[str]] = {}
         for m, name in rows:
-            out.setdefault(m or "unknown", []).append(name)
+            out.setdefault(m, []).append(name)
         return out
 
 
@@ -207,18 +239,29 @@ class Matcher:
         self.owner = np.array([idx[n] for n in names], np.int64)
 
     @staticmethod
-    def load(gallery: Gallery, model: str | None = None) -> Matcher:
-        """The gallery's embeddings made by recognizer version `model` (all when None). Embeddings of another
-        version are left out, with a warning naming the people to enrol again."""
+    def load(gallery: Gallery, model: str | None = None, compatible: Sequence[str] = ()) -> Matcher:
+        """The gallery's embeddings made by recognizer version `model` (all when None), or for people without
+        those, by a version in `compatible` (which `model` declares comparable). Everyone else is left out, with a
+        warning naming the people to enrol again."""
         if model is not None:
-            for other, names in gallery.stale(model).items():
-                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            for other, names in gallery.stale(model, compatible).items():
                 log.warning(
                     "gallery %s: %d people have embeddings of recognizer %s, not of the loaded %s; those are not "
-                    "matched (enrol them again: edge-mtl enroll --replace): %s",
-                    gallery.path, len(names), other, model, shown,
+                    "matched (enrol them again: edge-mtl gallery reenroll): %s",
+                    gallery.path, len(names), other, model, _few(names),
                 )
-        return Matcher(*gallery.matrix(model))
+            if compatible:
+                own = set(gallery.by_version([model]).get(model, []))
+                for other, names in gallery.by_version(compatible).items():
+                    names = [n for n in names if n not in own]
+                    own.update(names)
+                    if names:
+                        log.info(
+                            "gallery %s: %d people are matched with their embeddings of recognizer %s, which %s "
+                            "declares compatible (edge-mtl gallery reenroll gives them %s embeddings): %s",
+                            gallery.path, len(names), other, model, model, _few(names),
+                        )
+        return Matcher(*gallery.matrix(model, compatible))
 
     def __len__(self) -> int:
         return len(self.people)
@@ -243,3 +286,7 @@ class Matcher:
         order = np.argsort(-s)
         second = float(s[order[1]]) if s.size > 1 else -1.0
         return self.people[int(order[0])], float(s[order[0]]), second
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")

@@ -36,6 +36,9 @@ class ModelMetadata:
     precision: str = "fp32"
     args: dict[str, Any] = field(default_factory=dict)
     provenance: str = ""
+    # recognizer: earlier versions whose gallery embeddings this model's embeddings may be matched against (measured
+    # cross-version verification, see the model card) until those people are re-enrolled
+    compatible: tuple[str, ...] = ()
 
     def to_props(self) -> dict[str, str]:
         d = {
@@ -54,6 +57,8 @@ class ModelMetadata:
             "args": json.dumps(self.args),
             "provenance": self.provenance,
         }
+        if self.compatible:
+            d["compatible"] = json.dumps(list(self.compatible))
         return {META_PREFIX + k: v for k, v in d.items()}
 
     @staticmethod
@@ -79,6 +84,7 @@ class ModelMetadata:
                 precision=p.get("precision", "fp32"),
                 args=json.loads(p.get("args", "{}")),
                 provenance=p.get("provenance", ""),
+                compatible=tuple(str(v) for v in json.loads(p.get("compatible", "[]"))),
             )
         except (KeyError, ValueError, TypeError, IndexError) as e:
             raise ModelError(f"{source}: malformed edge-mtl metadata ({e})") from None

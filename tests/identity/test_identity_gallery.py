@@ -148,7 +148,39 @@ def test_matcher_uses_only_its_recognizers_embeddings(tmp_path: Path, caplog: py
         assert m.best(e[2])[1] == 0.0, "bob's old-model embedding is not matched"
         assert m.best(e[3])[:2] == ("bob", 1.0)
         warned = " ".join(r.getMessage() for r in caplog.records)
-        assert "recognizer recognizer-1.0" in warned and "alice, bob" in warned and "other-4d" in warned
+        assert "recognizer recognizer-1.0" in warned and "alice" in warned and "other-4d" in warned
+        assert "bob" not in warned, "bob has an embedding of the loaded model"
         assert Matcher.load(g, "recognizer-1.0").people == ["alice", "bob"]
         with pytest.raises(InputError, match="several dimensions"):
             g.matrix()
+
+
+def test_matcher_falls_back_to_versions_the_model_declares_compatible(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A release trained to stay comparable with its predecessor (metadata `compatible`) matches people enrolled
+    with the predecessor until they are re-enrolled; a person with embeddings of the loaded model uses only those."""
+    e = np.eye(8, dtype=np.float32)
+    with Gallery(tmp_path / "g.db") as g:
+        g.add("alice", e[:2], model="1.2")
+        g.add("bob", e[2:3], model="1.2")
+        g.add("bob", e[3:4], model="1.3")
+        g.add("carol", e[4:5], model="1.3")
+        g.add("dave", e[5:6], model="1.1")
+        g.add("erin", e[6:7], model="1.1")
+        g.add("erin", e[7:8], model="1.2")
+        with caplog.at_level("INFO", logger="edge_mtl.identity.gallery"):
+            m = Matcher.load(g, "1.3", ("1.2",))
+        assert m.people == ["alice", "bob", "carol", "erin"] and m.matrix.shape == (5, 8)
+        assert m.best(e[1])[:2] == ("alice", 1.0), "alice is matched by her 1.2 embeddings"
+        assert m.best(e[3])[:2] == ("bob", 1.0)
+        assert m.best(e[2])[1] == 0.0, "bob's 1.2 embedding is not used: he has a 1.3 one"
+        assert m.best(e[7])[:2] == ("erin", 1.0) and m.best(e[6])[1] == 0.0, "erin: her newest compatible version"
+        msgs = {r.levelname: r.getMessage() for r in caplog.records}
+        assert "recognizer 1.1" in msgs["WARNING"] and "dave" in msgs["WARNING"] and "erin" not in msgs["WARNING"]
+        assert "2 people are matched with their embeddings of recognizer 1.2" in msgs["INFO"]
+        assert "alice, erin" in msgs["INFO"]
+        # the preference follows the order the model lists its compatible versions
+        assert Matcher.load(g, "1.3", ("1.1", "1.2")).best(e[6])[:2] == ("erin", 1.0)
+        # without the declaration only the model's own embeddings count
+        assert Matcher.load(g, "1.3").people == ["bob", "carol"]
