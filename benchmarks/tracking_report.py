@@ -180,7 +180,8 @@ def evaluate(gt: dict[str, Any], run: dict[str, Any], min_iou: float) -> dict[st
         if lifetimes else 0.0,
         "visible_faces": visible, "missed": missed, "recall": round(1 - missed / max(visible, 1), 3),
         "detector_recall": det_recall,
-        "false_tracks_at_samples": false, "false_at_samples": unmatched, "id_switches": id_switches, "fragmentation": fragmentation,
+        "false_tracks_at_samples": false, "false_at_samples": unmatched, "id_switches": id_switches,
+        "fragmentation": fragmentation,
         "tracks_per_person": {p: len(v["tracks"]) for p, v in people.items()},
         "people": people,
     }
