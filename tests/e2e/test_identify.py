@@ -98,3 +98,41 @@ def test_reenroll_after_a_recognizer_upgrade(data_dir: Path, tmp_path: Path, mod
     # nothing left to do for tony: a second run re-enrols nobody new and still names colin
     again = edge_mtl("gallery", "reenroll", *model_args, "--gallery", str(gallery), "--json", check=False)
     assert again.returncode == 2 and '"reenrolled": []' in again.stdout
+
+
+def test_a_release_declaring_the_old_version_compatible_matches_its_gallery(
+    data_dir: Path, tmp_path: Path, model_args: list[str]
+) -> None:
+    """Upgrading to a recognizer whose metadata lists the gallery's version under `compatible` (`edge-mtl export
+    --compatible-with`): people enrolled with that version are identified without re-enrolling, and the daemon says
+    so; a recognizer without the declaration leaves them unknown and names them in a warning."""
+    import dataclasses
+
+    from edge_mtl.build.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
+
+    video = data_dir / "videos" / "selfie_portrait.mp4"
+    stills = [_frame(video, i, tmp_path / f"still{i}.png") for i in (300, 330)]
+    gallery = tmp_path / "people.db"
+    edge_mtl("enroll", *model_args, "--gallery", str(gallery), "--name", "selfie_person", *map(str, stills))
+    with sqlite3.connect(gallery) as db:  # as if enrolled by the previous release
+        db.execute("UPDATE embeddings SET model = 'recognizer-0.9'")
+    rec = Path(model_args[model_args.index("--recognizer") + 1])
+    proto = load_model(rec)
+    set_metadata(proto, dataclasses.replace(metadata_of(proto), compatible=("recognizer-0.9",)))
+    declared = tmp_path / "recognizer-declared.onnx"
+    save_model_atomic(proto, declared)
+
+    def identities(recognizer: Path, name: str) -> tuple[list[dict], str]:  # type: ignore[type-arg]
+        args = list(model_args)
+        args[args.index("--recognizer") + 1] = str(recognizer)
+        log = tmp_path / f"{name}.jsonl"
+        proc = edge_mtl("run", *args, "--source", str(video), "--gallery", str(gallery),
+                        "--events", str(tmp_path / f"{name}.db"), "--jsonl", str(log), "--max-frames", "150")
+        return [e["identity"] for e in read_jsonl(log) if e["type"] == "face.identified"], proc.stderr
+
+    plain, err = identities(rec, "plain")
+    assert plain and all(i is None for i in plain), plain
+    assert "not matched" in err and "selfie_person" in err
+    ident, err = identities(declared, "declared")
+    assert ident and ident[0] is not None and ident[0]["name"] == "selfie_person", ident
+    assert "1 people are matched with their embeddings of recognizer recognizer-0.9" in err, err
