@@ -9,7 +9,8 @@ its own best threshold and, at this model's threshold, the false-accept / false-
 (what `--compatible-with` lets the daemon do).
 View 2 (`pairs.txt`) is never touched: it stays for the final measurement (`edge-mtl eval verification`).
 
-Usage: python benchmarks/recognizer_view1.py --crops $EDGE_MTL_CACHE/crops [--data ../shared/data] A.onnx B.onnx ...
+Usage: python benchmarks/recognizer_view1.py --crops $EDGE_MTL_CACHE/crops [--data ../shared/data] [--at-threshold T]
+    A.onnx B.onnx ...
 The crop cache's `lfw_dev` source is written by any recognizer training run (`edge_mtl.train.crops`).
 """
 
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("models", nargs="+", type=Path)
     p.add_argument("--crops", type=Path, required=True)
     p.add_argument("--data", type=Path, help="../shared/data (default: $EDGE_MTL_DATA)")
+    p.add_argument("--at-threshold", type=float, help="also the FAR / FRR at this fixed threshold (a deployed one)")
     a = p.parse_args(argv)
     root = data_root(a.data)
     if root is None or not (a.crops / "lfw_dev.json").exists():
@@ -79,10 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["cross_model_threshold"] = round(float(tx), 4)
             # what the daemon does with a declared-compatible gallery: cross-version scores against this model's own
             # threshold; the false-accept and false-reject rates there, beside this model's own
-            t = best_threshold(s, y)
             for name, sc in (("own", s), ("cross_model", sx)):
-                out[f"{name}_far_frr_at_own_threshold"] = [
-                    round(float((sc[~y] > t).mean()), 4), round(float((sc[y] <= t).mean()), 4)]
+                for key, t in (("own_threshold", best_threshold(s, y)), ("fixed_threshold", a.at_threshold)):
+                    if t is not None:
+                        out[f"{name}_far_frr_at_{key}"] = [
+                            round(float((sc[~y] > t).mean()), 4), round(float((sc[y] <= t).mean()), 4)]
         sys.stdout.write(json.dumps(out) + "\n")
     return 0
 
