@@ -86,6 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if t is not None:
                         out[f"{name}_far_frr_at_{key}"] = [
                             round(float((sc[~y] > t).mean()), 4), round(float((sc[y] <= t).mean()), 4)]
+            if a.at_threshold is not None:
+                # the margin to declare (`edge-mtl export --compatible-with FIRST:MARGIN`): taken off cross-version
+                # similarities, it brings their false-accept rate at the fixed threshold down to this model's own
+                t = a.at_threshold
+                impostors = np.sort(sx[~y])[::-1]
+                allowed = int(np.floor(float((s[~y] > t).mean()) * impostors.size))
+                margin = max(0.0, float(impostors[min(allowed, impostors.size - 1)]) - t)
+                out["cross_model_margin_for_own_far"] = round(margin, 4)
+                out["cross_model_far_frr_with_margin"] = [
+                    round(float((sx[~y] - margin > t).mean()), 4), round(float((sx[y] - margin <= t).mean()), 4)]
         sys.stdout.write(json.dumps(out) + "\n")
     return 0
 

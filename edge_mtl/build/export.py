@@ -94,6 +94,22 @@ def deploy_module(model: nn.Module, kind: str, fuse: bool = True) -> nn.Module:
     return DetectorExport(m).eval()  # type: ignore[arg-type]
 
 
+def parse_compatible(items: Sequence[str]) -> dict[str, float]:
+    """`VERSION[:MARGIN]` items -> {version: margin} in the given order (margin 0 when not given)."""
+    out: dict[str, float] = {}
+    for item in items:
+        version, sep, tail = item.rpartition(":")
+        try:
+            margin = float(tail) if sep else 0.0
+        except ValueError:
+            margin = -1.0
+        version = version if sep else item
+        if not version or not 0.0 <= margin < 1.0:
+            raise InputError(f"--compatible-with {item!r}: expected VERSION or VERSION:MARGIN (0 <= margin < 1)")
+        out.setdefault(version, margin)
+    return out
+
+
 def model_metadata(
     kind: str, args: dict[str, Any], version: str = "dev", provenance: str = "", precision: str = "fp32"
 ) -> ModelMetadata:
@@ -204,9 +220,10 @@ def export_module(
     output = Path(output)
     meta = model_metadata(kind, args_dict, version=version, provenance=provenance)
     if compatible:
-        if kind != "recognizer" or version in compatible:
+        declared = parse_compatible(compatible)
+        if kind != "recognizer" or version in declared:
             raise InputError("--compatible-with: names earlier recognizer versions (not this model's own)")
-        meta = dataclasses.replace(meta, compatible=tuple(dict.fromkeys(compatible)))
+        meta = dataclasses.replace(meta, compatible=declared)
     deploy = deploy_module(model, kind, fuse=True)
     n_params = sum(int(p.numel()) for p in deploy.parameters())
     from edge_mtl.models.blocks import count_macs
@@ -252,7 +269,7 @@ def export_module(
         "output": str(output),
         "kind": kind,
         "version": version,
-        "compatible": list(meta.compatible),
+        "compatible": meta.compatible,
         "bytes": output.stat().st_size,
         "sha256": file_sha256(output),
         "opset": opset,

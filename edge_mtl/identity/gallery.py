@@ -11,7 +11,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -155,6 +155,13 @@ class Gallery:
         must only compare an embedding with those its own model made. The exception is `compatible`, earlier
         versions that `model` declares comparable (trained and measured to match them): a person with no
         embedding of `model` is represented by their embeddings of the first of those versions they have."""
+        names, _, mat = self.rows(model, compatible)
+        return names, mat
+
+    def rows(
+        self, model: str | None = None, compatible: Sequence[str] = ()
+    ) -> tuple[list[str], list[str], npt.NDArray[np.float32]]:
+        """`matrix` with the version that made each row: (names, versions, N x D)."""
         versions = [model, *(c for c in compatible if c != model)] if model is not None else []
         where = f" WHERE e.model IN ({','.join('?' * len(versions))})" if versions else ""
         rows = self.db.execute(
@@ -169,12 +176,11 @@ class Gallery:
                 first[name] = min(first.get(name, len(versions)), rank[m])
             rows = [r for r in rows if rank[r[1]] == first[r[0]]]
         if not rows:
-            return [], np.zeros((0, 0), np.float32)
+            return [], [], np.zeros((0, 0), np.float32)
         if len({int(r[2]) for r in rows}) > 1:
             raise InputError(f"{self.path}: embeddings of several dimensions; name the recognizer version")
-        names = [r[0] for r in rows]
         mat = np.stack([np.frombuffer(r[3], np.float32, count=int(r[2])) for r in rows])
-        return names, mat
+        return [r[0] for r in rows], [r[1] or "" for r in rows], mat
 
     def sources_to_reembed(self, model: str, names: list[str] | None = None) -> dict[str, list[str]]:
         """People (all, or `names`) without an embedding of `model`: {name: the image paths of their newest other
@@ -215,66 +221,63 @@ class Gallery:
             out.setdefault(m, []).append(name)
         return dict(sorted(out.items()))
 
-    def by_version(self, versions: Sequence[str]) -> dict[str, list[str]]:
-        """People who have embeddings of each of `versions`: {version: [names]}."""
-        marks = ",".join("?" * len(versions))
-        rows = self.db.execute(
-            "SELECT DISTINCT e.model, p.name FROM embeddings e JOIN people p ON p.id = e.person_id "
-            f"WHERE e.model IN ({marks}) ORDER BY p.name",
-            list(versions),
-        ).fetchall() if versions else []
-        out: dict[str, list[str]] = {}
-        for m, name in rows:
-            out.setdefault(m, []).append(name)
-        return out
-
 
 class Matcher:
-    """Cosine matching of an embedding against the gallery: per person, the best of their embeddings."""
+    """Cosine matching of an embedding against the gallery: per person, the best of their embeddings.
 
-    def __init__(self, names: list[str], matrix: npt.NDArray[np.float32]) -> None:
+    `margins` (per row, default 0) are taken off a row's similarity: what a recognizer declares for the embeddings of
+    a compatible earlier version, so that its threshold keeps the false-accept rate it has on its own embeddings."""
+
+    def __init__(
+        self, names: list[str], matrix: npt.NDArray[np.float32], margins: npt.NDArray[np.float32] | None = None
+    ) -> None:
         self.people = sorted(set(names))
         self.matrix = matrix.astype(np.float32)
+        self.margins = np.zeros(len(names), np.float32) if margins is None else np.asarray(margins, np.float32)
         idx = {n: i for i, n in enumerate(self.people)}
         self.owner = np.array([idx[n] for n in names], np.int64)
 
     @staticmethod
-    def load(gallery: Gallery, model: str | None = None, compatible: Sequence[str] = ()) -> Matcher:
+    def load(gallery: Gallery, model: str | None = None, compatible: Mapping[str, float] | None = None) -> Matcher:
         """The gallery's embeddings made by recognizer version `model` (all when None), or for people without
-        those, by a version in `compatible` (which `model` declares comparable). Everyone else is left out, with a
-        warning naming the people to enrol again."""
+        those, by a version in `compatible` ({version: margin}, in order of preference, as `model` declares them;
+        the margin is taken off those rows' similarities). Everyone else is left out, with a warning naming the
+        people to enrol again."""
+        compatible = dict(compatible or {})
         if model is not None:
-            for other, names in gallery.stale(model, compatible).items():
+            for other, names in gallery.stale(model, list(compatible)).items():
                 log.warning(
                     "gallery %s: %d people have embeddings of recognizer %s, not of the loaded %s; those are not "
                     "matched (enrol them again: edge-mtl gallery reenroll): %s",
                     gallery.path, len(names), other, model, _few(names),
                 )
-            if compatible:
-                own = set(gallery.by_version([model]).get(model, []))
-                for other, names in gallery.by_version(compatible).items():
-                    names = [n for n in names if n not in own]
-                    own.update(names)
-                    if names:
-                        log.info(
-                            "gallery %s: %d people are matched with their embeddings of recognizer %s, which %s "
-                            "declares compatible (edge-mtl gallery reenroll gives them %s embeddings): %s",
-                            gallery.path, len(names), other, model, model, _few(names),
-                        )
-        return Matcher(*gallery.matrix(model, compatible))
+        names, versions, mat = gallery.rows(model, list(compatible))
+        if model is not None and compatible:
+            fallback: dict[str, list[str]] = {}
+            for name, v in dict(zip(names, versions, strict=True)).items():
+                if v != model:
+                    fallback.setdefault(v, []).append(name)
+            for other, who in fallback.items():
+                log.info(
+                    "gallery %s: %d people are matched with their embeddings of recognizer %s, which %s declares "
+                    "compatible (similarity margin %.3f; edge-mtl gallery reenroll gives them %s embeddings): %s",
+                    gallery.path, len(who), other, model, compatible[other], model, _few(sorted(who)),
+                )
+        margins = np.array([compatible.get(v, 0.0) if v != model else 0.0 for v in versions], np.float32)
+        return Matcher(names, mat, margins)
 
     def __len__(self) -> int:
         return len(self.people)
 
     def scores(self, embedding: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Best cosine similarity per person (same order as `people`)."""
+        """Best cosine similarity per person, less any cross-version margin (same order as `people`)."""
         out = np.full(len(self.people), -1.0, np.float32)
         if not self.people:
             return out
         if self.matrix.shape[1] != embedding.shape[-1]:
             d, e = self.matrix.shape[1], embedding.shape[-1]
             raise ValueError(f"gallery embeddings are {d}-d, the recognizer's {e}-d")
-        sims = self.matrix @ embedding.astype(np.float32)
+        sims = self.matrix @ embedding.astype(np.float32) - self.margins
         np.maximum.at(out, self.owner, sims)
         return out
 

@@ -36,9 +36,10 @@ class ModelMetadata:
     precision: str = "fp32"
     args: dict[str, Any] = field(default_factory=dict)
     provenance: str = ""
-    # recognizer: earlier versions whose gallery embeddings this model's embeddings may be matched against (measured
-    # cross-version verification, see the model card) until those people are re-enrolled
-    compatible: tuple[str, ...] = ()
+    # recognizer: earlier versions whose gallery embeddings this model's embeddings may be matched against until those
+    # people are re-enrolled, in order of preference, each with the margin taken off a cross-version similarity so
+    # that the model's threshold keeps its false-accept rate (measured: benchmarks/recognizer_view1.py)
+    compatible: dict[str, float] = field(default_factory=dict)
 
     def to_props(self) -> dict[str, str]:
         d = {
@@ -58,7 +59,7 @@ class ModelMetadata:
             "provenance": self.provenance,
         }
         if self.compatible:
-            d["compatible"] = json.dumps(list(self.compatible))
+            d["compatible"] = json.dumps(self.compatible)
         return {META_PREFIX + k: v for k, v in d.items()}
 
     @staticmethod
@@ -84,10 +85,19 @@ class ModelMetadata:
                 precision=p.get("precision", "fp32"),
                 args=json.loads(p.get("args", "{}")),
                 provenance=p.get("provenance", ""),
-                compatible=tuple(str(v) for v in json.loads(p.get("compatible", "[]"))),
+                compatible=_compatible(json.loads(p.get("compatible", "{}"))),
             )
         except (KeyError, ValueError, TypeError, IndexError) as e:
             raise ModelError(f"{source}: malformed edge-mtl metadata ({e})") from None
+
+
+def _compatible(value: Any) -> dict[str, float]:
+    """{version: margin}; a plain list of versions means margin 0."""
+    if isinstance(value, list):
+        return {str(v): 0.0 for v in value}
+    if not isinstance(value, dict):
+        raise TypeError(f"compatible: expected an object of version: margin, got {value!r}")
+    return {str(k): float(v) for k, v in value.items()}
 
 
 class Engine(Protocol):

@@ -139,16 +139,19 @@ def test_cli_export_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["export", str(ckpt), "-o", str(out), "--version", "9"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["output"] == str(out) and all(h["ok"] for h in report["parity"].values())
-    assert read_metadata(out).version == "9" and read_metadata(out).compatible == ()
+    assert read_metadata(out).version == "9" and read_metadata(out).compatible == {}
     assert main(["export", str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
     # a release that declares earlier versions' gallery embeddings comparable (kept by quantize: whole metadata)
     new = tmp_path / "rec10.onnx"
-    assert main(["export", str(ckpt), "-o", str(new), "--version", "10", "--compatible-with", "9",
+    assert main(["export", str(ckpt), "-o", str(new), "--version", "10", "--compatible-with", "9:0.04",
                  "--compatible-with", "8", "--no-check"]) == 0
-    assert read_metadata(new).compatible == ("9", "8")
+    assert list(read_metadata(new).compatible.items()) == [("9", 0.04), ("8", 0.0)]  # order is preference
     capsys.readouterr()
     assert main(["export", str(ckpt), "-o", str(tmp_path / "x.onnx"), "--version", "9", "--compatible-with", "9"]) == 2
     assert "earlier recognizer versions" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+    for bad in ("9:x", "9:1.5", ":0.1"):
+        assert main(["export", str(ckpt), "-o", str(tmp_path / "x.onnx"), "--compatible-with", bad]) == 2
+        assert "VERSION:MARGIN" in capsys.readouterr().err
 
 
 def test_model_metadata_lists_round_trip() -> None:

@@ -118,7 +118,7 @@ def test_a_release_declaring_the_old_version_compatible_matches_its_gallery(
         db.execute("UPDATE embeddings SET model = 'recognizer-0.9'")
     rec = Path(model_args[model_args.index("--recognizer") + 1])
     proto = load_model(rec)
-    set_metadata(proto, dataclasses.replace(metadata_of(proto), compatible=("recognizer-0.9",)))
+    set_metadata(proto, dataclasses.replace(metadata_of(proto), compatible={"recognizer-0.9": 0.0}))
     declared = tmp_path / "recognizer-declared.onnx"
     save_model_atomic(proto, declared)
 

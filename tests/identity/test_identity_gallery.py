@@ -170,7 +170,7 @@ def test_matcher_falls_back_to_versions_the_model_declares_compatible(
         g.add("erin", e[6:7], model="1.1")
         g.add("erin", e[7:8], model="1.2")
         with caplog.at_level("INFO", logger="edge_mtl.identity.gallery"):
-            m = Matcher.load(g, "1.3", ("1.2",))
+            m = Matcher.load(g, "1.3", {"1.2": 0.0})
         assert m.people == ["alice", "bob", "carol", "erin"] and m.matrix.shape == (5, 8)
         assert m.best(e[1])[:2] == ("alice", 1.0), "alice is matched by her 1.2 embeddings"
         assert m.best(e[3])[:2] == ("bob", 1.0)
@@ -181,6 +181,11 @@ def test_matcher_falls_back_to_versions_the_model_declares_compatible(
         assert "2 people are matched with their embeddings of recognizer 1.2" in msgs["INFO"]
         assert "alice, erin" in msgs["INFO"]
         # the preference follows the order the model lists its compatible versions
-        assert Matcher.load(g, "1.3", ("1.1", "1.2")).best(e[6])[:2] == ("erin", 1.0)
+        assert Matcher.load(g, "1.3", {"1.1": 0.0, "1.2": 0.0}).best(e[6])[:2] == ("erin", 1.0)
+        # a declared margin comes off cross-version similarities only: the same threshold, fewer false accepts
+        m = Matcher.load(g, "1.3", {"1.2": 0.05})
+        assert m.best(e[1])[:2] == ("alice", pytest.approx(0.95))
+        assert m.best(e[3])[:2] == ("bob", 1.0)
+        np.testing.assert_allclose(m.scores(e[0] + e[4]), [0.95, 0.0, 1.0, -0.05])
         # without the declaration only the model's own embeddings count
         assert Matcher.load(g, "1.3").people == ["bob", "carol"]
