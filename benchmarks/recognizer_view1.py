@@ -26,12 +26,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.config import BackendConfig
 from edge_mtl.eval.verification import best_threshold, read_pairs
-from edge_mtl.models_registry import load_engine
+from edge_mtl.models_registry import open_recognizer
 from edge_mtl.paths import data_root
-from edge_mtl.runtime.recognizer import FaceRecognizer
 from edge_mtl.train.crops import load_source
+
+
+def far_frr(scores: np.ndarray, same: np.ndarray, t: float) -> list[float]:  # type: ignore[type-arg]
+    """[false-accept rate, false-reject rate] of `scores` at threshold `t`."""
+    return [round(float((scores[~same] > t).mean()), 4), round(float((scores[same] <= t).mean()), 4)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     first = None
     for m in a.models:
-        r = FaceRecognizer(load_engine(m, BackendConfig()), 128).analyze(np.asarray(cs.images))
+        r = open_recognizer(m, max_batch=128).analyze(np.asarray(cs.images))
         e = r.embeddings
         ia, ib, y = split(pairs["pairsDevTrain.txt"])
         th = best_threshold((e[ia] * e[ib]).sum(1), y)
@@ -61,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         view1 = float((((e[ta] * e[tb]).sum(1) > th) == ty).mean())
         ia, ib, y = split(pairs["pairsDevTrain.txt"] + pairs["pairsDevTest.txt"])
         s = (e[ia] * e[ib]).sum(1)
-        err = (s > best_threshold(s, y)) != y
+        t_own = best_threshold(s, y)
+        err = (s > t_own) != y
         q = np.minimum(r.quality[ia], r.quality[ib])
         bins = np.digitize(q, np.quantile(q, [0.25, 0.5, 0.75]))
         out = {
@@ -82,10 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # what the daemon does with a declared-compatible gallery: cross-version scores against this model's own
             # threshold; the false-accept and false-reject rates there, beside this model's own
             for name, sc in (("own", s), ("cross_model", sx)):
-                for key, t in (("own_threshold", best_threshold(s, y)), ("fixed_threshold", a.at_threshold)):
+                for key, t in (("own_threshold", t_own), ("fixed_threshold", a.at_threshold)):
                     if t is not None:
-                        out[f"{name}_far_frr_at_{key}"] = [
-                            round(float((sc[~y] > t).mean()), 4), round(float((sc[y] <= t).mean()), 4)]
+                        out[f"{name}_far_frr_at_{key}"] = far_frr(sc, y, t)
             if a.at_threshold is not None:
                 # the margin to declare (`edge-mtl export --compatible-with FIRST:MARGIN`): taken off cross-version
                 # similarities, it brings their false-accept rate at the fixed threshold down to this model's own
@@ -94,8 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 allowed = int(np.floor(float((s[~y] > t).mean()) * impostors.size))
                 margin = max(0.0, float(impostors[min(allowed, impostors.size - 1)]) - t)
                 out["cross_model_margin_for_own_far"] = round(margin, 4)
-                out["cross_model_far_frr_with_margin"] = [
-                    round(float((sx[~y] - margin > t).mean()), 4), round(float((sx[y] - margin <= t).mean()), 4)]
+                out["cross_model_far_frr_with_margin"] = far_frr(sx - margin, y, t)
         sys.stdout.write(json.dumps(out) + "\n")
     return 0
 

@@ -367,9 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", type=Path, required=True)
     s.add_argument("--version", default="dev")
     s.add_argument(
-        "--compatible-with", action="append", default=[], metavar="VERSION",
+        "--compatible-with", action="append", default=[], metavar="VERSION[:MARGIN]",
         help="recognizer: an earlier version whose gallery embeddings this one may be matched against until people "
-        "are re-enrolled (only after measuring cross-version verification; repeatable)",
+        "are re-enrolled, with MARGIN (default 0) taken off those similarities (measure it first: "
+        "benchmarks/recognizer_view1.py --at-threshold; repeatable, in order of preference)",
     )
     s.add_argument("--no-check", action="store_true")
     s.set_defaults(func=cmd_export)
