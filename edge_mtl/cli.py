@@ -46,6 +46,8 @@ def _add_model_args(p: argparse.ArgumentParser, recognizer: bool = True) -> None
     p.add_argument("--detector", type=Path, help="detector ONNX (default: shipped export/detector.onnx)")
     if recognizer:
         p.add_argument("--recognizer", type=Path, help="recognizer ONNX (default: export/recognizer.onnx)")
+        p.add_argument("--flip", action="store_true",
+                       help="test-time flip: also run each face mirrored (recognizer.flip; twice its cost)")
     p.add_argument("--input-size", type=int, help="detector input long side in pixels")
     p.add_argument("--threshold", type=float, help="face score threshold")
     _add_backend_args(p)
@@ -60,6 +62,8 @@ def _app_config(args: argparse.Namespace) -> Any:
         cfg.detector.model = args.detector
     if getattr(args, "recognizer", None):
         cfg.recognizer.model = args.recognizer
+    if getattr(args, "flip", False):
+        cfg.recognizer.flip = True
     if getattr(args, "input_size", None):
         cfg.detector.input_size = args.input_size
     if getattr(args, "threshold", None) is not None:

@@ -126,6 +126,10 @@ class RecognizerConfig(Strict):
     model: Path | None = Field(None, description="Recognizer ONNX; default: the shipped export/recognizer.onnx.")
     backend: BackendConfig = Field(default_factory=BackendConfig)
     max_batch: int = Field(16, ge=1, le=256, description="Faces per inference call, batched across cameras.")
+    flip: bool = Field(
+        False, description="Test-time flip: also run each face mirrored and combine the two readings (mirror-"
+        "invariant age, gender and embedding; twice the recognizer's cost per face)."
+    )
 
 
 class TrackerConfig(Strict):

@@ -108,12 +108,14 @@ def load_detector(cfg: AppConfig) -> FaceDetector:
 def load_recognizer(cfg: AppConfig) -> FaceRecognizer:
     r = cfg.recognizer
     path = model_path(r.model, "recognizer.onnx", r.backend.precision if r.backend.type == "onnxruntime" else "fp32")
-    return open_recognizer(path, r.backend, r.max_batch)
+    return open_recognizer(path, r.backend, r.max_batch, r.flip)
 
 
-def open_recognizer(path: Path, backend: BackendConfig | None = None, max_batch: int = 256) -> FaceRecognizer:
+def open_recognizer(
+    path: Path, backend: BackendConfig | None = None, max_batch: int = 256, flip: bool = False
+) -> FaceRecognizer:
     """A recognizer model file on a backend (default: ONNX Runtime on the CPU), outside the daemon's config."""
-    return FaceRecognizer(load_engine(Path(path), backend or BackendConfig()), max_batch)
+    return FaceRecognizer(load_engine(Path(path), backend or BackendConfig()), max_batch, flip)
 
 
 def check_models(cfg: AppConfig) -> None:

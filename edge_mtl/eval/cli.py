@@ -17,6 +17,7 @@ from edge_mtl.config import AppConfig
 from edge_mtl.errors import InputError
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
+from edge_mtl.runtime.recognizer import FaceRecognizer
 from edge_mtl.types import Detections
 from edge_mtl.vision.align import align_faces
 
@@ -83,6 +84,12 @@ def crops_for_images(
     return crops, len(missing), t_det / max(len(paths), 1)
 
 
+def _models(det: FaceDetector, rec: FaceRecognizer) -> dict[str, Any]:
+    """Which models (and how run) produced a result."""
+    return {"detector": det.meta.version, "recognizer": rec.meta.version, "recognizer_precision": rec.meta.precision,
+            "recognizer_flip": rec.flip}
+
+
 def eval_verification(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.eval.verification import error_by_quality, read_pairs, verification_metrics
     from edge_mtl.models_registry import load_detector, load_recognizer
@@ -117,8 +124,7 @@ def eval_verification(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any
     if args.quality_bins:
         pq = np.minimum(res.quality[a], res.quality[b]).astype(np.float64)
         out["error_by_pair_quality"] = error_by_quality(sims, same_arr, pq, args.quality_bins, out["threshold"])
-    out["models"] = {"detector": det.meta.version, "recognizer": rec.meta.version,
-                     "recognizer_precision": rec.meta.precision}
+    out["models"] = _models(det, rec)
     return out
 
 
@@ -152,6 +158,7 @@ def eval_attributes(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
     out["split"] = args.split
     out["images_without_face"] = missing
     out["seconds"] = round(time.time() - t0, 1)
+    out["models"] = _models(det, rec)
     return out
 
 
