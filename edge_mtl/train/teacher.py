@@ -17,7 +17,7 @@ import argparse
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,32 +78,54 @@ def _hint(rec: FaceRecord, shape: tuple[int, ...]) -> npt.NDArray[np.float32] | 
     return None
 
 
-def extract(records: Sequence[FaceRecord], out: str | Path, source: str) -> int:
-    """Embed `records` into shards under `out`, skipping shards already written. Returns faces embedded now."""
+def extract(
+    records: Sequence[FaceRecord],
+    out: str | Path,
+    source: str,
+    reverse: bool = False,
+    embed: Callable[[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None], npt.NDArray[np.float32]] | None = None,
+) -> int:
+    """Embed `records` into shards under `out`, skipping shards already written. Returns faces embedded now.
+
+    Several processes can share one extraction (dlib embeds on one core): each claims a shard with an exclusive
+    lock (`<shard>.lock`, released when the process ends however it ends) and passes over shards another holds.
+    `reverse` walks from the last shard back, so it also shares with a process of a version without the locks.
+    `embed` (rgb image, box hint -> unit-norm embedding) defaults to the dlib teacher."""
+    import fcntl
+
     import cv2
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    teacher = DlibTeacher()
+    if embed is None:
+        embed = DlibTeacher().embed
     done = 0
-    for s in range(0, len(records), SHARD):
+    starts = range(0, len(records), SHARD)
+    for s in reversed(starts) if reverse else starts:
         shard = out / f"{source}-{s // SHARD:04d}.npz"
         if shard.exists():
             continue
-        chunk = records[s : s + SHARD]
-        keys, embs = [], []
-        t0 = time.time()
-        for rec in chunk:
-            bgr = cv2.imread(rec.path, cv2.IMREAD_COLOR)
-            if bgr is None:
-                log.warning("unreadable image %s", rec.path)
+        with open(shard.with_suffix(".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another process is on it
+            if shard.exists():  # written while we were getting here
                 continue
-            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-            keys.append(rec.key)
-            embs.append(teacher.embed(rgb, _hint(rec, rgb.shape)))
-        tmp = shard.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(keys), emb=np.stack(embs).astype(np.float16))
-        os.replace(tmp, shard)
+            chunk = records[s : s + SHARD]
+            keys, embs = [], []
+            t0 = time.time()
+            for rec in chunk:
+                bgr = cv2.imread(rec.path, cv2.IMREAD_COLOR)
+                if bgr is None:
+                    log.warning("unreadable image %s", rec.path)
+                    continue
+                rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+                keys.append(rec.key)
+                embs.append(embed(rgb, _hint(rec, rgb.shape)))
+            tmp = shard.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, keys=np.array(keys), emb=np.stack(embs).astype(np.float16))
+            os.replace(tmp, shard)
         done += len(keys)
         log.info("%s: %d faces in %.0fs", shard.name, len(keys), time.time() - t0)
     return done
@@ -160,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--utkface-full", help="AgeProgression/data/UTKFace/unlabeled")
     p.add_argument("--celeba-gender", help="gender_detection/datasets/dataset")
     p.add_argument("--only", nargs="*", help="restrict to these sources")
+    p.add_argument("--reverse", action="store_true",
+                   help="work from the last shard back (a second process sharing the extraction)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.from_model:
@@ -192,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.only and name not in a.only:
             continue
         log.info("%s: %d faces", name, len(recs))
-        extract(recs, a.out, name)
+        extract(recs, a.out, name, reverse=a.reverse)
     return 0
 
 
