@@ -7,6 +7,8 @@ spread, and, for every model after the first, cross-model matching (both View 1 
 pair against this model's of the other (whether a gallery enrolled with the first model would still match), with
 its own best threshold and, at this model's threshold, the false-accept / false-reject rates beside this model's own
 (what `--compatible-with` lets the daemon do).
+Also, per model, the figures that select candidates from the run after stage 6 on (export/recognizer.md): the
+10-fold accuracy over all 3,200 listed View 1 pairs, and TAR at FAR 1e-3 / 1e-2 over every pair of View 1 images.
 View 2 (`pairs.txt`) is never touched: it stays for the final measurement (`edge-mtl eval verification`).
 
 Usage: python benchmarks/recognizer_view1.py --crops $EDGE_MTL_CACHE/crops [--data ../shared/data] [--at-threshold T]
@@ -26,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.eval.verification import best_threshold, read_pairs
+from edge_mtl.eval.verification import best_threshold, read_pairs, tar_at_far, ten_fold_accuracy
 from edge_mtl.models_registry import open_recognizer
 from edge_mtl.paths import data_root
 from edge_mtl.train.crops import load_source
@@ -46,8 +48,23 @@ def margin_for_far(impostors: np.ndarray, far: float, t: float) -> float:  # typ
     return max(0.0, float(np.partition(impostors, kth)[kth]) - t)
 
 
+def own_every_pair(e: np.ndarray, people: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+    """Scores and same-person flags of every unordered pair of different View 1 images under one model."""
+    iu = np.triu_indices(len(people), 1)
+    return (e @ e.T)[iu], (people[:, None] == people[None, :])[iu]
+
+
+def balanced_folds(same: np.ndarray, k: int = 10) -> np.ndarray:  # type: ignore[type-arg]
+    """Fold ids giving each of k folds an equal share of the matched and of the mismatched pairs."""
+    folds = np.empty(len(same), np.int64)
+    folds[same] = np.arange(int(same.sum())) % k
+    folds[~same] = np.arange(int((~same).sum())) % k
+    return folds
+
+
 def every_pair(
-    first: np.ndarray, e: np.ndarray, people: np.ndarray, t: float  # type: ignore[type-arg]
+    first: np.ndarray, e: np.ndarray, people: np.ndarray, t: float,  # type: ignore[type-arg]
+    own: np.ndarray, own_same: np.ndarray,  # type: ignore[type-arg]
 ) -> dict[str, object]:
     """The margin estimate again over every pair of View 1 images rather than the 1,600 listed impostor pairs:
     own scores over all unordered pairs of different images, cross-version scores (the first model's embedding
@@ -55,8 +72,6 @@ def every_pair(
     independent, but the FAR at a deployed threshold (about 1%) rests on tens of thousands of impostors, not 14."""
     n = len(people)
     same = people[:, None] == people[None, :]
-    iu = np.triu_indices(n, 1)
-    own, own_same = (e @ e.T)[iu], same[iu]
     off = ~np.eye(n, dtype=bool)
     cross, cross_same = (first @ e.T)[off], same[off]
     own_far = float((own[~own_same] > t).mean())
@@ -109,6 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "all_pairs_best_threshold_accuracy": round(1 - float(err.mean()), 4),  # compare cross_model_accuracy
             "error_by_quality_quartile": [round(float(err[bins == k].mean()), 4) for k in range(4)],
             "quality_p10_p50_p90": [round(float(v), 3) for v in np.quantile(r.quality, [0.1, 0.5, 0.9])],
+            # the selection figures fixed for runs after stage 6 (export/recognizer.md): all 3,200 listed pairs
+            # in 10 folds (threshold from the other nine), then TAR at FAR 1e-3 over every pair of View 1 images
+            "view1_10fold_accuracy": ten_fold_accuracy(s.astype(np.float64), y, balanced_folds(y))["accuracy"],
+        }
+        own, own_same = own_every_pair(e, people)
+        out["every_pair_tar_at_far"] = {
+            str(f): round(tar_at_far(own.astype(np.float64), own_same, f), 4) for f in (1e-3, 1e-2)
         }
         if first is None:
             first = e
@@ -130,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 margin = margin_for_far(sx[~y], float((s[~y] > t).mean()), t)
                 out["cross_model_margin_for_own_far"] = round(margin, 4)
                 out["cross_model_far_frr_with_margin"] = far_frr(sx - margin, y, t)
-                out.update(every_pair(first, e, people, t))
+                out.update(every_pair(first, e, people, t, own, own_same))
         sys.stdout.write(json.dumps(out) + "\n")
     return 0
 
