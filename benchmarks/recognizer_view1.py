@@ -48,10 +48,10 @@ def margin_for_far(impostors: np.ndarray, far: float, t: float) -> float:  # typ
     return max(0.0, float(np.partition(impostors, kth)[kth]) - t)
 
 
-def own_every_pair(e: np.ndarray, people: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
-    """Scores and same-person flags of every unordered pair of different View 1 images under one model."""
-    iu = np.triu_indices(len(people), 1)
-    return (e @ e.T)[iu], (people[:, None] == people[None, :])[iu]
+def own_every_pair(e: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+    """Scores and same-person flags (`same`: image x image) of every unordered pair of different View 1 images."""
+    iu = np.triu_indices(len(same), 1)
+    return (e @ e.T)[iu], same[iu]
 
 
 def balanced_folds(same: np.ndarray, k: int = 10) -> np.ndarray:  # type: ignore[type-arg]
@@ -63,16 +63,14 @@ def balanced_folds(same: np.ndarray, k: int = 10) -> np.ndarray:  # type: ignore
 
 
 def every_pair(
-    first: np.ndarray, e: np.ndarray, people: np.ndarray, t: float,  # type: ignore[type-arg]
+    first: np.ndarray, e: np.ndarray, same: np.ndarray, t: float,  # type: ignore[type-arg]
     own: np.ndarray, own_same: np.ndarray,  # type: ignore[type-arg]
 ) -> dict[str, object]:
     """The margin estimate again over every pair of View 1 images rather than the 1,600 listed impostor pairs:
     own scores over all unordered pairs of different images, cross-version scores (the first model's embedding
     of one image against this model's of another) over all ordered pairs. Pairs share images, so they are not
     independent, but the FAR at a deployed threshold (about 1%) rests on tens of thousands of impostors, not 14."""
-    n = len(people)
-    same = people[:, None] == people[None, :]
-    off = ~np.eye(n, dtype=bool)
+    off = ~np.eye(len(same), dtype=bool)
     cross, cross_same = (first @ e.T)[off], same[off]
     own_far = float((own[~own_same] > t).mean())
     margin = margin_for_far(cross[~cross_same], own_far, t)
@@ -98,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cs = load_source(a.crops, "lfw_dev")
     idx = cs.index()
     people = np.array([k.split("/")[0] for k in cs.keys])
+    same_person = people[:, None] == people[None, :]
     pairs = {f: read_pairs(root / "lfw" / f) for f in ("pairsDevTrain.txt", "pairsDevTest.txt")}
 
     def split(ps: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[type-arg]
@@ -128,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # in 10 folds (threshold from the other nine), then TAR at FAR 1e-3 over every pair of View 1 images
             "view1_10fold_accuracy": ten_fold_accuracy(s.astype(np.float64), y, balanced_folds(y))["accuracy"],
         }
-        own, own_same = own_every_pair(e, people)
+        own, own_same = own_every_pair(e, same_person)
         out["every_pair_tar_at_far"] = {
             str(f): round(tar_at_far(own.astype(np.float64), own_same, f), 4) for f in (1e-3, 1e-2)
         }
@@ -152,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 margin = margin_for_far(sx[~y], float((s[~y] > t).mean()), t)
                 out["cross_model_margin_for_own_far"] = round(margin, 4)
                 out["cross_model_far_frr_with_margin"] = far_frr(sx - margin, y, t)
-                out.update(every_pair(first, e, people, t, own, own_same))
+                out.update(every_pair(first, e, same_person, t, own, own_same))
         sys.stdout.write(json.dumps(out) + "\n")
     return 0
 
