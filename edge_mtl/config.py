@@ -26,17 +26,19 @@ from edge_mtl import defaults as D
 from edge_mtl.errors import ConfigError
 
 _ENV_REF = re.compile(
-    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+    r"\$(?:(?P<dollar>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
 
 
 def expand_path(value: str, environ: Mapping[str, str] | None = None) -> str:
     """`~`, `$VAR`, `${VAR}` and `${VAR:-default}` in a configured path, as a shell would expand them (systemd's
     `$STATE_DIRECTORY`, a cache root per machine); an unset variable without a default is an error, never a
-    literal `$VAR` folder."""
+    literal `$VAR` folder. `$$` is a literal `$` (as in systemd units), and `./~` a literal leading `~`."""
     env = os.environ if environ is None else environ
 
     def sub(m: re.Match[str]) -> str:
+        if m.group("dollar"):
+            return "$"
         name = m.group("braced") or m.group("bare")
         if name in env and env[name] != "":
             return env[name]

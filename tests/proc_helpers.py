@@ -28,13 +28,23 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
-    """Poll `cond` until true; fail the test (never hang) after `timeout` seconds."""
+def wait_until(cond: Callable[[], bool], timeout: float, what: object, step: float = 0.05) -> None:
+    """Poll `cond` until true; fail the test (never hang) after `timeout` seconds (`what` is formatted then)."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(step)
+
+
+class _LogWait:
+    """What `Daemon.wait_log` waits for; the daemon's last log lines are read when the failure is formatted."""
+
+    def __init__(self, pattern: str, daemon: Daemon) -> None:
+        self.pattern, self.daemon = pattern, daemon
+
+    def __str__(self) -> str:
+        return f"log line {self.pattern!r}; the daemon's log ends:\n{self.daemon.stderr[-3000:]}"
 
 
 class Daemon:
@@ -104,7 +114,7 @@ class Daemon:
                             f"{self.stderr[-3000:]}")
             return False
 
-        wait_until(seen, timeout, f"log line {pattern!r}")
+        wait_until(seen, timeout, _LogWait(pattern, self))
         return found[0]
 
     def kill(self) -> None:

@@ -163,6 +163,12 @@ def _toml_str(s: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def path_spelling(p: Path) -> str:
+    """How a config file spells the literal path `p`: `$` doubled, a leading `~` behind `./` (expand_path)."""
+    text = str(p).replace("$", "$$")
+    return "./" + text if text.startswith("~") else text
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -174,8 +180,10 @@ def _toml_value(v: Any) -> str:
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
         return repr(v)
-    if isinstance(v, str | Path):
-        return _toml_str(str(v))
+    if isinstance(v, Path):
+        return _toml_str(path_spelling(v))
+    if isinstance(v, str):
+        return _toml_str(v)
     if isinstance(v, dt.date | dt.datetime | dt.time):
         return v.isoformat()
     if isinstance(v, list | tuple):
@@ -479,6 +487,15 @@ def test_paths_expand_environment_and_home(monkeypatch: pytest.MonkeyPatch, tmp_
     # strings that are not paths are never touched
     cam = parse_toml('[[cameras]]\nname = "door"\nsource = "rtsp://cam/$x"\n', SRC, AppConfig).cameras[0]
     assert cam.source == "rtsp://cam/$x"
+
+
+def test_literal_dollar_and_tilde_in_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("A", "expanded")
+    cfg = parse_toml('[events]\ndb = "/srv/$$A/$${A}/$A.db"\n[detector]\nmodel = "./~x/$$$A.onnx"\n', SRC, AppConfig)
+    assert cfg.events.db == Path("/srv/$A/${A}/expanded.db")
+    assert cfg.detector.model == Path("~x/$expanded.onnx")
+    for p in (Path("$A"), Path("~"), Path("~u/$$/${B:-x}"), Path("a/~/$")):
+        assert parse_toml(f'[detector]\nmodel = "{path_spelling(p)}"\n', SRC, AppConfig).detector.model == p
 
 
 def test_unset_environment_variable_in_a_path_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,10 +57,13 @@ class RtspServer:
         self.repeat = repeat
         self.url = f"rtsp://127.0.0.1:{port}/test"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._work: str | None = None
 
     def start(self, timeout: float = 20.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), "--max-seconds", "180"]
+        self._work = tempfile.mkdtemp(prefix="rtsp-server-")
+        cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), "--max-seconds", "180",
+               "--work-dir", self._work]
         if self.clip is not None:
             cmd += ["--file", str(self.clip), "--repeat", str(self.repeat)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -98,5 +103,8 @@ class RtspServer:
         try:
             _, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
-            return ""
+            err = b""
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
         return err.decode(errors="replace")

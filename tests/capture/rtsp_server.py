@@ -2,7 +2,8 @@
 Python, which has PyGObject: ``/usr/bin/python3 tests/capture/rtsp_server.py --port 8554 [--file clip.mp4]``.
 
 With ``--file`` (an MP4 holding H.264) the stream is the file remuxed, not re-encoded, so the server costs almost
-no CPU; every client gets its own pipeline from the file's first frame, paced in real time. Without it, a small
+no CPU; every client gets its own pipeline from the file's first frame, paced in real time (``--repeat N``: N copies
+remuxed back to back into one MP4 once, before serving). Without it, a small
 synthetic pattern is encoded with x264 (ultrafast, zero latency) forever. The server prints one line
 ``READY rtsp://127.0.0.1:PORT/PATH`` on stdout once it listens, and quits on SIGTERM/SIGINT or after
 ``--max-seconds`` so a crashed test cannot leave it running.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import gi
@@ -25,21 +27,38 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
-def launch_line(args: argparse.Namespace) -> str:
+def _quoted(path: Path) -> str:
+    return '"' + str(path.resolve()).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def remux_repeated(clip: Path, repeat: int, out: Path, timeout_s: float = 60.0) -> None:
+    """Write `clip`'s H.264 track `repeat` times back to back into the MP4 `out` (remuxed, not re-encoded; concat
+    keeps the timeline running). Done once before serving: a concat inside every client's media pipeline failed
+    to preroll about half the time, so clients waited out their open timeout."""
+    copies = " ".join(
+        f"filesrc location={_quoted(clip)} ! qtdemux name=d{i} d{i}.video_0 ! queue ! h264parse ! c."
+        for i in range(repeat)
+    )
+    pipeline = Gst.parse_launch(
+        f"concat name=c ! h264parse ! mp4mux ! filesink location={_quoted(out)} {copies}"
+    )
+    pipeline.set_state(Gst.State.PLAYING)
+    msg = pipeline.get_bus().timed_pop_filtered(
+        int(timeout_s * Gst.SECOND), Gst.MessageType.EOS | Gst.MessageType.ERROR
+    )
+    pipeline.set_state(Gst.State.NULL)
+    if msg is None or msg.type != Gst.MessageType.EOS:
+        detail = msg.parse_error()[0].message if msg is not None else f"no EOS within {timeout_s:g} s"
+        raise RuntimeError(f"cannot remux {clip} x{repeat}: {detail}")
+
+
+def launch_line(args: argparse.Namespace, clip: Path | None) -> str:
     """The media pipeline in gst-launch syntax; the payloader must be named pay0."""
-    if args.file:
-        location = str(Path(args.file).resolve()).replace("\\", "\\\\").replace('"', '\\"')
-        if args.repeat <= 1:
-            return (
-                f'( filesrc location="{location}" ! qtdemux name=d d.video_0 ! queue ! h264parse ! '
-                "rtph264pay name=pay0 pt=96 config-interval=-1 )"
-            )
-        # the file played `repeat` times back to back (concat keeps the timeline running), still without encoding
-        copies = " ".join(
-            f'filesrc location="{location}" ! qtdemux name=d{i} d{i}.video_0 ! queue ! h264parse ! c.'
-            for i in range(args.repeat)
+    if clip is not None:
+        return (
+            f"( filesrc location={_quoted(clip)} ! qtdemux name=d d.video_0 ! queue ! h264parse ! "
+            "rtph264pay name=pay0 pt=96 config-interval=-1 )"
         )
-        return f"( concat name=c ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 {copies} )"
     return (
         f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={args.width},height={args.height},"
         f"framerate={args.fps}/1 ! x264enc tune=zerolatency speed-preset=ultrafast bitrate=300 "
@@ -53,6 +72,8 @@ def main() -> int:
     ap.add_argument("--path", default="/test", help="mount point")
     ap.add_argument("--file", help="MP4 with an H.264 video track to remux (default: synthetic pattern)")
     ap.add_argument("--repeat", type=int, default=1, help="with --file: play it this many times back to back")
+    ap.add_argument("--work-dir", help="where the repeated clip is written (removed on exit; a killed server "
+                    "leaves it to the caller)")
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--fps", type=int, default=15)
@@ -63,11 +84,21 @@ def main() -> int:
         return 2
 
     Gst.init(None)
+    with tempfile.TemporaryDirectory(prefix="rtsp-server-", dir=args.work_dir) as tmp:
+        clip = Path(args.file) if args.file else None
+        if clip is not None and args.repeat > 1:
+            remuxed = Path(tmp) / "repeated.mp4"
+            remux_repeated(clip, args.repeat, remuxed)
+            clip = remuxed
+        return serve(args, clip)
+
+
+def serve(args: argparse.Namespace, clip: Path | None) -> int:
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(launch_line(args))
+    factory.set_launch(launch_line(args, clip))
     factory.set_shared(False)
     server.get_mount_points().add_factory(args.path, factory)
     if server.attach(None) == 0:
