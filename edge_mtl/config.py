@@ -176,8 +176,8 @@ class IdentityConfig(Strict):
     gallery: Path | None = Field(None, description="SQLite gallery of enrolled people (none: all unknown).")
     threshold: float = Field(
         D.IDENTITY_THRESHOLD, gt=-1, lt=1,
-        description="Cosine similarity needed to accept a match (0.36: 1% false accepts per comparison on LFW with "
-        "recognizer-1.3, 0.45: 0.1%).",
+        description="Cosine similarity needed to accept a match (0.44: 1% false accepts per comparison on LFW with "
+        "recognizer-1.4, 0.53: 0.1%).",
     )
     margin: float = Field(
         D.IDENTITY_MARGIN, ge=0, lt=1,
