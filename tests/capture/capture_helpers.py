@@ -61,7 +61,8 @@ class RtspServer:
 
     def start(self, timeout: float = 20.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        self._work = tempfile.mkdtemp(prefix="rtsp-server-")
+        if self._work is None:  # kept across restarts until kill(), so a server that died alone leaks nothing
+            self._work = tempfile.mkdtemp(prefix="rtsp-server-")
         cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), "--max-seconds", "180",
                "--work-dir", self._work]
         if self.clip is not None:
