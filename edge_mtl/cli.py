@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pairs", default="pairs.txt", help="verification: LFW pairs file (View 2: pairs.txt)")
     s.add_argument("--video", type=Path, help="detection: video for false detections per frame")
     s.add_argument("--quality-bins", type=int, default=0, help="verification: error by pair-quality bins")
+    s.add_argument(
+        "--stamp", action="store_true", help="verification: write the measured thresholds (FAR 1e-2, 1e-3) into the "
+        "recognizer file, where an unset identity.threshold finds them (needs the build extra)",
+    )
     _add_model_args(s)
     s.set_defaults(func=cmd_eval)
 

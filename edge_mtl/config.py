@@ -174,11 +174,24 @@ class RecognitionConfig(Strict):
 
 class IdentityConfig(Strict):
     gallery: Path | None = Field(None, description="SQLite gallery of enrolled people (none: all unknown).")
-    threshold: float = Field(
-        D.IDENTITY_THRESHOLD, gt=-1, lt=1,
-        description="Cosine similarity needed to accept a match (0.44: 1% false accepts per comparison on LFW with "
-        "recognizer-1.4, 0.53: 0.1%).",
+    threshold: float | None = Field(
+        None, gt=-1, lt=1,
+        description="Cosine similarity needed to accept a match. Unset (recommended): the loaded recognizer's own "
+        "measured threshold for identity.false_accept_rate, so upgrades and precisions keep the rate; a number pins "
+        "it (its false-accept rate then changes with the model: each model card lists them).",
     )
+    false_accept_rate: float = Field(
+        D.IDENTITY_FALSE_ACCEPT_RATE,
+        description="With identity.threshold unset: the share of comparisons between different people that may pass "
+        "(0.01 or 0.001, as measured on LFW View 2). Lower: fewer wrong names, more unknown.",
+    )
+
+    @field_validator("false_accept_rate")
+    @classmethod
+    def _measured_rate(cls, v: float) -> float:
+        if v not in D.IDENTITY_FALSE_ACCEPT_RATES:
+            raise ValueError("must be 0.01 or 0.001 (the rates each recognizer's thresholds are measured at)")
+        return v
     margin: float = Field(
         D.IDENTITY_MARGIN, ge=0, lt=1,
         description="Hysteresis: a different identity must beat the current one by this much.",

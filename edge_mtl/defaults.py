@@ -13,10 +13,14 @@ DETECTOR_SCORE_THRESHOLD = 0.3
 DETECTOR_SCORE_THRESHOLD_INT8 = 0.35
 DETECTOR_NMS_THRESHOLD = 0.4
 
-# Cosine similarity for a name: recognizer-1.4 falsely accepts 1% of LFW View 2's mismatched pairs at 0.438
-# (0.1% at 0.533); export/recognizer.md. (recognizer-1.3: 0.361 / 0.453; 1.2: 0.451 / 0.584; re-enrol after
-# upgrading.)
+# Cosine similarity for a name, for recognizers that carry no measured thresholds of their own (each shipped one does:
+# `edge-mtl eval verification --stamp`, and an unset `identity.threshold` follows them). These are recognizer-1.4's
+# LFW View 2 points: 1% of mismatched pairs falsely accepted at 0.438, 0.1% at 0.533; export/recognizer.md.
 IDENTITY_THRESHOLD = 0.44
+IDENTITY_THRESHOLD_FAR_1E3 = 0.53
+IDENTITY_FALSE_ACCEPT_RATE = 0.01
+# the rates every recognizer's thresholds are measured at (`edge-mtl eval verification --stamp`)
+IDENTITY_FALSE_ACCEPT_RATES = (0.01, 0.001)
 IDENTITY_MARGIN = 0.05
 IDENTITY_MIN_OBSERVATIONS = 2
 
@@ -31,3 +35,8 @@ TRACK_CONFIRM_FRAMES = 3
 def detector_score_threshold(precision: str) -> float:
     """The default detector score threshold for a model variant ("fp32", "fp16" or "int8")."""
     return DETECTOR_SCORE_THRESHOLD_INT8 if precision == "int8" else DETECTOR_SCORE_THRESHOLD
+
+
+def identity_threshold(false_accept_rate: float) -> float:
+    """The fallback identity threshold for a false-accept rate (0.01 or 0.001), when the model carries none."""
+    return IDENTITY_THRESHOLD_FAR_1E3 if false_accept_rate <= 0.001 else IDENTITY_THRESHOLD

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from edge_mtl.config import AppConfig
 from edge_mtl.events.schema import utc_ts
-from edge_mtl.identity.aggregate import IdentityDecider, TrackAggregate
+from edge_mtl.identity.aggregate import IdentityDecider, TrackAggregate, resolve_threshold
 from edge_mtl.identity.gallery import Gallery, Matcher
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.recognizer import FaceRecognizer
@@ -125,7 +125,25 @@ class Pipeline:
         self.counters: dict[str, int] = {"frames": 0, "faces": 0, "analyses": 0, "events": 0}
         #: recognizer batch size -> number of calls: shows whether faces of several cameras share a batch
         self.batch_sizes: Counter[int] = Counter()
+        self.identity_threshold = self.resolve_identity_threshold()
         self.reload_gallery(force=True)
+
+    def resolve_identity_threshold(self) -> float:
+        """The identity threshold from the config and the loaded recognizer (`resolve_threshold`), logged."""
+        i = self.cfg.identity
+        th, source = resolve_threshold(i.threshold, i.false_accept_rate, self.recognizer.meta, self.recognizer.flip)
+        log.info("identity threshold %.3f (%s)", th, source)
+        return th
+
+    def apply_identity_settings(self) -> None:
+        """Re-resolve the identity threshold after `cfg.identity` changed; running tracks use the new settings too."""
+        self.identity_threshold = self.resolve_identity_threshold()
+        i = self.cfg.identity
+        for cam in self.cameras.values():
+            for st in cam.tracks.values():
+                st.decider.threshold = self.identity_threshold
+                st.decider.margin = i.margin
+                st.decider.min_observations = i.min_observations
 
     # ------------------------------------------------------------ gallery
     def reload_gallery(self, force: bool = False) -> bool:
@@ -176,7 +194,7 @@ class Pipeline:
 
     def _decider(self) -> IdentityDecider:
         i = self.cfg.identity
-        return IdentityDecider(threshold=i.threshold, margin=i.margin, min_observations=i.min_observations)
+        return IdentityDecider(threshold=self.identity_threshold, margin=i.margin, min_observations=i.min_observations)
 
     # ------------------------------------------------------------ main step
     def process(self, frames: list[Frame]) -> list[Event]:

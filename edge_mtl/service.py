@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 #: Settings a SIGHUP applies to the running daemon (dotted prefixes); everything else needs a restart.
 LIVE_SETTINGS = (
     "identity.threshold",
+    "identity.false_accept_rate",
     "identity.margin",
     "identity.min_observations",
     "recognition.",
@@ -590,6 +591,7 @@ class Service:
             live = {k: v for k, v in changes.items() if is_live(k)}
             later = sorted(k for k in changes if not is_live(k))
             self.cfg.identity.threshold = new.identity.threshold
+            self.cfg.identity.false_accept_rate = new.identity.false_accept_rate
             self.cfg.identity.margin = new.identity.margin
             self.cfg.identity.min_observations = new.identity.min_observations
             self.cfg.recognition = new.recognition
@@ -598,11 +600,7 @@ class Service:
             self.cfg.log_level = new.log_level
             self._apply_log_level()
             if self.pipeline is not None:
-                for cam in self.pipeline.cameras.values():  # tracks already running use the new thresholds too
-                    for st in cam.tracks.values():
-                        st.decider.threshold = new.identity.threshold
-                        st.decider.margin = new.identity.margin
-                        st.decider.min_observations = new.identity.min_observations
+                self.pipeline.apply_identity_settings()
             self.reloads += 1
             if live:
                 log.info("SIGHUP: applied %s", ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in live.items()))

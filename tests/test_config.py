@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from edge_mtl import defaults as D
 from edge_mtl.config import AppConfig, TrackerConfig, load_config, parse_toml
 from edge_mtl.errors import ConfigError
 
@@ -224,6 +225,7 @@ def emit_toml(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
 INT64 = 2**63 - 1
 SPECIAL: dict[tuple[str, str], st.SearchStrategy[Any]] = {
     ("CameraConfig", "name"): st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
+    ("IdentityConfig", "false_accept_rate"): st.sampled_from(D.IDENTITY_FALSE_ACCEPT_RATES),
 }
 # discriminators of tagged unions must be present in the input even though the model has a default
 ALWAYS = {("MqttForwarder", "type")}

@@ -356,7 +356,10 @@ def to_fp16(
     if meta.precision != "fp32":
         raise ModelError(f"{src}: FP16 conversion needs an FP32 model, this one is {meta.precision}")
     fp16, summary = convert_fp16_model(model, exclude_nodes)
-    set_metadata(fp16, dataclasses.replace(meta, precision="fp16"))
+    # FP16 keeps the FP32 model's measured identity thresholds (as a TensorRT FP16 engine built from the FP32 file
+    # does): its outputs stay within FP16_TOLERANCES of FP32's (checked below); the source says so.
+    src_note = f"{meta.operating_points_source} (measured in fp32)" if meta.operating_points else ""
+    set_metadata(fp16, dataclasses.replace(meta, precision="fp16", operating_points_source=src_note))
     try:
         fp16 = onnx.shape_inference.infer_shapes(fp16, check_type=True, strict_mode=True)
         onnx.checker.check_model(fp16, full_check=True)

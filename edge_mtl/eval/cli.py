@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edge_mtl import defaults as D
 from edge_mtl.config import AppConfig
 from edge_mtl.errors import InputError
 from edge_mtl.paths import data_root
@@ -125,7 +126,45 @@ def eval_verification(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any
         pq = np.minimum(res.quality[a], res.quality[b]).astype(np.float64)
         out["error_by_pair_quality"] = error_by_quality(sims, same_arr, pq, args.quality_bins, out["threshold"])
     out["models"] = _models(det, rec)
+    if getattr(args, "stamp", False):
+        out["stamped"] = stamp_operating_points(args, cfg, rec, out)
     return out
+
+
+def stamp_operating_points(
+    args: argparse.Namespace, cfg: AppConfig, rec: FaceRecognizer, result: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the thresholds just measured into the recognizer file's metadata (`operating_points`), where an unset
+    `identity.threshold` finds them. Only a full View 2 run of an ONNX file counts."""
+    import dataclasses
+    import datetime
+
+    from edge_mtl.build.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
+    from edge_mtl.models_registry import model_path
+    from edge_mtl.runtime.engine import far_key
+
+    r = cfg.recognizer
+    if args.limit or args.pairs != "pairs.txt":
+        raise InputError("--stamp needs the whole of LFW View 2 (pairs.txt, no --limit)")
+    if r.backend.type != "onnxruntime":
+        raise InputError("--stamp writes into an ONNX file: run it with the onnxruntime backend")
+    path = model_path(r.model, "recognizer.onnx", r.backend.precision)
+    model = load_model(path)
+    meta = metadata_of(model, str(path))
+    if (meta.version, meta.precision) != (rec.meta.version, rec.meta.precision):
+        raise InputError(f"{path} is not the model just evaluated")
+    mode = "flip" if rec.flip else "plain"
+    points = {far_key(far): float(result[f"threshold_at_far_{far:g}"]) for far in D.IDENTITY_FALSE_ACCEPT_RATES}
+    if not all(np.isfinite(v) for v in points.values()):
+        raise InputError(f"no finite threshold to stamp: {points}")
+    merged = {**meta.operating_points, mode: points}
+    day = datetime.datetime.now(datetime.UTC).date().isoformat()
+    source = (f"LFW View 2, {int(result['pairs'])} pairs, "
+              f"detector {result['models']['detector']}, {day} (edge-mtl eval verification --stamp)")
+    set_metadata(model, dataclasses.replace(meta, operating_points=merged, operating_points_source=source))
+    save_model_atomic(model, path)
+    log.info("%s: stamped %s identity thresholds %s", path, mode, points)
+    return {"path": str(path), "mode": mode, "operating_points": points}
 
 
 def eval_attributes(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
@@ -210,6 +249,8 @@ def eval_detection(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
+    if getattr(args, "stamp", False) and args.what != "verification":
+        raise InputError("--stamp goes with 'eval verification' (it writes the measured identity thresholds)")
     if args.what == "verification":
         return eval_verification(args, cfg)
     if args.what == "attributes":

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from edge_mtl import defaults as D
 from edge_mtl.identity.gallery import Matcher
+from edge_mtl.runtime.engine import ModelMetadata, far_key
 
 MIN_WEIGHT = 0.02  # a face of quality 0 still counts a little, so a track of bad faces still gets attributes
 
@@ -116,3 +117,29 @@ class IdentityDecider:
         if changed:
             self.history.append(new)
         return changed
+
+
+def resolve_threshold(
+    configured: float | None, false_accept_rate: float, meta: ModelMetadata, flip: bool = False
+) -> tuple[float, str]:
+    """The identity threshold to run with, and where it comes from (for the log).
+
+    A configured number wins. Otherwise the loaded recognizer's own measured threshold for `false_accept_rate`
+    (its `operating_points`; with `flip`, the flip measurement, else the plain one, which lies within 0.01 of it for
+    every shipped model), else the built-in default (`edge_mtl.defaults`), which is right only for the model it
+    was measured on."""
+    key = far_key(false_accept_rate)
+    measured = next(((mode, th) for mode in (("flip", "plain") if flip else ("plain",))
+                     if (th := meta.operating_points.get(mode, {}).get(key)) is not None), None)
+    if configured is not None:
+        note = f"; {meta.version} measured {measured[1]:.3f} for false-accept rate {key}" if measured else ""
+        return configured, f"identity.threshold as configured{note}"
+    if measured is not None:
+        mode, th = measured
+        how = f"{meta.precision}{', flip' if mode == 'flip' else ''}"
+        src = f"; {meta.operating_points_source}" if meta.operating_points_source else ""
+        return th, f"{meta.version} ({how}) at false-accept rate {key}{src}"
+    return D.identity_threshold(false_accept_rate), (
+        f"built-in default for false-accept rate {key}: {meta.version} ({meta.precision}) carries no measured "
+        "threshold (measure it: edge-mtl eval verification --stamp)"
+    )

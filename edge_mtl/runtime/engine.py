@@ -40,6 +40,11 @@ class ModelMetadata:
     # people are re-enrolled, in order of preference, each with the margin taken off a cross-version similarity so
     # that the model's threshold keeps its false-accept rate (measured: benchmarks/recognizer_view1.py)
     compatible: dict[str, float] = field(default_factory=dict)
+    # recognizer: the cosine thresholds measured for this very file (`edge-mtl eval verification --stamp`), by
+    # inference mode ("plain", "flip") and false-accept rate ("0.01", "0.001"); an unset `identity.threshold` follows
+    # them, so that a recognizer upgrade or another precision keeps the false-accept rate the config asks for
+    operating_points: dict[str, dict[str, float]] = field(default_factory=dict)
+    operating_points_source: str = ""
 
     def to_props(self) -> dict[str, str]:
         d = {
@@ -60,6 +65,9 @@ class ModelMetadata:
         }
         if self.compatible:
             d["compatible"] = json.dumps(self.compatible)
+        if self.operating_points:
+            d["operating_points"] = json.dumps(self.operating_points, sort_keys=True)
+            d["operating_points_source"] = self.operating_points_source
         return {META_PREFIX + k: v for k, v in d.items()}
 
     @staticmethod
@@ -86,6 +94,8 @@ class ModelMetadata:
                 args=json.loads(p.get("args", "{}")),
                 provenance=p.get("provenance", ""),
                 compatible=_compatible(json.loads(p.get("compatible", "{}"))),
+                operating_points=_operating_points(json.loads(p.get("operating_points", "{}"))),
+                operating_points_source=p.get("operating_points_source", ""),
             )
         except (KeyError, ValueError, TypeError, IndexError) as e:
             raise ModelError(f"{source}: malformed edge-mtl metadata ({e})") from None
@@ -98,6 +108,23 @@ def _compatible(value: Any) -> dict[str, float]:
     if not isinstance(value, dict):
         raise TypeError(f"compatible: expected an object of version: margin, got {value!r}")
     return {str(k): float(v) for k, v in value.items()}
+
+
+def _operating_points(value: Any) -> dict[str, dict[str, float]]:
+    """{mode: {far: threshold}} with far spelled as a number ("0.01")."""
+    if not isinstance(value, dict):
+        raise TypeError(f"operating_points: expected an object, got {value!r}")
+    out: dict[str, dict[str, float]] = {}
+    for mode, points in value.items():
+        if not isinstance(points, dict):
+            raise TypeError(f"operating_points[{mode!r}]: expected an object of far: threshold, got {points!r}")
+        out[str(mode)] = {far_key(float(far)): float(th) for far, th in points.items()}
+    return out
+
+
+def far_key(far: float) -> str:
+    """How a false-accept rate is spelled in `operating_points` (0.01 -> "0.01", 1e-3 -> "0.001")."""
+    return f"{far:g}"
 
 
 class Engine(Protocol):

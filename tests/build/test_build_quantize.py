@@ -224,3 +224,28 @@ def test_cli_int8_from_npy_without_gate(rec_export, calib, tmp_path: Path, capsy
     rc = main(["quantize", str(src), "-o", str(tmp_path / "cli8b.onnx"), "--precision", "int8", "--calib",
                str(saved), "--no-gate"])
     assert rc == 0
+
+
+def test_measured_identity_thresholds_are_not_carried_over_to_int8(rec_export, calib, tmp_path: Path) -> None:
+    """A recognizer's stamped thresholds were measured on its own outputs: INT8 moves similarities enough to move them
+    (shipped 1.4: 0.452 vs 0.438 at FAR 1e-2), so the quantized file carries none until measured; FP16 keeps them,
+    saying they were measured in FP32."""
+    import dataclasses
+
+    from edge_mtl.build.fp16 import to_fp16
+    from edge_mtl.build.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
+
+    src, _, _ = rec_export
+    stamped = tmp_path / "rec.onnx"
+    model = load_model(src)
+    points = {"plain": {"0.01": 0.41, "0.001": 0.52}}
+    set_metadata(model, dataclasses.replace(metadata_of(model), operating_points=points,
+                                            operating_points_source="LFW View 2, test"))
+    save_model_atomic(model, stamped)
+    assert read_metadata(stamped).operating_points == points
+    quantize_int8(stamped, tmp_path / "rec8.onnx", calib)
+    q = read_metadata(tmp_path / "rec8.onnx")
+    assert q.precision == "int8" and q.operating_points == {} and q.operating_points_source == ""
+    to_fp16(stamped, tmp_path / "rec16.onnx")
+    h = read_metadata(tmp_path / "rec16.onnx")
+    assert h.operating_points == points and h.operating_points_source == "LFW View 2, test (measured in fp32)"

@@ -59,4 +59,6 @@ def test_identity_decider_defaults_are_the_config_defaults() -> None:
     from edge_mtl.identity.aggregate import IdentityDecider
 
     cfg, dec = IdentityConfig(), IdentityDecider()
-    assert (dec.threshold, dec.margin, dec.min_observations) == (cfg.threshold, cfg.margin, cfg.min_observations)
+    assert (dec.margin, dec.min_observations) == (cfg.margin, cfg.min_observations)
+    # the threshold is unset in the config (it follows the loaded model); the decider's default is the fallback
+    assert cfg.threshold is None and dec.threshold == D.identity_threshold(cfg.false_accept_rate)
