@@ -88,11 +88,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     text = Path(args.file).read_text(encoding="utf-8") if Path(args.file).is_file() else ""
     model: Any = TrainConfig if "[task]" in text else AppConfig
     cfg = load_toml(args.file, model)
+    notes: list[str] = []
     if isinstance(cfg, AppConfig):
+        from edge_mtl.identity.aggregate import resolve_threshold
         from edge_mtl.models_registry import check_models
 
-        check_models(cfg)
-    sys.stderr.write(f"{args.file}: ok\n")
+        rec = check_models(cfg).get("recognizer")
+        if rec is not None:  # what the daemon would run with (it logs the same line at start and on reload)
+            i = cfg.identity
+            th, source = resolve_threshold(i.threshold, i.false_accept_rate, rec, cfg.recognizer.flip)
+            notes.append(f"identity threshold {th:.3f} ({source})")
+    sys.stderr.write(f"{args.file}: ok\n" + "".join(f"{args.file}: {n}\n" for n in notes))
     return 0
 
 

@@ -15,7 +15,7 @@ from edge_mtl.defaults import detector_score_threshold
 from edge_mtl.errors import InputError, MissingExtraError, ModelError
 from edge_mtl.paths import default_model
 from edge_mtl.runtime.detector import FaceDetector
-from edge_mtl.runtime.engine import Engine
+from edge_mtl.runtime.engine import Engine, ModelMetadata
 from edge_mtl.runtime.landmarks import LandmarkRefiner
 from edge_mtl.runtime.recognizer import FaceRecognizer
 
@@ -118,8 +118,10 @@ def open_recognizer(
     return FaceRecognizer(load_engine(Path(path), backend or BackendConfig()), max_batch, flip)
 
 
-def check_models(cfg: AppConfig) -> None:
-    """Fail (exit 2) when a configured model file is missing or is not an edge-mtl model of the right kind."""
+def check_models(cfg: AppConfig) -> dict[str, ModelMetadata]:
+    """Fail (exit 2) when a configured model file is missing or is not an edge-mtl model of the right kind; else
+    the metadata of each checked model, by kind (models on other backends are checked when loaded)."""
+    found: dict[str, ModelMetadata] = {}
     for section, name, kind in ((cfg.detector, "detector.onnx", "detector"),
                                 (cfg.recognizer, "recognizer.onnx", "recognizer")):
         if section.backend.type != "onnxruntime":
@@ -132,10 +134,10 @@ def check_models(cfg: AppConfig) -> None:
             props = dict(sess.get_modelmeta().custom_metadata_map)
         except Exception as e:
             raise ModelError(f"{path}: cannot load model ({str(e).splitlines()[0][:160]})") from None
-        from edge_mtl.runtime.engine import ModelMetadata
-
         meta = ModelMetadata.from_props(props, str(path))
         if meta.kind != kind:
             raise ModelError(f"{path}: expected a {kind} model, got a {meta.kind!r} model")
+        found[kind] = meta
     if cfg.detector.refine_iterations:
         load_refiner(cfg)  # a configured refiner must load and be a landmarks model
+    return found

@@ -53,7 +53,16 @@ def test_check_config_good(tmp_path: Path, models: tuple[Path, Path], capsys: py
         encoding="utf-8",
     )
     assert main(["check-config", str(cfg)]) == 0
-    assert capsys.readouterr().err.strip() == f"{cfg}: ok"
+    ok, threshold = capsys.readouterr().err.strip().splitlines()
+    assert ok == f"{cfg}: ok"
+    # the tiny model carries no measured thresholds: the built-in default, and how to measure the model's own
+    assert threshold.startswith(f"{cfg}: identity threshold 0.440 (built-in default for false-accept rate 0.01")
+    assert "--stamp" in threshold
+    with cfg.open("a", encoding="utf-8") as f:
+        f.write("\n[identity]\nthreshold = 0.5\n")
+    assert main(["check-config", str(cfg)]) == 0
+    line = capsys.readouterr().err.strip().splitlines()[1]
+    assert line == f"{cfg}: identity threshold 0.500 (identity.threshold as configured)"
 
 
 def test_check_config_bad_key(tmp_path: Path, models: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
