@@ -5,6 +5,7 @@ Torch-free; `onnx` and `onnxruntime` are imported inside the functions that need
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -38,6 +39,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def graph_sha256(model: onnx.ModelProto) -> str:
+    """Hash of the graph alone (nodes, weights, inputs, outputs): unchanged when only metadata is rewritten, as
+    `edge-mtl eval verification --stamp` does, so calibration ranges stay tied to the weights, not to the file."""
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file; a missing, truncated or foreign file is a ModelError (exit code 2)."""
     onnx = import_onnx()
@@ -65,9 +72,15 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     return metadata_of(load_model(path), str(path))
 
 
-def set_metadata(model: onnx.ModelProto, meta: ModelMetadata, extra: dict[str, str] | None = None) -> None:
-    """Replace the model's `edge_mtl.*` metadata_props with `meta` (other props are kept)."""
-    keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
+def set_metadata(
+    model: onnx.ModelProto, meta: ModelMetadata, extra: dict[str, str] | None = None, keep_extra: bool = False
+) -> None:
+    """Replace the model's `edge_mtl.*` metadata_props with `meta` (other props are kept). With `keep_extra`, the
+    `edge_mtl.*` keys that are not `ModelMetadata` fields (such as `quantization`) are kept too: for updating a
+    finished model's metadata in place."""
+    fields = {META_PREFIX + f.name for f in dataclasses.fields(ModelMetadata)}
+    keep = [(p.key, p.value) for p in model.metadata_props
+            if not p.key.startswith(META_PREFIX) or (keep_extra and p.key not in fields)]
     new = dict(meta.to_props())
     for k, v in (extra or {}).items():
         new[META_PREFIX + k] = v

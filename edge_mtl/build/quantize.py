@@ -43,6 +43,7 @@ import numpy.typing as npt
 
 from edge_mtl.build.onnx_utils import (
     file_sha256,
+    graph_sha256,
     import_onnx,
     load_model,
     metadata_of,
@@ -303,7 +304,7 @@ def quantize_int8(
     meta = metadata_of(model, str(src))
     if meta.precision != "fp32":
         raise ModelError(f"{src}: INT8 quantization needs an FP32 model, this one is {meta.precision}")
-    src_sha = file_sha256(src)
+    src_sha, src_graph = file_sha256(src), graph_sha256(model)
     extra = _extra_options(layout)
     with tempfile.TemporaryDirectory(prefix="edge-mtl-quant-") as tmpdir:
         tmp = Path(tmpdir)
@@ -312,11 +313,14 @@ def quantize_int8(
         cache_path = tmp / "calibration.json"
         if calibration_file is not None:
             cached = read_calibration_file(calibration_file)
-            owner = (cached.get("edge_mtl") or {}).get("model_sha256")
-            if owner and owner != src_sha:
+            info = cached.get("edge_mtl") or {}
+            # the graph's hash when the file records it (metadata may be rewritten since), else the file's
+            owner, mine = ((info["graph_sha256"], src_graph) if info.get("graph_sha256")
+                           else (info.get("model_sha256"), src_sha))
+            if owner and owner != mine:
                 raise InputError(
                     f"{calibration_file}: ranges were computed for another FP32 model (sha256 {owner[:12]}, this is "
-                    f"{src_sha[:12]}); calibrate again from data (--data)"
+                    f"{mine[:12]}); calibrate again from data (--data)"
                 )
             method = _method_name(cached["calibration_method"])
             cache_path.write_text(json.dumps(cached), encoding="utf-8")
@@ -393,6 +397,7 @@ def quantize_int8(
         info = {
             "model": src.name,
             "model_sha256": src_sha,
+            "graph_sha256": src_graph,
             "kind": meta.kind,
             "method": method,
             "percentile": percentile if method == "percentile" else None,
@@ -727,8 +732,7 @@ def quantize_with_gate(
             steps.append({"excluded": pick["node"], "added_nmse": pick["added"], "passed": result["passed"],
                           "score": gate_score(result)})
             log.info("int8: keeping %s in float -> gate %s", pick["node"], "passed" if result["passed"] else "failed")
-        report["method"] = best_method
-        report["excluded"] = excluded
+        report["excluded"] = excluded  # (its "method" is the one the ranges were made with, from quantize_int8)
         if len(methods) > 1:
             report["method_comparison"] = comparison
         if steps:

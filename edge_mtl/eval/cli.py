@@ -161,7 +161,8 @@ def stamp_operating_points(
     day = datetime.datetime.now(datetime.UTC).date().isoformat()
     source = (f"LFW View 2, {int(result['pairs'])} pairs, "
               f"detector {result['models']['detector']}, {day} (edge-mtl eval verification --stamp)")
-    set_metadata(model, dataclasses.replace(meta, operating_points=merged, operating_points_source=source))
+    set_metadata(model, dataclasses.replace(meta, operating_points=merged, operating_points_source=source),
+                 keep_extra=True)
     save_model_atomic(model, path)
     log.info("%s: stamped %s identity thresholds %s", path, mode, points)
     return {"path": str(path), "mode": mode, "operating_points": points}

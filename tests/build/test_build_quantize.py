@@ -150,6 +150,20 @@ def test_calibration_file_reproduces_the_model(rec_export, rec_int8, tmp_path: P
     assert activation_scales(onnx.load(str(again))) == report["activation_scales"]
     a, b = onnx.load(str(dst)), onnx.load(str(again))
     assert [t.raw_data for t in a.graph.initializer] == [t.raw_data for t in b.graph.initializer]
+    # metadata rewritten in place (as `eval verification --stamp` does) leaves the graph, and the ranges, valid
+    import dataclasses
+
+    from edge_mtl.build.onnx_utils import graph_sha256, load_model, metadata_of, save_model_atomic, set_metadata
+
+    model = load_model(src)
+    assert saved["edge_mtl"]["graph_sha256"] == graph_sha256(model)
+    set_metadata(model, dataclasses.replace(metadata_of(model), operating_points={"plain": {"0.01": 0.4}}))
+    restamped = tmp_path / "restamped.onnx"
+    save_model_atomic(model, restamped)
+    assert restamped.read_bytes() != src.read_bytes()
+    quantize_int8(restamped, tmp_path / "again2.onnx", None, calibration_file=cal)
+    c = onnx.load(str(tmp_path / "again2.onnx"))
+    assert [t.raw_data for t in a.graph.initializer] == [t.raw_data for t in c.graph.initializer]
 
 
 def test_calibration_file_refuses_another_model(det_export, rec_int8, tmp_path: Path) -> None:
@@ -216,14 +230,19 @@ def test_cli_int8_from_npy_without_gate(rec_export, calib, tmp_path: Path, capsy
     np.save(npy, calib)
     out, saved = tmp_path / "cli8.onnx", tmp_path / "calib" / "rec.json"
     rc = main(["quantize", str(src), "-o", str(out), "--precision", "int8", "--calib", str(npy), "--no-gate",
-               "--save-calib", str(saved)])
+               "--method", "percentile", "--save-calib", str(saved)])
     assert rc == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["precision"] == "int8" and report["gate"] is None and saved.is_file()
-    # and back from the saved ranges, without data
+    assert report["method"] == "percentile"
+    # and back from the saved ranges, without data: the report names the method the ranges were made with
     rc = main(["quantize", str(src), "-o", str(tmp_path / "cli8b.onnx"), "--precision", "int8", "--calib",
                str(saved), "--no-gate"])
     assert rc == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["method"] == "percentile"
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "cli8b.onnx")).metadata_props}
+    assert json.loads(props["edge_mtl.quantization"])["method"] == "percentile"
 
 
 def test_measured_identity_thresholds_are_not_carried_over_to_int8(rec_export, calib, tmp_path: Path) -> None:

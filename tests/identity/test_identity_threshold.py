@@ -125,6 +125,24 @@ def test_stamp_writes_into_the_file_and_keeps_the_other_mode(rec_copy: Path) -> 
     assert both["plain"] == {"0.01": 0.4012, "0.001": 0.5034} and both["flip"] == {"0.01": 0.41, "0.001": 0.51}
 
 
+def test_stamp_keeps_the_other_edge_mtl_keys(repo_root: Path, tmp_path: Path) -> None:
+    """Stamping a quantized file keeps its `edge_mtl.quantization` record (method, calibration, source hash)."""
+    import onnx
+
+    src = repo_root / "export" / "recognizer.int8.onnx"
+    if not src.exists():
+        pytest.skip("shipped INT8 recognizer missing")
+    dst = tmp_path / "recognizer.int8.onnx"
+    shutil.copy(src, dst)
+    props = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
+    assert "edge_mtl.quantization" in props
+    _stamp(dst, _result(0.45, 0.54))
+    after = {p.key: p.value for p in onnx.load(str(dst)).metadata_props}
+    assert after["edge_mtl.quantization"] == props["edge_mtl.quantization"]
+    assert read_metadata(dst).operating_points["plain"] == {"0.01": 0.45, "0.001": 0.54}
+    assert read_metadata(dst).precision == "int8"
+
+
 @pytest.mark.parametrize("kw", [{"limit": 600}, {"pairs": "pairsDevTest.txt"}])
 def test_stamp_refuses_anything_but_the_whole_of_view_2(rec_copy: Path, kw: dict) -> None:
     before = rec_copy.read_bytes()

@@ -62,3 +62,20 @@ def test_identity_decider_defaults_are_the_config_defaults() -> None:
     assert (dec.margin, dec.min_observations) == (cfg.margin, cfg.min_observations)
     # the threshold is unset in the config (it follows the loaded model); the decider's default is the fallback
     assert cfg.threshold is None and dec.threshold == D.identity_threshold(cfg.false_accept_rate)
+
+
+def test_shipped_recognizers_carry_their_measured_thresholds() -> None:
+    """Each shipped recognizer file carries its own LFW View 2 points (`edge-mtl eval verification --stamp`), and the
+    built-in fallback is the shipped FP32 model's, rounded, so a model without points behaves like the default."""
+    from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
+
+    fp32, int8 = default_model("recognizer.onnx"), default_model("recognizer.int8.onnx")
+    if not (fp32.exists() and int8.exists()):
+        pytest.skip("shipped recognizer missing")
+    m32, m8 = OnnxRuntimeEngine(fp32).metadata, OnnxRuntimeEngine(int8).metadata
+    assert set(m32.operating_points) == {"plain", "flip"} and set(m8.operating_points) == {"plain"}
+    for points in (*m32.operating_points.values(), *m8.operating_points.values()):
+        assert set(points) == {"0.01", "0.001"} and 0 < points["0.01"] < points["0.001"] < 1
+    assert "LFW View 2, 6000 pairs" in m32.operating_points_source
+    assert abs(m32.operating_points["plain"]["0.01"] - D.IDENTITY_THRESHOLD) < 0.005
+    assert abs(m32.operating_points["plain"]["0.001"] - D.IDENTITY_THRESHOLD_FAR_1E3) < 0.005
