@@ -84,14 +84,18 @@ def test_config_accepts_only_measured_rates() -> None:
         IdentityConfig(false_accept_rate=0.05)
 
 
-@pytest.fixture()
-def rec_copy(repo_root: Path, tmp_path: Path) -> Path:
-    src = repo_root / "export" / "recognizer.onnx"
+def _shipped_copy(repo_root: Path, tmp_path: Path, name: str) -> Path:
+    src = repo_root / "export" / name
     if not src.exists():
-        pytest.skip("shipped recognizer missing")
-    dst = tmp_path / "recognizer.onnx"
+        pytest.skip(f"shipped {name} missing")
+    dst = tmp_path / name
     shutil.copy(src, dst)
     return dst
+
+
+@pytest.fixture()
+def rec_copy(repo_root: Path, tmp_path: Path) -> Path:
+    return _shipped_copy(repo_root, tmp_path, "recognizer.onnx")
 
 
 def _stamp(path: Path, result: dict, flip: bool = False, **kw: object) -> dict:
@@ -129,12 +133,8 @@ def test_stamp_keeps_the_other_edge_mtl_keys(repo_root: Path, tmp_path: Path) ->
     """Stamping a quantized file keeps its `edge_mtl.quantization` record (method, calibration, source hash)."""
     import onnx
 
-    src = repo_root / "export" / "recognizer.int8.onnx"
-    if not src.exists():
-        pytest.skip("shipped INT8 recognizer missing")
-    dst = tmp_path / "recognizer.int8.onnx"
-    shutil.copy(src, dst)
-    props = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
+    dst = _shipped_copy(repo_root, tmp_path, "recognizer.int8.onnx")
+    props = {p.key: p.value for p in onnx.load(str(dst)).metadata_props}
     assert "edge_mtl.quantization" in props
     _stamp(dst, _result(0.45, 0.54))
     after = {p.key: p.value for p in onnx.load(str(dst)).metadata_props}
