@@ -98,6 +98,8 @@ def test_unit_agrees_with_the_example_config() -> None:
     for p in (cfg.events.db, cfg.events.jsonl, cfg.identity.gallery, cfg.detector.backend.engine_cache):
         assert any(str(p).startswith(w) for w in writable), p
     assert cfg.service.metrics_port is None and cfg.forwarders == []  # no listener, nothing leaves the box
+    # the identity threshold follows the installed recognizer's measured point, not a number pinned in the file
+    assert cfg.identity.threshold is None and cfg.identity.false_accept_rate == 0.01
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.read_string((SYSTEMD / "jetson.conf").read_text())
     assert parser.has_section("Service")
@@ -113,7 +115,10 @@ def test_example_config_passes_check_config(tmp_path: Path, models: dict[str, Pa
     cfg.write_text(text)
     proc = edge_mtl("check-config", str(cfg))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.strip().endswith(f"{cfg}: ok")
+    lines = proc.stderr.strip().splitlines()
+    assert f"{cfg}: ok" in lines
+    # it also says which identity threshold the daemon would run at (the tiny model carries no measured one)
+    assert lines[-1].startswith(f"{cfg}: identity threshold 0.440 (built-in default for false-accept rate 0.01")
 
 
 def test_sysusers_and_tmpfiles_apply(tmp_path: Path) -> None:
