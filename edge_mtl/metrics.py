@@ -95,6 +95,8 @@ class Snapshot:
     reloads: int = 0
     reload_errors: int = 0
     pruned: int = 0
+    models: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, version, precision) of loaded models
+    identity_threshold: float | None = None  # the cosine threshold in use (config or the model's measured point)
 
     @property
     def queue_stored(self) -> int:
@@ -219,6 +221,11 @@ def render_prometheus(s: Snapshot) -> str:
              [({"forwarder": f.name}, f.delivered_seq) for f in s.forwarders])
     w.family("edge_mtl_reloads_total", "counter", "SIGHUP reloads, by result.",
              [({"result": "ok"}, s.reloads), ({"result": "error"}, s.reload_errors)])
+    w.family("edge_mtl_model_info", "gauge", "1 per loaded model, with its version and precision.",
+             [({"kind": k, "version": v, "precision": pr}, 1) for k, v, pr in s.models])
+    w.family("edge_mtl_identity_threshold", "gauge",
+             "Cosine similarity a gallery match needs (identity.threshold, or the recognizer's measured point).",
+             [({}, s.identity_threshold)] if s.identity_threshold is not None else [])
     return w.text()
 
 

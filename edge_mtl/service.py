@@ -669,6 +669,8 @@ class Service:
                         for f in self.forwarders],
             reloads=self.reloads, reload_errors=self.reload_errors,
             pruned=sink.pruned if sink is not None else 0,
+            models=[(m.kind, m.version, m.precision) for m in (p.detector.meta, p.recognizer.meta)] if p else [],
+            identity_threshold=p.identity_threshold if p is not None else None,
         )
 
     def _status_line(self) -> str:

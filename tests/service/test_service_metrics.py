@@ -86,6 +86,9 @@ def test_metrics_health_and_sighup_reload(
         assert 'edge_mtl_last_frame_age_seconds{camera="cam0"}' in metrics
         assert 'edge_mtl_frames_dropped_total{camera="cam0"}' in metrics
         assert 'edge_mtl_reconnects_total{camera="cam0"}' in metrics
+        assert metrics['edge_mtl_model_info{kind="recognizer",version="tiny-test",precision="fp32"}'] == 1
+        assert sum(1 for k in metrics if k.startswith('edge_mtl_model_info{kind="detector"')) == 1
+        assert metrics["edge_mtl_identity_threshold"] == 0.53  # as configured
         code, body = _get(base + "/health")
         health = json.loads(body)
         assert code == 200 and health["status"] in ("ok", "degraded"), health
@@ -105,6 +108,8 @@ def test_metrics_health_and_sighup_reload(
             return "RELOADING=1" in after and "READY=1" in after[after.index("RELOADING=1"):]
 
         wait_until(reload_acked, 10, "RELOADING=1 then READY=1 on NOTIFY_SOCKET")
+        wait_until(lambda: parse_prometheus(_get(base + "/metrics")[1]).get("edge_mtl_identity_threshold") == 0.6,
+                   10, "the reloaded identity threshold in /metrics")
 
         # people enrolled while running are picked up without a restart
         from edge_mtl.identity.gallery import Gallery
