@@ -163,7 +163,11 @@ def stamp_operating_points(
               f"detector {result['models']['detector']}, {day} (edge-mtl eval verification --stamp)")
     set_metadata(model, dataclasses.replace(meta, operating_points=merged, operating_points_source=source),
                  keep_extra=True)
-    save_model_atomic(model, path)
+    try:
+        save_model_atomic(model, path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write the measured thresholds into it ({e.strerror or e}); measured: "
+                         f"{mode} {points}") from None
     log.info("%s: stamped %s identity thresholds %s", path, mode, points)
     return {"path": str(path), "mode": mode, "operating_points": points}
 

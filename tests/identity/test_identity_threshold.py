@@ -151,6 +151,21 @@ def test_stamp_refuses_anything_but_the_whole_of_view_2(rec_copy: Path, kw: dict
     assert rec_copy.read_bytes() == before
 
 
+def test_stamp_into_an_unwritable_place_is_a_clear_error(rec_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Permissions cannot be tested as root: the write itself is made to fail.) The measured points are in the
+    message, so the run is not wasted, and the file is untouched."""
+    import edge_mtl.build.onnx_utils as ou
+
+    def refuse(*_: object, **__: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ou, "save_model_atomic", refuse)
+    before = rec_copy.read_bytes()
+    with pytest.raises(InputError, match=r"cannot write the measured thresholds .*Permission denied.*0\.4012"):
+        _stamp(rec_copy, _result(0.4012, 0.5034))
+    assert rec_copy.read_bytes() == before
+
+
 def test_stamp_refuses_non_finite_thresholds(rec_copy: Path) -> None:
     with pytest.raises(InputError, match="no finite threshold"):
         _stamp(rec_copy, _result(float("nan"), 0.5))
