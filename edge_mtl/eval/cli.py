@@ -131,6 +131,16 @@ def eval_verification(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any
     return out
 
 
+def check_stamp_args(args: argparse.Namespace, cfg: AppConfig) -> None:
+    """What `--stamp` needs, checked before the evaluation runs (not after minutes of it)."""
+    if args.what != "verification":
+        raise InputError("--stamp goes with 'eval verification' (it writes the measured identity thresholds)")
+    if args.limit or args.pairs != "pairs.txt":
+        raise InputError("--stamp needs the whole of LFW View 2 (pairs.txt, no --limit)")
+    if cfg.recognizer.backend.type != "onnxruntime":
+        raise InputError("--stamp writes into an ONNX file: run it with the onnxruntime backend")
+
+
 def stamp_operating_points(
     args: argparse.Namespace, cfg: AppConfig, rec: FaceRecognizer, result: dict[str, Any]
 ) -> dict[str, Any]:
@@ -143,11 +153,8 @@ def stamp_operating_points(
     from edge_mtl.models_registry import model_path
     from edge_mtl.runtime.engine import far_key
 
+    check_stamp_args(args, cfg)
     r = cfg.recognizer
-    if args.limit or args.pairs != "pairs.txt":
-        raise InputError("--stamp needs the whole of LFW View 2 (pairs.txt, no --limit)")
-    if r.backend.type != "onnxruntime":
-        raise InputError("--stamp writes into an ONNX file: run it with the onnxruntime backend")
     path = model_path(r.model, "recognizer.onnx", r.backend.precision)
     model = load_model(path)
     meta = metadata_of(model, str(path))
@@ -254,8 +261,8 @@ def eval_detection(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
-    if getattr(args, "stamp", False) and args.what != "verification":
-        raise InputError("--stamp goes with 'eval verification' (it writes the measured identity thresholds)")
+    if getattr(args, "stamp", False):
+        check_stamp_args(args, cfg)
     if args.what == "verification":
         return eval_verification(args, cfg)
     if args.what == "attributes":

@@ -104,7 +104,7 @@ def _stamp(path: Path, result: dict, flip: bool = False, **kw: object) -> dict:
 
     cfg = AppConfig()
     cfg.recognizer.model = path
-    args = argparse.Namespace(**({"limit": 0, "pairs": "pairs.txt"} | kw))
+    args = argparse.Namespace(**({"what": "verification", "limit": 0, "pairs": "pairs.txt"} | kw))
     return stamp_operating_points(args, cfg, open_recognizer(path, flip=flip), result)
 
 
@@ -193,9 +193,22 @@ def test_pipeline_follows_the_loaded_model_and_live_changes(rec_copy: Path) -> N
     assert pipe.identity_threshold == 0.47 and pipe._decider().threshold == 0.47
 
 
-def test_cli_refuses_stamp_with_other_evaluations(tmp_path: Path) -> None:
+def test_cli_refuses_stamp_with_other_evaluations() -> None:
     from edge_mtl.eval import cli as eval_cli
 
-    args = argparse.Namespace(what="attributes", stamp=True)
+    args = argparse.Namespace(what="attributes", stamp=True, limit=0, pairs="pairs.txt")
     with pytest.raises(InputError, match="goes with 'eval verification'"):
+        eval_cli.run(args, AppConfig())
+
+
+def test_cli_refuses_a_partial_stamp_before_evaluating(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `--stamp` that could not be written is refused before minutes of evaluation, not after."""
+    from edge_mtl.eval import cli as eval_cli
+
+    def must_not_run(*_: object) -> dict:
+        raise AssertionError("evaluated before refusing")
+
+    monkeypatch.setattr(eval_cli, "eval_verification", must_not_run)
+    args = argparse.Namespace(what="verification", stamp=True, limit=600, pairs="pairs.txt")
+    with pytest.raises(InputError, match="whole of LFW View 2"):
         eval_cli.run(args, AppConfig())
