@@ -172,6 +172,16 @@ class RecognitionConfig(Strict):
     min_face_px: int = Field(24, ge=8, le=1024, description="Faces with a smaller inter-ocular-based size wait.")
 
 
+class AttributesConfig(Strict):
+    """What the events say about age and gender."""
+
+    gender_min_confidence: float = Field(
+        D.GENDER_MIN_CONFIDENCE, ge=0.5, le=1.0,
+        description="Events carry gender null while the track's aggregated gender confidence is below this "
+        "(0.5: always report). Trade-off on UTKFace: export/recognizer.md.",
+    )
+
+
 class IdentityConfig(Strict):
     gallery: Path | None = Field(None, description="SQLite gallery of enrolled people (none: all unknown).")
     threshold: float | None = Field(
@@ -281,6 +291,7 @@ class AppConfig(Strict):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     recognition: RecognitionConfig = Field(default_factory=RecognitionConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    attributes: AttributesConfig = Field(default_factory=AttributesConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     forwarders: list[Forwarder] = Field(default_factory=list)
     service: ServiceConfig = Field(default_factory=ServiceConfig)

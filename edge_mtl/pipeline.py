@@ -186,7 +186,7 @@ class Pipeline:
             frame=frame,
             identity=ident,
             age=st.agg.age(),
-            gender=st.agg.gender(),
+            gender=st.agg.gender(self.cfg.attributes.gender_min_confidence),
             bbox=xywh(st.box),
             quality=round(min(max(st.agg.best_quality, 0.0), 1.0), 4) if st.agg.observations else None,
             duration_s=round(max(st.last_ts - st.first_ts, 0.0), 3),
@@ -332,7 +332,7 @@ class Pipeline:
             if st.decider.decided:
                 known = st.decider.current is not None
                 parts.append(st.decider.current or "unknown")
-            age, gender = st.agg.age(), st.agg.gender()
+            age, gender = st.agg.age(), st.agg.gender(self.cfg.attributes.gender_min_confidence)
             if gender:
                 parts.append("F" if gender["label"] == "female" else "M")
             if age:

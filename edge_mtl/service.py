@@ -13,9 +13,10 @@ What systemd sees (Type=notify, docs/operations.md):
 - SIGTERM/SIGINT: stop reading, let the batch in flight finish, end every track (face.left), commit those events,
   sync the JSONL log, give the forwarders the rest of `service.stop_timeout_s` to deliver, exit 0. Events are
   committed to the SQLite queue before anything else, so even a SIGKILL after the timeout loses none.
-- SIGHUP: reload the gallery and the config file. Identity thresholds, the recognition schedule, retention and
-  the log level apply at once; every other changed setting is named in a warning and needs a restart. A config
-  that no longer validates is logged and ignored (the daemon keeps running on the old one).
+- SIGHUP: reload the gallery and the config file. Identity thresholds, the recognition schedule, the gender
+  confidence floor, retention and the log level apply at once; every other changed setting is named in a warning
+  and needs a restart. A config that no longer validates is logged and ignored (the daemon keeps running on the
+  old one).
 - /metrics (Prometheus) and /health (JSON, 200/503) on 127.0.0.1:`service.metrics_port`, only when it is set;
   otherwise the daemon opens no listening socket at all (edge_mtl.metrics).
 """
@@ -62,6 +63,7 @@ LIVE_SETTINGS = (
     "identity.margin",
     "identity.min_observations",
     "recognition.",
+    "attributes.",
     "events.retention_days",
     "events.retention_max_events",
     "log_level",
@@ -595,6 +597,7 @@ class Service:
             self.cfg.identity.margin = new.identity.margin
             self.cfg.identity.min_observations = new.identity.min_observations
             self.cfg.recognition = new.recognition
+            self.cfg.attributes = new.attributes
             self.cfg.events.retention_days = new.events.retention_days
             self.cfg.events.retention_max_events = new.events.retention_max_events
             self.cfg.log_level = new.log_level

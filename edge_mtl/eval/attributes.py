@@ -11,6 +11,34 @@ AGE_BANDS: tuple[tuple[int, int], ...] = (
 #: The first band split: infants, small children, older children (gender from the face alone gets harder the
 #: younger the child).
 CHILD_BANDS: tuple[tuple[int, int], ...] = ((0, 3), (3, 7), (7, 13))
+#: Confidence floors for the gender trade-off table (what `attributes.gender_min_confidence` would keep).
+GENDER_FLOORS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
+
+
+def gender_selective(
+    gender_true: npt.ArrayLike,
+    female_prob: npt.ArrayLike,
+    age_true: npt.ArrayLike,
+    floors: tuple[float, ...] = GENDER_FLOORS,
+) -> list[dict[str, float]]:
+    """Accuracy over the faces whose gender confidence (max(p, 1 - p)) reaches each floor, the share of faces that
+    do (coverage), and how many of those left out are children under 13: the trade-off behind
+    `attributes.gender_min_confidence`."""
+    at = np.asarray(age_true, np.float64)
+    gt = np.asarray(gender_true, np.int64)
+    fp = np.asarray(female_prob, np.float64)
+    conf = np.maximum(fp, 1 - fp)
+    right = (fp >= 0.5).astype(np.int64) == gt
+    out = []
+    for f in floors:
+        m = conf >= f
+        out.append({
+            "min_confidence": f,
+            "coverage": round(float(m.mean()), 4) if gt.size else float("nan"),
+            "accuracy": round(float(right[m].mean()), 4) if m.any() else float("nan"),
+            "dropped_under_13": round(float((at[~m] < 13).mean()), 4) if (~m).any() else float("nan"),
+        })
+    return out
 
 
 def attribute_metrics(
@@ -48,6 +76,7 @@ def attribute_metrics(
 
     res["bands"] = by_band(AGE_BANDS)
     res["child_bands"] = by_band(CHILD_BANDS)
+    res["gender_selective"] = gender_selective(gt, fp, at)
     if age_std is not None:
         sd = np.asarray(age_std, np.float64)
         res["age_within_1std"] = round(float((err <= sd).mean()), 4)

@@ -71,11 +71,15 @@ class TrackAggregate:
         std = math.sqrt(self.age_var_model / self.age_w + between)
         return {"years": round(min(max(mean, 0.0), 120.0), 1), "std": round(min(std, 100.0), 1)}
 
-    def gender(self) -> dict[str, object] | None:
+    def gender(self, min_confidence: float = 0.5) -> dict[str, object] | None:
+        """Label and confidence from the quality-weighted mean log-odds; None before any analysis and while the
+        confidence is below `min_confidence` (a coin flip is not reported as a gender)."""
         if self.gender_w <= 0:
             return None
         lo = self.gender_logodds / self.gender_w
         p = 1 / (1 + math.exp(-lo))
+        if max(p, 1 - p) < min_confidence:
+            return None
         return {"label": "female" if p >= 0.5 else "male", "confidence": round(max(p, 1 - p), 3)}
 
 

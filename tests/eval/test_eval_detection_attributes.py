@@ -162,6 +162,22 @@ def test_attribute_metrics_child_bands_show_a_gender_bias() -> None:
     assert kids["7-12"]["gender_accuracy"] == 1.0 and kids["7-12"]["predicted_female_share"] == 0.5
 
 
+def test_gender_selective_trades_coverage_for_accuracy() -> None:
+    from edge_mtl.eval.attributes import gender_selective
+
+    # confidences 0.95, 0.9, 0.65, 0.55, 0.52; the two least confident are wrong, and are the children
+    rows = gender_selective(
+        gender_true=[1, 0, 1, 1, 0], female_prob=[0.95, 0.1, 0.65, 0.45, 0.52], age_true=[30, 40, 50, 2, 8],
+        floors=(0.5, 0.6, 0.9, 0.99),
+    )
+    assert rows[0]["coverage"] == 1.0 and rows[0]["accuracy"] == 0.6 and math.isnan(rows[0]["dropped_under_13"])
+    assert rows[1] == {"min_confidence": 0.6, "coverage": 0.6, "accuracy": 1.0, "dropped_under_13": 1.0}
+    assert rows[2] == {"min_confidence": 0.9, "coverage": 0.4, "accuracy": 1.0, "dropped_under_13": 0.6667}
+    assert rows[3]["coverage"] == 0.0 and math.isnan(rows[3]["accuracy"])
+    res = attribute_metrics([30, 40, 50, 2, 8], [30, 40, 50, 2, 8], [1, 0, 1, 1, 0], [0.95, 0.1, 0.65, 0.45, 0.52])
+    assert [r["min_confidence"] for r in res["gender_selective"]] == [0.6, 0.7, 0.8, 0.9]  # type: ignore[index]
+
+
 def test_attribute_metrics_band_edges_and_empty() -> None:
     res = attribute_metrics([12.9, 13.0, 19.99, 20.0], [12.9, 13.0, 19.99, 20.0], [1, 1, 0, 0], [0.9, 0.9, 0.1, 0.1])
     bands = res["bands"]

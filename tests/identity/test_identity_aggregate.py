@@ -101,6 +101,17 @@ def test_gender_is_weighted_log_odds() -> None:
     assert g is not None and g["label"] == "female" and g["confidence"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_gender_below_min_confidence_is_not_reported() -> None:
+    agg = TrackAggregate()
+    agg.add(A, 30.0, 1.0, 0.45, 0.5)  # 0.55 male: a coin flip
+    assert agg.gender() == {"label": "male", "confidence": 0.55}  # the default floor 0.5 reports everything
+    assert agg.gender(0.6) is None
+    assert agg.gender(0.55) == {"label": "male", "confidence": 0.55}  # the floor itself is reported
+    agg.add(A, 30.0, 1.0, 0.1, 0.5)  # more evidence lifts it over the floor
+    g = agg.gender(0.6)
+    assert g is not None and g["label"] == "male" and g["confidence"] > 0.6
+
+
 def test_empty_aggregate() -> None:
     agg = TrackAggregate()
     assert agg.embedding is None and agg.age() is None and agg.gender() is None
