@@ -330,7 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path, help="../shared/data (default: $EDGE_MTL_DATA)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--limit", type=int, default=0, help="evaluate at most this many images/pairs (0: all)")
-    s.add_argument("--split", default="val", help="attributes/detection: which split (val)")
+    s.add_argument(
+        "--split", default="val", help="attributes: val (default), all, reserved (the held-out 1,000; with "
+        "--utkface-full) or a folder of UTKFace-named images; detection: val",
+    )
+    s.add_argument("--utkface-full", type=Path, help="attributes --split reserved: folder of the full UTKFace")
     s.add_argument("--pairs", default="pairs.txt", help="verification: LFW pairs file (View 2: pairs.txt)")
     s.add_argument("--video", type=Path, help="detection: video for false detections per frame")
     s.add_argument("--quality-bins", type=int, default=0, help="verification: error by pair-quality bins")

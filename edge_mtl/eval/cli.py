@@ -179,6 +179,28 @@ def stamp_operating_points(
     return {"path": str(path), "mode": mode, "operating_points": points}
 
 
+def reserved_utkface(root: Path, full: Path | None) -> tuple[Path, list[str]]:
+    """The held-out UTKFace images (`utkface_reserved.txt` of the data folder: never trained or tuned on; the set
+    the peers' figures are measured on) inside a copy of the full UTKFace; every one must be there."""
+    from edge_mtl.train import sources as S
+
+    listing = root / "utkface_reserved.txt"
+    if not listing.is_file():
+        raise InputError(f"--split reserved: no {listing}")
+    if full is None or not Path(full).is_dir():
+        raise InputError("--split reserved: needs --utkface-full DIR, a folder of the full UTKFace chips "
+                         "(e.g. data/UTKFace/unlabeled of mattans/AgeProgression)")
+    names = [n for n in listing.read_text().split() if n]
+    absent = [n for n in names if not (Path(full) / n).is_file()]
+    if absent:
+        raise InputError(f"--utkface-full: {len(absent)} of the {len(names)} reserved images are not in {full} "
+                         f"(first: {absent[0]})")
+    bad = [n for n in names if S.parse_utkface_name(n) is None]
+    if bad:
+        raise InputError(f"{listing}: {len(bad)} names are not AGE_GENDER_RACE_DATE (first: {bad[0]!r})")
+    return Path(full), names
+
+
 def eval_attributes(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.eval.attributes import attribute_metrics
     from edge_mtl.models_registry import load_detector, load_recognizer
@@ -190,6 +212,8 @@ def eval_attributes(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
         _, names = S.utkface_split(folder)
     elif args.split == "all":
         names = [Path(r.path).name for r in S.utkface(folder)]
+    elif args.split == "reserved":
+        folder, names = reserved_utkface(root, getattr(args, "utkface_full", None))
     else:  # a folder of UTKFace-named images (e.g. a held-out set)
         folder = Path(args.split)
         if not folder.is_dir():
