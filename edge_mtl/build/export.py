@@ -383,4 +383,8 @@ def export_checkpoint(
         compatible=compatible,
     )
     report["checkpoint"] = str(checkpoint)
+    if kind == "recognizer":
+        # a release step, not enforced: until measured, an unset identity.threshold uses the built-in fallback
+        log.warning("%s carries no measured identity thresholds yet: stamp them with 'edge-mtl eval verification "
+                    "--stamp --recognizer %s' (and again with --flip)", output, output)
     return report

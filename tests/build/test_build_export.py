@@ -133,13 +133,19 @@ def test_bad_checkpoints_are_model_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_cli_export_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_and_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     ckpt = _checkpoint(tmp_path / "rec.pt", "recognizer", make_recognizer(), REC_ARGS.to_dict())
     out = tmp_path / "rec.onnx"
     assert main(["export", str(ckpt), "-o", str(out), "--version", "9"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["output"] == str(out) and all(h["ok"] for h in report["parity"].values())
     assert read_metadata(out).version == "9" and read_metadata(out).compatible == {}
+    # a new recognizer has no measured identity thresholds until stamped: the export says so, with the command
+    assert read_metadata(out).operating_points == {}
+    assert any("no measured identity thresholds" in r.message and f"--stamp --recognizer {out}" in r.message
+               for r in caplog.records if r.levelname == "WARNING")
     assert main(["export", str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
     # a release that declares earlier versions' gallery embeddings comparable (kept by quantize: whole metadata)
     new = tmp_path / "rec10.onnx"
