@@ -95,12 +95,13 @@ def test_metrics_health_and_sighup_reload(
         assert health["cameras"]["cam0"]["state"] == "delivering"
         assert _get(base + "/nope")[0] == 404
 
-        # SIGHUP 1: two live settings and one that needs a restart
-        write_cfg(threshold=0.6, every=5, input_size=192)
+        # SIGHUP 1: three live settings and one that needs a restart
+        write_cfg(threshold=0.6, every=5, input_size=192, extra="\n[attributes]\ngender_min_confidence = 0.75\n")
         mark = len(notify.messages())
         d.signal(signal.SIGHUP)
         d.wait_log(r"SIGHUP: applied .*identity\.threshold 0\.53 -> 0\.6", 20)
         d.wait_log(r"recognition\.every_n_frames 15 -> 5", 5)
+        d.wait_log(r"attributes\.gender_min_confidence 0\.6 -> 0\.75", 5)
         d.wait_log(r"need a restart \(systemctl restart edge-mtl\): detector\.input_size", 5)
 
         def reload_acked() -> bool:
@@ -120,7 +121,8 @@ def test_metrics_health_and_sighup_reload(
         d.wait_log(r"gallery .*gallery\.db: 1 people", 20)
 
         # SIGHUP 3: a config that no longer validates is refused; the daemon runs on
-        write_cfg(threshold=0.6, every=5, input_size=192, extra="\n[events]\nretention_dayz = 3\n")
+        write_cfg(threshold=0.6, every=5, input_size=192,
+                  extra="\n[attributes]\ngender_min_confidence = 0.75\n\n[events]\nretention_dayz = 3\n")
         d.signal(signal.SIGHUP)
         d.wait_log(r"config not reloaded, still running on the previous one: .*events\.retention_dayz: unknown", 20)
         wait_until(lambda: parse_prometheus(_get(base + "/metrics")[1])
