@@ -78,9 +78,10 @@ class TrackAggregate:
             return None
         lo = self.gender_logodds / self.gender_w
         p = 1 / (1 + math.exp(-lo))
-        if max(p, 1 - p) < min_confidence:
+        confidence = max(p, 1 - p)
+        if confidence < min_confidence:
             return None
-        return {"label": "female" if p >= 0.5 else "male", "confidence": round(max(p, 1 - p), 3)}
+        return {"label": "female" if p >= 0.5 else "male", "confidence": round(confidence, 3)}
 
 
 @dataclass
