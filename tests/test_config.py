@@ -472,6 +472,13 @@ def test_deploy_init_only_for_a_hard_shared_recognizer() -> None:
         parse_toml(base + 'sharing = "soft"\n', "t.toml", TrainConfig)
     with pytest.raises(ConfigError, match="deploy ONNX"):
         parse_toml('init = "export/detector.onnx"\n[task]\nkind = "detector"\n', "t.toml", TrainConfig)
+    # carrying optimizer moments needs a training checkpoint to carry them from
+    with pytest.raises(ConfigError, match="init_optimizer"):
+        parse_toml("init_optimizer = true\n" + base, "t.toml", TrainConfig)
+    with pytest.raises(ConfigError, match="init_optimizer"):
+        parse_toml('init_optimizer = true\n[task]\nkind = "recognizer"\n', "t.toml", TrainConfig)
+    ok = 'init_optimizer = true\ninit = "runs/r/last.pt"\n[task]\nkind = "recognizer"\n'
+    assert parse_toml(ok, "t.toml", TrainConfig).init_optimizer
 
 
 def test_paths_expand_environment_and_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -158,6 +158,12 @@ class TrainConfig(Strict):
         "(export/recognizer.onnx): its weights are unfolded into the training form and the margin-loss class "
         "centres imprinted. Ignored when `out` already has a last.pt to resume.",
     )
+    init_optimizer: bool = Field(
+        False,
+        description="With `init`: also carry that checkpoint's optimizer state (AdamW moments), so that a "
+        "continuation does not restart from zero moments; lr, weight decay and schedule are this run's. Needs a "
+        "checkpoint with optimizer state (last.pt or epoch_N.pt, not an average) from the same optimizer and model.",
+    )
     data: DataPaths = Field(default_factory=DataPaths)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     task: Annotated[DetectorTrain | RecognizerTrain | LandmarkTrain, Field(discriminator="kind")]
@@ -167,4 +173,6 @@ class TrainConfig(Strict):
         deploy = self.init is not None and self.init.suffix == ".onnx"
         if deploy and (not isinstance(self.task, RecognizerTrain) or self.task.sharing != "hard"):
             raise ValueError("init: only a hard-shared recognizer run can start from a deploy ONNX")
+        if self.init_optimizer and (self.init is None or deploy):
+            raise ValueError("init_optimizer: needs init naming a training checkpoint (not a deploy ONNX)")
         return self

@@ -60,5 +60,5 @@ def train(config_path: str | Path, resume: bool = True, max_steps: int | None = 
     if resume and last.exists():
         trainer.resume(last)
     elif cfg.init is not None:
-        trainer.init_weights(cfg.init)
+        trainer.init_weights(cfg.init, optimizer=cfg.init_optimizer)
     return trainer.fit()

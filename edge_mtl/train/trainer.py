@@ -172,10 +172,14 @@ class Trainer:
             torch.set_rng_state(st["torch_rng"])
         log.info("resumed %s at epoch %d step %d", path, self.epoch, self.step_in_epoch)
 
-    def init_weights(self, path: str | Path) -> None:
+    def init_weights(self, path: str | Path, *, optimizer: bool = False) -> None:
         """Fine-tuning: start from another run's weights and task state (a recognizer's margin-loss class centres,
-        learnt loss weights); optimizer, schedule, epoch count and model selection start afresh. A recognizer can
-        also start from a shipped deploy ONNX (`RecognizerTask.init_from_deploy`)."""
+        learnt loss weights); schedule, epoch count and model selection start afresh, and so does the optimizer
+        unless `optimizer`: then its state (AdamW's moment estimates, SGD's momentum) comes along too, so that a
+        continuation does not start from zero moments; this run's weight decay stays. A recognizer can also start
+        from a shipped deploy ONNX (`RecognizerTask.init_from_deploy`)."""
+        if optimizer and Path(path).suffix == ".onnx":
+            raise ModelError(f"{path}: a deploy ONNX has no optimizer state; set init_optimizer = false")
         if Path(path).suffix == ".onnx":
             from_deploy = getattr(self.task, "init_from_deploy", None)
             if from_deploy is None:
@@ -190,10 +194,29 @@ class Trainer:
                 f"{path}: a {st.get('kind')} checkpoint with model args {st.get('model_args')}, "
                 f"not the {self.kind} this config builds ({self.task.model_args()})"
             )
+        if optimizer:
+            self._load_optimizer_for_init(path, st)
         self.task.model.load_state_dict(st["model"])
         self.task.load_extra_state(st.get("task", {}))
         self.init_source = str(path)
-        log.info("initialised weights from %s (epoch %s of that run)", path, st.get("epoch"))
+        log.info("initialised weights%s from %s (epoch %s of that run)", " and optimizer state" if optimizer else "",
+                 path, st.get("epoch"))
+
+    def _load_optimizer_for_init(self, path: str | Path, st: dict[str, Any]) -> None:
+        """The optimizer state of checkpoint `st` (from `path`) for a fine-tune, keeping this run's hyperparameters."""
+        if "optimizer" not in st:
+            raise ModelError(f"{path}: no optimizer state (an averaged checkpoint?); set init_optimizer = false")
+        saved = st["optimizer"]
+        key = "exp_avg" if isinstance(self.opt, torch.optim.AdamW) else "momentum_buffer"
+        if not all(key in v for v in saved.get("state", {}).values()):
+            raise ModelError(f"{path}: its optimizer state is not from a {type(self.opt).__name__} run")
+        mine = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]
+        try:
+            self.opt.load_state_dict(saved)
+        except ValueError as e:
+            raise ModelError(f"{path}: its optimizer state does not fit this run's parameters ({e})") from None
+        for g, hyper in zip(self.opt.param_groups, mine, strict=True):
+            g.update(hyper)  # this run's lr, weight decay and betas, the other run's moments
 
     def save(self, name: str = "last.pt") -> Path:
         p = self.out / name

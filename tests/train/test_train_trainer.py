@@ -234,3 +234,43 @@ def test_init_from_a_deploy_model_needs_a_task_that_can(tmp_path: Path) -> None:
     task = Recovering()
     _trainer(task, tmp_path / "b").init_weights(tmp_path / "recognizer.onnx")
     assert seen == [tmp_path / "recognizer.onnx"]
+
+
+def test_init_can_carry_the_optimizer_moments(tmp_path: Path) -> None:
+    """init_optimizer: the other run's AdamW moments come along, this run's hyperparameters stay; checkpoints without
+    (or with another optimizer's) state are refused by name."""
+    src = ToyTask()
+    _trainer(src, tmp_path / "a").fit()
+    saved = load_checkpoint(tmp_path / "a" / "last.pt")["optimizer"]
+    ft = T.Trainer(
+        ToyTask(), src.dataset(), None, tmp_path / "b", config={"toy": True}, kind="toy", epochs=2, batch_size=8,
+        lr=0.001, weight_decay=0.2, warmup_steps=4, grad_clip=1.0, workers=0, seed=5,
+    )
+    ft.init_weights(tmp_path / "a" / "last.pt", optimizer=True)
+    state = list(ft.opt.state.values())
+    assert len(state) == len(saved["state"]) > 0
+    for mine, theirs in zip(state, saved["state"].values(), strict=True):
+        assert torch.equal(mine["exp_avg"], theirs["exp_avg"]) and torch.equal(mine["exp_avg_sq"], theirs["exp_avg_sq"])
+    assert [g["weight_decay"] for g in ft.opt.param_groups] == [0.2, 0.0]  # this run's, not the source's 0.01
+    assert ft.epoch == 0 and ft.global_step == 0
+    ft.fit()
+    assert ft.global_step == 2 * ft.steps_per_epoch
+
+    fresh = _trainer(ToyTask(), tmp_path / "c")
+    fresh.init_weights(tmp_path / "a" / "last.pt")
+    assert len(fresh.opt.state) == 0  # the default: moments start from zero
+
+    averaged = tmp_path / "avg.pt"
+    st = load_checkpoint(tmp_path / "a" / "last.pt")
+    del st["optimizer"]
+    save_checkpoint(averaged, st)
+    with pytest.raises(ModelError, match="no optimizer state"):
+        _trainer(ToyTask(), tmp_path / "d").init_weights(averaged, optimizer=True)
+    sgd = T.Trainer(
+        ToyTask(), src.dataset(), None, tmp_path / "e", config={"toy": True}, kind="toy", epochs=1, batch_size=8,
+        lr=0.01, weight_decay=0.0, optimizer="sgd", workers=0,
+    )
+    with pytest.raises(ModelError, match="not from a SGD run"):
+        sgd.init_weights(tmp_path / "a" / "last.pt", optimizer=True)
+    with pytest.raises(ModelError, match="no optimizer state"):
+        _trainer(ToyTask(), tmp_path / "f").init_weights(tmp_path / "recognizer.onnx", optimizer=True)
