@@ -170,9 +170,13 @@ class FaceAnalysis:
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
 
-    def gender(self, i: int) -> dict[str, Any]:
+    def gender(self, i: int, min_confidence: float = 0.5) -> dict[str, Any]:
+        """Label and confidence of face `i`; the label is None below `min_confidence` (as events report no gender
+        under `attributes.gender_min_confidence`), the confidence stays."""
         p = float(self.female_prob[i])
-        return {"label": "female" if p >= 0.5 else "male", "confidence": round(max(p, 1.0 - p), 4)}
+        confidence = max(p, 1.0 - p)
+        label = ("female" if p >= 0.5 else "male") if confidence >= min_confidence else None
+        return {"label": label, "confidence": round(confidence, 4)}
 
     def age(self, i: int) -> dict[str, float]:
         return {"years": round(float(self.age_years[i]), 2), "std": round(float(self.age_std[i]), 2)}

@@ -167,8 +167,28 @@ def test_analyze_json(models: tuple[Path, Path], image: Path, capsys: pytest.Cap
         assert set(f) == {"box", "score", "landmarks", "embedding", "age", "gender", "quality"}
         assert len(f["embedding"]) == 16
         assert float(np.linalg.norm(f["embedding"])) == pytest.approx(1.0, abs=1e-3)
-        assert set(f["age"]) == {"years", "std"} and f["gender"]["label"] in ("female", "male")
-        assert 0.5 <= f["gender"]["confidence"] <= 1 and 0 <= f["quality"] <= 1
+        assert set(f["age"]) == {"years", "std"} and 0.5 <= f["gender"]["confidence"] <= 1 and 0 <= f["quality"] <= 1
+        # the label, like an event's gender, only at or above attributes.gender_min_confidence (default 0.6)
+        assert f["gender"]["label"] == (None if f["gender"]["confidence"] < 0.6 else f["gender"]["label"])
+        assert f["gender"]["label"] in ("female", "male", None)
+
+
+@pytest.mark.parametrize("floor", [0.5, 1.0])
+def test_analyze_applies_the_gender_floor(
+    models: tuple[Path, Path], image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], floor: float
+) -> None:
+    """0.5 reports every face's label (the floor off); 1.0 none (no face is certain), the confidence stays."""
+    det, rec = models
+    conf = tmp_path / "edge.toml"
+    conf.write_text(f"[attributes]\ngender_min_confidence = {floor}\n")
+    rc = main(["analyze", str(image), "--json", "--no-embedding", "--config", str(conf), "--detector", str(det),
+               "--recognizer", str(rec), "--threshold", "0.3", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    faces = json.loads(out)["faces"]
+    assert faces and all(0.5 <= f["gender"]["confidence"] < 1 for f in faces)
+    labels = {f["gender"]["label"] for f in faces}
+    assert labels <= {"female", "male"} if floor == 0.5 else labels == {None}
 
 
 # ------------------------------------------------------------------ gallery / argparse

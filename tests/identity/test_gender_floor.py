@@ -50,3 +50,20 @@ def test_events_and_labels_follow_the_floor() -> None:
     g_unsure, _ = genders()
     assert g_unsure == {"label": "female", "confidence": 0.55}
     assert [lb.text.split()[1:] for lb in pipe.labels("door")] == [["F", "30y"], ["M", "30y"]]
+
+
+def test_still_image_analysis_follows_the_floor() -> None:
+    """`edge-mtl analyze`'s per-face gender: the label goes at the floor's boundary, the confidence is always there."""
+    from edge_mtl.types import FaceAnalysis
+
+    n = 4
+    a = FaceAnalysis(
+        embeddings=np.eye(n, 8, dtype=np.float32), age_years=np.full(n, 30, np.float32),
+        age_std=np.full(n, 3, np.float32), female_prob=np.array([0.9, 0.35, 0.45, 0.6], np.float32),
+        quality=np.full(n, 0.8, np.float32),
+    )
+    assert a.gender(0) == {"label": "female", "confidence": 0.9}  # 0.5: every label
+    assert a.gender(2) == {"label": "male", "confidence": 0.55}
+    assert [a.gender(i, 0.6)["label"] for i in range(n)] == ["female", "male", None, "female"]
+    assert a.gender(2, 0.6)["confidence"] == 0.55
+    assert [a.gender(i, 0.95)["label"] for i in range(n)] == [None] * n
