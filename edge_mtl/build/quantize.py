@@ -16,9 +16,9 @@ QuantizeLinear/DequantizeLinear pairs that TensorRT builds strongly typed and ON
   asymmetric quantization anyway, and TensorRT fuses them.
 - Calibration: MinMax, Entropy or Percentile (99.999) ranges from ONNX Runtime's calibrators on real inputs
   (`edge_mtl.build.calibration`); "auto" tries all three and keeps the one whose model scores best on held-out
-  inputs (see calib/README.md for the comparison). Ranges are saved as JSON (ONNX Runtime's calibration cache
-  format plus an `edge_mtl` section naming the images and the FP32 model they belong to), so the shipped INT8 models
-  can be reproduced from calib/ without the data.
+  inputs (the worst gated metric's margin first, then the next worst; see calib/README.md for the comparison).
+  Ranges are saved as JSON (ONNX Runtime's calibration cache format plus an `edge_mtl` section naming the images
+  and the FP32 model they belong to), so the shipped INT8 models can be reproduced from calib/ without the data.
 
 The gate compares the INT8 model's heads with the FP32 model's on held-out real inputs and fails the command when a
 head degrades past its threshold; nodes that hurt can be kept in float (`exclude_nodes`), chosen by hand or by the
@@ -560,8 +560,8 @@ def gate(
     }
 
 
-def gate_score(result: dict[str, Any]) -> float:
-    """One number to rank candidate quantizations: the worst head's margin to its threshold, relative."""
+def gate_margins(result: dict[str, Any]) -> list[float]:
+    """Each gated metric's margin to its threshold, relative to the room the threshold leaves; worst first."""
     margins = []
     for e in result["metrics"].values():
         if "threshold" not in e:
@@ -570,7 +570,19 @@ def gate_score(result: dict[str, Any]) -> float:
         limit_f = float(limit)
         scale = max(abs(1.0 - limit_f), 1e-3) if op == ">=" else max(limit_f, 1e-3)
         margins.append((e["value"] - limit_f) / scale if op == ">=" else (limit_f - e["value"]) / scale)
-    return float(min(margins)) if margins else 0.0
+    return sorted(float(m) for m in margins)
+
+
+def gate_score(result: dict[str, Any]) -> float:
+    """One number to rank candidate quantizations: the worst head's margin to its threshold, relative."""
+    margins = gate_margins(result)
+    return margins[0] if margins else 0.0
+
+
+def gate_rank(result: dict[str, Any] | None) -> tuple[float, ...]:
+    """Sort key (higher is better) of a candidate quantization: its margins worst first, so that candidates tied on
+    the worst metric (gender agreement moves in steps of 1/128 and often ties) are told apart by the next one."""
+    return tuple(gate_margins(result)) if result else (0.0,)
 
 
 # ------------------------------------------------------------------ sensitivity
@@ -713,7 +725,7 @@ def quantize_with_gate(
             candidates.append((gate_score(g) if g else 0.0, m, out, cal_out, rep, g))
             if g:
                 log.info("int8 %s: gate %s (score %.3f)", m, "passed" if g["passed"] else "failed", gate_score(g))
-        candidates.sort(key=lambda c: -c[0])
+        candidates.sort(key=lambda c: gate_rank(c[5]), reverse=True)  # stable: ties keep the order of `methods`
         _, best_method, best_out, best_cal, report, result = candidates[0]
         comparison = {c[1]: {"score": c[0], "passed": c[5]["passed"] if c[5] else None,
                              "metrics": {k: v["value"] for k, v in (c[5] or {"metrics": {}})["metrics"].items()}}

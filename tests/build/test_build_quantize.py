@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ from edge_mtl.build.quantize import (
     GateError,
     activation_scales,
     gate,
+    gate_rank,
     gate_score,
     layer_errors,
     qdq_summary,
@@ -268,3 +270,27 @@ def test_measured_identity_thresholds_are_not_carried_over_to_int8(rec_export, c
     to_fp16(stamped, tmp_path / "rec16.onnx")
     h = read_metadata(tmp_path / "rec16.onnx")
     assert h.operating_points == points and h.operating_points_source == "LFW View 2, test (measured in fp32)"
+
+
+def test_gate_rank_breaks_ties_on_the_worst_metric_by_the_next() -> None:
+    """Two INT8 candidates with the same gender agreement (the metric that moves in steps of 1/n and ties): the one
+    that keeps embeddings and age closer to FP32 ranks first, whatever order they were tried in."""
+
+    def result(cos: float, age: float, gender: float) -> dict[str, Any]:
+        return {"metrics": {
+            "embedding_cosine_mean": {"value": cos, "threshold": ">= 0.98"},
+            "age_mae_delta_years": {"value": age, "threshold": "<= 1.0"},
+            "gender_agreement": {"value": gender, "threshold": ">= 0.97"},
+            "gender_prob_max_diff": {"value": 0.2},  # reported, not gated: no say in the rank
+        }}
+
+    minmax, percentile = result(0.9946, 0.466, 0.9765625), result(0.9962, 0.358, 0.9765625)
+    assert gate_score(minmax) == pytest.approx(gate_score(percentile)) == pytest.approx(0.21875)
+    assert gate_rank(percentile) > gate_rank(minmax)
+    assert gate_rank(percentile)[1] == pytest.approx(0.642) and gate_rank(minmax)[1] == pytest.approx(0.534)
+    ranked = sorted([("minmax", minmax), ("percentile", percentile)], key=lambda c: gate_rank(c[1]), reverse=True)
+    assert [name for name, _ in ranked] == ["percentile", "minmax"]
+    # a better worst margin still wins over any later one
+    assert gate_rank(result(0.981, 0.9, 0.99)) < gate_rank(result(0.9962, 0.358, 0.9765625)) < gate_rank(
+        result(0.99, 0.5, 0.99))
+    assert gate_rank(None) == (0.0,)
