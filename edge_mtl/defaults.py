@@ -14,17 +14,17 @@ DETECTOR_SCORE_THRESHOLD_INT8 = 0.35
 DETECTOR_NMS_THRESHOLD = 0.4
 
 # Cosine similarity for a name, for recognizers that carry no measured thresholds of their own (each shipped one does:
-# `edge-mtl eval verification --stamp`, and an unset `identity.threshold` follows them). These are recognizer-1.4's
-# LFW View 2 points: 1% of mismatched pairs falsely accepted at 0.438, 0.1% at 0.533; export/recognizer.md.
-IDENTITY_THRESHOLD = 0.44
-IDENTITY_THRESHOLD_FAR_1E3 = 0.53
+# `edge-mtl eval verification --stamp`, and an unset `identity.threshold` follows them). These are recognizer-1.5's
+# LFW View 2 points: 1% of mismatched pairs falsely accepted at 0.434, 0.1% at 0.555; export/recognizer.md.
+IDENTITY_THRESHOLD = 0.43
+IDENTITY_THRESHOLD_FAR_1E3 = 0.56
 IDENTITY_FALSE_ACCEPT_RATE = 0.01
 # the rates every recognizer's thresholds are measured at (`edge-mtl eval verification --stamp`)
 IDENTITY_FALSE_ACCEPT_RATES = (0.01, 0.001)
 IDENTITY_MARGIN = 0.05
-#: Below this aggregated confidence an event's gender is null. recognizer-1.4 on the UTKFace validation split
-#: (`edge-mtl eval attributes --json`, gender_selective): 0.6 keeps 94.8% of faces at 90.9% accuracy (88.5% at
-#: 0.5, all faces); 69% of the faces it leaves out are children under 13 (30% of the split), whose gender the
+#: Below this aggregated confidence an event's gender is null. recognizer-1.5 on the UTKFace validation split
+#: (`edge-mtl eval attributes --json`, gender_selective): 0.6 keeps 96.1% of faces at 90.9% accuracy (89.5% at
+#: 0.5, all faces); 61% of the faces it leaves out are children under 13 (30% of the split), whose gender the
 #: face barely shows.
 GENDER_MIN_CONFIDENCE = 0.6
 IDENTITY_MIN_OBSERVATIONS = 2

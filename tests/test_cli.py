@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_mtl import defaults as D
 from edge_mtl.cli import main
 
 pytest.importorskip("onnx")
@@ -56,7 +57,8 @@ def test_check_config_good(tmp_path: Path, models: tuple[Path, Path], capsys: py
     ok, threshold = capsys.readouterr().err.strip().splitlines()
     assert ok == f"{cfg}: ok"
     # the tiny model carries no measured thresholds: the built-in default, and how to measure the model's own
-    assert threshold.startswith(f"{cfg}: identity threshold 0.440 (built-in default for false-accept rate 0.01")
+    assert threshold.startswith(
+        f"{cfg}: identity threshold {D.IDENTITY_THRESHOLD:.3f} (built-in default for false-accept rate 0.01")
     assert "--stamp" in threshold
     with cfg.open("a", encoding="utf-8") as f:
         f.write("\n[identity]\nthreshold = 0.5\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from service_helpers import EVENTFUL, REPO, child_env, edge_mtl, queue_rows
 
+from edge_mtl import defaults as D
 from edge_mtl.config import load_config
 
 SYSTEMD = REPO / "systemd"
@@ -118,7 +119,8 @@ def test_example_config_passes_check_config(tmp_path: Path, models: dict[str, Pa
     lines = proc.stderr.strip().splitlines()
     assert f"{cfg}: ok" in lines
     # it also says which identity threshold the daemon would run at (the tiny model carries no measured one)
-    assert lines[-1].startswith(f"{cfg}: identity threshold 0.440 (built-in default for false-accept rate 0.01")
+    assert lines[-1].startswith(
+        f"{cfg}: identity threshold {D.IDENTITY_THRESHOLD:.3f} (built-in default for false-accept rate 0.01")
 
 
 def test_sysusers_and_tmpfiles_apply(tmp_path: Path) -> None:
