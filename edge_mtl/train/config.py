@@ -158,6 +158,12 @@ class TrainConfig(Strict):
         "(export/recognizer.onnx): its weights are unfolded into the training form and the margin-loss class "
         "centres imprinted. Ignored when `out` already has a last.pt to resume.",
     )
+    init_version: str | None = Field(
+        None,
+        description="With an ONNX `init`: the model version that file must carry (its metadata `version`, e.g. "
+        "\"recognizer-1.4\"). export/ moves on with every release, so a config written against one release "
+        "refuses to start from the next instead of silently training from it.",
+    )
     init_optimizer: bool = Field(
         False,
         description="With `init`: also carry that checkpoint's optimizer state (AdamW moments), so that a "
@@ -173,6 +179,8 @@ class TrainConfig(Strict):
         deploy = self.init is not None and self.init.suffix == ".onnx"
         if deploy and (not isinstance(self.task, RecognizerTrain) or self.task.sharing != "hard"):
             raise ValueError("init: only a hard-shared recognizer run can start from a deploy ONNX")
+        if self.init_version is not None and not deploy:
+            raise ValueError("init_version: only for an init that names a deploy ONNX (a checkpoint has no version)")
         if self.init_optimizer and (self.init is None or deploy):
             raise ValueError("init_optimizer: needs init naming a training checkpoint (not a deploy ONNX)")
         return self

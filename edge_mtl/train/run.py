@@ -7,9 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from edge_mtl.config import load_toml
+from edge_mtl.errors import InputError
 from edge_mtl.train.config import DetectorTrain, LandmarkTrain, TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+def check_init_version(cfg: TrainConfig) -> None:
+    """The deploy model a fine-tune starts from is the release its config names (`init_version`); InputError if not."""
+    if cfg.init is None or cfg.init_version is None:
+        return
+    from edge_mtl.build.onnx_utils import read_metadata
+
+    if not cfg.init.is_file():
+        raise InputError(f"{cfg.init}: no such model (init)")
+    found = read_metadata(cfg.init).version
+    if found != cfg.init_version:
+        raise InputError(
+            f"{cfg.init} is {found}, not {cfg.init_version} (init_version): check out the release this config "
+            "starts from (its model card names the commit) or change init_version"
+        )
 
 
 def train(config_path: str | Path, resume: bool = True, max_steps: int | None = None) -> dict[str, float]:
@@ -18,6 +35,8 @@ def train(config_path: str | Path, resume: bool = True, max_steps: int | None = 
     from edge_mtl.train.trainer import Trainer, seed_everything
 
     cfg = load_toml(config_path, TrainConfig)
+    if not (resume and (Path(cfg.out) / "last.pt").exists()):
+        check_init_version(cfg)  # before hours of data loading
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
