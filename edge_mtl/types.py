@@ -147,6 +147,15 @@ class Tracks:
         )
 
 
+def gender_reading(female_prob: float, min_confidence: float = 0.5) -> tuple[str | None, float]:
+    """The gender label a probability of 'female' gives, and its confidence (the larger of the two probabilities);
+    the label is None below `min_confidence` (`attributes.gender_min_confidence`: a coin flip is not a gender)."""
+    confidence = max(female_prob, 1.0 - female_prob)
+    if confidence < min_confidence:
+        return None, confidence
+    return ("female" if female_prob >= 0.5 else "male"), confidence
+
+
 @dataclass(frozen=True)
 class FaceAnalysis:
     """What the multi-task network says about N aligned faces.
@@ -173,9 +182,7 @@ class FaceAnalysis:
     def gender(self, i: int, min_confidence: float = 0.5) -> dict[str, Any]:
         """Label and confidence of face `i`; the label is None below `min_confidence` (as events report no gender
         under `attributes.gender_min_confidence`), the confidence stays."""
-        p = float(self.female_prob[i])
-        confidence = max(p, 1.0 - p)
-        label = ("female" if p >= 0.5 else "male") if confidence >= min_confidence else None
+        label, confidence = gender_reading(float(self.female_prob[i]), min_confidence)
         return {"label": label, "confidence": round(confidence, 4)}
 
     def age(self, i: int) -> dict[str, float]:

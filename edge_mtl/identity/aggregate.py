@@ -19,6 +19,7 @@ import numpy.typing as npt
 from edge_mtl import defaults as D
 from edge_mtl.identity.gallery import Matcher
 from edge_mtl.runtime.engine import ModelMetadata, far_key
+from edge_mtl.types import gender_reading
 
 MIN_WEIGHT = 0.02  # a face of quality 0 still counts a little, so a track of bad faces still gets attributes
 
@@ -77,11 +78,10 @@ class TrackAggregate:
         if self.gender_w <= 0:
             return None
         lo = self.gender_logodds / self.gender_w
-        p = 1 / (1 + math.exp(-lo))
-        confidence = max(p, 1 - p)
-        if confidence < min_confidence:
+        label, confidence = gender_reading(1 / (1 + math.exp(-lo)), min_confidence)
+        if label is None:
             return None
-        return {"label": "female" if p >= 0.5 else "male", "confidence": round(confidence, 3)}
+        return {"label": label, "confidence": round(confidence, 3)}
 
 
 @dataclass

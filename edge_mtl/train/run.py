@@ -19,9 +19,7 @@ def check_init_version(cfg: TrainConfig) -> None:
         return
     from edge_mtl.build.onnx_utils import read_metadata
 
-    if not cfg.init.is_file():
-        raise InputError(f"{cfg.init}: no such model (init)")
-    found = read_metadata(cfg.init).version
+    found = read_metadata(cfg.init).version  # a missing or unreadable file: ModelError naming it
     if found != cfg.init_version:
         raise InputError(
             f"{cfg.init} is {found}, not {cfg.init_version} (init_version): check out the release this config "
@@ -35,7 +33,9 @@ def train(config_path: str | Path, resume: bool = True, max_steps: int | None = 
     from edge_mtl.train.trainer import Trainer, seed_everything
 
     cfg = load_toml(config_path, TrainConfig)
-    if not (resume and (Path(cfg.out) / "last.pt").exists()):
+    last = Path(cfg.out) / "last.pt"
+    resuming = resume and last.exists()
+    if not resuming:
         check_init_version(cfg)  # before hours of data loading
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -75,8 +75,7 @@ def train(config_path: str | Path, resume: bool = True, max_steps: int | None = 
         max_steps=max_steps or o.max_steps,
         validate_every=getattr(cfg.task, "val_every", 1),
     )
-    last = Path(cfg.out) / "last.pt"
-    if resume and last.exists():
+    if resuming:
         trainer.resume(last)
     elif cfg.init is not None:
         trainer.init_weights(cfg.init, optimizer=cfg.init_optimizer)

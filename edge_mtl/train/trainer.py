@@ -178,9 +178,9 @@ class Trainer:
         unless `optimizer`: then its state (AdamW's moment estimates, SGD's momentum) comes along too, so that a
         continuation does not start from zero moments; this run's weight decay stays. A recognizer can also start
         from a shipped deploy ONNX (`RecognizerTask.init_from_deploy`)."""
-        if optimizer and Path(path).suffix == ".onnx":
-            raise ModelError(f"{path}: a deploy ONNX has no optimizer state; set init_optimizer = false")
         if Path(path).suffix == ".onnx":
+            if optimizer:
+                raise ModelError(f"{path}: a deploy ONNX has no optimizer state; set init_optimizer = false")
             from_deploy = getattr(self.task, "init_from_deploy", None)
             if from_deploy is None:
                 raise ModelError(f"{path}: only a recognizer run can start from a deploy ONNX; name a checkpoint")
