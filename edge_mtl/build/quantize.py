@@ -722,9 +722,10 @@ def quantize_with_gate(
                                 calibration_file=calibration_file, save_calibration=cal_out,
                                 calibration_info=calibration_info)
             g = gate(src, out, eval_inputs, thresholds) if eval_inputs is not None else None
-            candidates.append((gate_score(g) if g else 0.0, m, out, cal_out, rep, g))
+            score = gate_score(g) if g else 0.0
+            candidates.append((score, m, out, cal_out, rep, g))
             if g:
-                log.info("int8 %s: gate %s (score %.3f)", m, "passed" if g["passed"] else "failed", gate_score(g))
+                log.info("int8 %s: gate %s (score %.3f)", m, "passed" if g["passed"] else "failed", score)
         candidates.sort(key=lambda c: gate_rank(c[5]), reverse=True)  # stable: ties keep the order of `methods`
         _, best_method, best_out, best_cal, report, result = candidates[0]
         comparison = {c[1]: {"score": c[0], "passed": c[5]["passed"] if c[5] else None,
