@@ -26,6 +26,37 @@ def _emit(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {v}")
+    return v
+
+
+def batch_list(text: str) -> list[int]:
+    """argparse type: comma-separated recognizer batch sizes, each at least 1 (`1,8,32`)."""
+    out = [positive_int(b.strip()) for b in text.split(",") if b.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError("expected batch sizes such as 1,8,32")
+    return out
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def precision_list(text: str) -> list[str]:
+    """argparse type: comma-separated precisions out of fp32, fp16 and int8 (`fp32,int8`)."""
+    out = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in out if p not in PRECISIONS]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(PRECISIONS)}, got {text!r}")
+    return out
+
+
 def _finish(errors: list[str]) -> int:
     """Images that could not be read were reported one line each as they came; the exit code says so."""
     if errors:
@@ -37,7 +68,7 @@ def _finish(errors: list[str]) -> int:
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], default=None)
     p.add_argument("--device", choices=["cpu", "cuda", "tensorrt"], default=None)
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
 
 
@@ -347,9 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="measure per-stage latency and throughput")
     s.add_argument("--video", type=Path, help="video for the end-to-end measurement")
-    s.add_argument("--frames", type=int, default=100)
-    s.add_argument("--batches", default="1,8,32", help="recognizer batch sizes")
-    s.add_argument("--precisions", default="fp32", help="comma list of fp32,fp16,int8")
+    s.add_argument("--frames", type=positive_int, default=100, help="frames of the clip to decode and process")
+    s.add_argument("--batches", type=batch_list, default=[1, 8, 32], help="recognizer batch sizes (1,8,32)")
+    s.add_argument("--precisions", type=precision_list, default=["fp32"], help="comma list of fp32,fp16,int8")
     s.add_argument("--json", action="store_true")
     _add_model_args(s)
     s.set_defaults(func=cmd_bench)
