@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.eval.verification import best_threshold, read_pairs, tar_at_far, ten_fold_accuracy
+from edge_mtl.eval.verification import balanced_folds, best_threshold, read_pairs, tar_at_far, ten_fold_accuracy
 from edge_mtl.models_registry import open_recognizer
 from edge_mtl.paths import data_root
 from edge_mtl.train.crops import load_source
@@ -52,14 +52,6 @@ def own_every_pair(e: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Scores and same-person flags (`same`: image x image) of every unordered pair of different View 1 images."""
     iu = np.triu_indices(len(same), 1)
     return (e @ e.T)[iu], same[iu]
-
-
-def balanced_folds(same: np.ndarray, k: int = 10) -> np.ndarray:  # type: ignore[type-arg]
-    """Fold ids giving each of k folds an equal share of the matched and of the mismatched pairs."""
-    folds = np.empty(len(same), np.int64)
-    folds[same] = np.arange(int(same.sum())) % k
-    folds[~same] = np.arange(int((~same).sum())) % k
-    return folds
 
 
 def every_pair(

@@ -69,6 +69,16 @@ def best_threshold(sims: F64, same: npt.NDArray[np.bool_]) -> float:
     return float((s[k - 1] + s[k]) / 2)
 
 
+def balanced_folds(same: npt.NDArray[np.bool_], k: int = 10) -> npt.NDArray[np.int64]:
+    """Fold ids giving each of k folds an equal share of the matched and of the mismatched pairs (for pair lists,
+    such as LFW View 1's two files together, that do not come in folds of their own)."""
+    same = np.asarray(same, bool)
+    folds = np.empty(len(same), np.int64)
+    folds[same] = np.arange(int(same.sum())) % k
+    folds[~same] = np.arange(int((~same).sum())) % k
+    return folds
+
+
 def ten_fold_accuracy(sims: F64, same: npt.NDArray[np.bool_], folds: npt.NDArray[np.int64]) -> dict[str, float]:
     accs, ths = [], []
     for f in np.unique(folds):

@@ -151,6 +151,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "best": self.best,
+            "best_metric": self.task.main_metric,
             "model_args": self.task.model_args(),
             "config": self.config,
             "torch_rng": torch.get_rng_state(),
@@ -168,6 +169,11 @@ class Trainer:
         self.opt.load_state_dict(st["optimizer"])
         self.epoch, self.step_in_epoch = int(st["epoch"]), int(st["step_in_epoch"])
         self.global_step, self.best = int(st["global_step"]), st.get("best")
+        if self.best is not None and st.get("best_metric", self.task.main_metric) != self.task.main_metric:
+            # best.pt was chosen by a metric this version no longer selects by: the next validation sets it anew
+            log.info("%s: its best.pt was chosen by %s; this version selects by %s, from the next validation",
+                     path, st["best_metric"], self.task.main_metric)
+            self.best = None
         if "torch_rng" in st:
             torch.set_rng_state(st["torch_rng"])
         log.info("resumed %s at epoch %d step %d", path, self.epoch, self.step_in_epoch)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_mtl.eval.verification import (
+    balanced_folds,
     best_threshold,
     error_by_quality,
     far_threshold,
@@ -88,6 +89,17 @@ def test_ten_fold_one_error_per_fold() -> None:
         folds += [f] * 10
     res = ten_fold_accuracy(np.array(sims), np.array(same), np.array(folds))
     assert res["accuracy"] == 0.9 and res["accuracy_std"] == 0.0
+
+
+def test_balanced_folds_share_matched_and_mismatched_pairs_evenly() -> None:
+    # View 1 lists 1,100 + 500 matched and 1,100 + 500 mismatched pairs, matched first in each file
+    same = np.array([True] * 1100 + [False] * 1100 + [True] * 500 + [False] * 500)
+    folds = balanced_folds(same)
+    assert folds.shape == same.shape and set(folds.tolist()) == set(range(10))
+    for f in range(10):
+        assert int((same & (folds == f)).sum()) == 160 and int((~same & (folds == f)).sum()) == 160
+    uneven = balanced_folds(np.array([True] * 7 + [False] * 3), k=3)
+    assert uneven.tolist() == [0, 1, 2, 0, 1, 2, 0, 0, 1, 2]
 
 
 def test_tar_at_far_known() -> None:

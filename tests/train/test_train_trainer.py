@@ -274,3 +274,29 @@ def test_init_can_carry_the_optimizer_moments(tmp_path: Path) -> None:
         sgd.init_weights(tmp_path / "a" / "last.pt", optimizer=True)
     with pytest.raises(ModelError, match="no optimizer state"):
         _trainer(ToyTask(), tmp_path / "f").init_weights(tmp_path / "recognizer.onnx", optimizer=True)
+
+
+def test_resume_keeps_best_only_when_chosen_by_the_same_metric(tmp_path: Path) -> None:
+    """best.pt follows `main_metric`; a checkpoint whose best was chosen by another metric (the recognizer moved
+    from the 1,000-pair View 1 figure to the 10-fold one) does not compare numbers of two different figures."""
+    tr = _trainer(ToyTask(), tmp_path / "a", max_steps=16)
+    tr.fit()
+    assert tr.best is not None
+    st = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert st["best_metric"] == "mse"
+    same = _trainer(ToyTask(), tmp_path / "a")
+    same.resume(tmp_path / "a" / "last.pt")
+    assert same.best == tr.best
+
+    class OtherMetric(ToyTask):
+        main_metric = "mae"
+
+    other = _trainer(OtherMetric(), tmp_path / "a")
+    other.resume(tmp_path / "a" / "last.pt")
+    assert other.best is None
+    # a checkpoint from before best_metric was recorded keeps its best
+    st.pop("best_metric")
+    save_checkpoint(tmp_path / "old.pt", st)
+    old = _trainer(OtherMetric(), tmp_path / "a")
+    old.resume(tmp_path / "old.pt")
+    assert old.best == tr.best
