@@ -26,15 +26,24 @@ def _emit(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {v}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected at least {low}, got {v}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0 (where 0 means 'all' or 'the default')."""
+    return _int_at_least(text, 0)
 
 
 def batch_list(text: str) -> list[int]:
@@ -69,7 +78,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], default=None)
     p.add_argument("--device", choices=["cpu", "cuda", "tensorrt"], default=None)
     p.add_argument("--precision", choices=PRECISIONS, default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    p.add_argument("--threads", type=non_negative_int, default=None, help="CPU threads for inference")
 
 
 def _add_model_args(p: argparse.ArgumentParser, recognizer: bool = True) -> None:
@@ -79,7 +88,7 @@ def _add_model_args(p: argparse.ArgumentParser, recognizer: bool = True) -> None
         p.add_argument("--recognizer", type=Path, help="recognizer ONNX (default: export/recognizer.onnx)")
         p.add_argument("--flip", action="store_true",
                        help="test-time flip: also run each face mirrored (recognizer.flip; twice its cost)")
-    p.add_argument("--input-size", type=int, help="detector input long side in pixels")
+    p.add_argument("--input-size", type=positive_int, help="detector input long side in pixels")
     p.add_argument("--threshold", type=float, help="face score threshold")
     _add_backend_args(p)
 
@@ -320,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--events", type=Path, help="SQLite event queue")
     s.add_argument("--jsonl", type=Path, help="JSONL events log")
     s.add_argument("--gallery", type=Path, help="SQLite gallery of enrolled people")
-    s.add_argument("--max-frames", type=int, help="stop after this many frames per source")
+    s.add_argument("--max-frames", type=positive_int, help="stop after this many frames per source")
     s.add_argument("--annotate", type=Path, help="write an annotated video (boxes, ids, names, age, gender)")
     s.add_argument("--print-events", action="store_true", help="also print events to stdout as JSON lines")
     s.add_argument("--loop", action="store_true", help="loop file sources")
@@ -332,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     es = s.add_subparsers(dest="events_cmd", required=True)
     t = es.add_parser("tail", help="print events as JSON lines")
     t.add_argument("--events", type=Path, required=True)
-    t.add_argument("--from", dest="from_seq", type=int, default=None, help="start at this sequence number")
+    t.add_argument("--from", dest="from_seq", type=non_negative_int, default=None, help="start at this sequence number")
     t.add_argument("--follow", action="store_true", help="keep printing new events")
     t.set_defaults(func=cmd_events)
 
@@ -360,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["verification", "attributes", "detection"])
     s.add_argument("--data", type=Path, help="../shared/data (default: $EDGE_MTL_DATA)")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--limit", type=int, default=0, help="evaluate at most this many images/pairs (0: all)")
+    s.add_argument("--limit", type=non_negative_int, default=0, help="evaluate at most this many images/pairs (0: all)")
     s.add_argument(
         "--split", default="val", help="attributes: val (default), all, reserved (the held-out 1,000; with "
         "--utkface-full) or a folder of UTKFace-named images; detection: val",
@@ -368,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--utkface-full", type=Path, help="attributes --split reserved: folder of the full UTKFace")
     s.add_argument("--pairs", default="pairs.txt", help="verification: LFW pairs file (View 2: pairs.txt)")
     s.add_argument("--video", type=Path, help="detection: video for false detections per frame")
-    s.add_argument("--quality-bins", type=int, default=0, help="verification: error by pair-quality bins")
+    s.add_argument("--quality-bins", type=non_negative_int, default=0, help="verification: error by pair-quality bins")
     s.add_argument(
         "--stamp", action="store_true", help="verification: write the measured thresholds (FAR 1e-2, 1e-3) into the "
         "recognizer file, where an unset identity.threshold finds them (needs the build extra)",
@@ -388,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a detector or recognizer from a TOML config")
     s.add_argument("--config", type=Path, required=True)
     s.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
-    s.add_argument("--max-steps", type=int, help="stop after this many steps")
+    s.add_argument("--max-steps", type=positive_int, help="stop after this many steps")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser(
@@ -406,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", type=Path, required=True, help="the release whose scale to keep (ONNX)")
     s.add_argument("--crops", type=Path, required=True, help="crop cache folder (edge_mtl.train.crops)")
     s.add_argument("--sources", nargs="+", required=True, help="cached sources to draw faces from")
-    s.add_argument("--faces", type=int, default=20000)
+    s.add_argument("--faces", type=positive_int, default=20000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", "-o", type=Path, required=True)
     s.set_defaults(func=cmd_calibrate_quality)
@@ -437,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layout", choices=["shared", "tensorrt"], default="shared",
                    help="int8 Q/DQ placement: 'shared' runs fast on ONNX Runtime CPU and TensorRT")
     s.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep this node in float")
-    s.add_argument("--auto-exclude", type=int, default=0, metavar="N",
+    s.add_argument("--auto-exclude", type=non_negative_int, default=0, metavar="N",
                    help="if the gate fails, keep up to N of the most sensitive nodes in float")
     s.add_argument("--save-calib", type=Path, help="write the calibration ranges (JSON) here, e.g. calib/")
     s.set_defaults(func=cmd_quantize)
@@ -445,15 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("build-engine", help="compile an FP16 or Q/DQ ONNX into a TensorRT engine (on the target)")
     s.add_argument("model", type=Path)
     s.add_argument("--cache", type=Path, default=Path("engines"))
-    s.add_argument("--max-batch", type=int, default=None, help="largest batch (default: recognizer 32, detector 4)")
-    s.add_argument("--workspace-mb", type=int, default=1024)
-    s.add_argument("--max-side", type=int, help="detector: largest input height/width (default: its input size)")
+    s.add_argument("--max-batch", type=positive_int, default=None,
+                   help="largest batch (default: recognizer 32, detector 4)")
+    s.add_argument("--workspace-mb", type=positive_int, default=1024)
+    s.add_argument("--max-side", type=positive_int,
+                   help="detector: largest input height/width (default: its input size)")
     s.add_argument("--force", action="store_true", help="rebuild even if the cache has a matching engine")
     s.set_defaults(func=cmd_build_engine)
 
     s = sub.add_parser("demo", help="synthesise a sample clip and run the whole pipeline on it (CPU)")
     s.add_argument("--out", type=Path, default=Path("demo-out"))
-    s.add_argument("--frames", type=int, default=150)
+    s.add_argument("--frames", type=positive_int, default=150)
     s.set_defaults(func=cmd_demo)
     return p
 

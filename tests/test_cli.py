@@ -215,6 +215,38 @@ def test_gallery_list_and_remove(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "removed alice (2 embedding(s))" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "verification", "--limit", "-5"],
+        ["eval", "verification", "--quality-bins", "-2"],
+        ["eval", "attributes", "--threads", "-1"],
+        ["analyze", "x.jpg", "--input-size", "0"],
+        ["run", "--max-frames", "0"],
+        ["train", "--config", "x.toml", "--max-steps", "0"],
+        ["build-engine", "x.onnx", "--max-batch", "0"],
+        ["demo", "--frames", "ten"],
+    ],
+)
+def test_out_of_range_numbers_are_refused_before_anything_runs(argv: list[str],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """(Were run as given: a negative --limit evaluated everything, --threads -1 failed deep in config validation.)"""
+    with pytest.raises(SystemExit) as ei:
+        main(argv)
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: argument {argv[-2]}: expected" in err.strip().splitlines()[-1]
+
+
+def test_eval_names_a_missing_pairs_file_or_video(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "verification", "--pairs", "nope.txt"]) == 2
+    assert _one_line_error(capsys.readouterr().err).startswith(
+        f"edge-mtl: error: --pairs: no {data_dir / 'lfw' / 'nope.txt'}")
+    assert main(["eval", "detection", "--video", "/nonexistent/clip.mp4", "--limit", "2"]) == 2
+    assert _one_line_error(capsys.readouterr().err) == "edge-mtl: error: --video: no such file: /nonexistent/clip.mp4"
+
+
 def test_unknown_subcommand_is_argparse_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as ei:
         main(["frobnicate"])

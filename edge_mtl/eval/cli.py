@@ -96,7 +96,10 @@ def eval_verification(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any
     from edge_mtl.models_registry import load_detector, load_recognizer
 
     root = _root(args)
-    pairs = read_pairs(root / "lfw" / args.pairs)
+    pairs_file = root / "lfw" / args.pairs
+    if not pairs_file.is_file():
+        raise InputError(f"--pairs: no {pairs_file} (LFW pairs files: pairs.txt, pairsDevTrain.txt, pairsDevTest.txt)")
+    pairs = read_pairs(pairs_file)
     if args.limit:
         # keep whole folds balanced: take the first `limit` pairs of each class
         same = [p for p in pairs if p.same][: args.limit // 2]
@@ -243,6 +246,8 @@ def eval_detection(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.train import sources as S
     from edge_mtl.train.det_data import to_det_images
 
+    if args.video is not None and not Path(args.video).is_file():
+        raise InputError(f"--video: no such file: {args.video}")
     root = _root(args)
     by_image = S.caltech(root / "caltech_webfaces")
     _, val = S.split_images(by_image, 0.1, 0)
