@@ -364,8 +364,8 @@ class RecognizerTask:
         # the steadier figure (all 3,200 View 1 pairs in 10 folds, threshold from the other nine) that the
         # selection rules of export/recognizer.md use (benchmarks/recognizer_view1.py `view1_10fold_accuracy`);
         # best.pt follows it
-        both = [np.concatenate(v) for v in zip(*sims.values(), strict=True)]
-        s_all, y_all = both[0].astype(np.float64), both[1].astype(bool)
+        s_all = np.concatenate([s for s, _ in sims.values()]).astype(np.float64)
+        y_all = np.concatenate([y for _, y in sims.values()]).astype(bool)
         res["lfw_dev_10fold_accuracy"] = ten_fold_accuracy(s_all, y_all, balanced_folds(y_all))["accuracy"]
         utk = rec.analyze(np.asarray(self.utk_val.images))
         m = attribute_metrics(
