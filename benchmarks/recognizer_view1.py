@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.eval.verification import balanced_folds, best_threshold, read_pairs, tar_at_far, ten_fold_accuracy
+from edge_mtl.eval.verification import best_threshold, read_pairs, tar_at_far, view1
 from edge_mtl.models_registry import open_recognizer
 from edge_mtl.paths import data_root
 from edge_mtl.train.crops import load_source
@@ -91,33 +91,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     same_person = people[:, None] == people[None, :]
     pairs = {f: read_pairs(root / "lfw" / f) for f in ("pairsDevTrain.txt", "pairsDevTest.txt")}
 
-    def split(ps: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[type-arg]
-        return (np.array([idx[x.a] for x in ps]), np.array([idx[x.b] for x in ps]), np.array([x.same for x in ps]))
-
     first = None
     for m in a.models:
         r = open_recognizer(m, max_batch=128).analyze(np.asarray(cs.images))
         e = r.embeddings
-        ia, ib, y = split(pairs["pairsDevTrain.txt"])
-        th = best_threshold((e[ia] * e[ib]).sum(1), y)
-        ta, tb, ty = split(pairs["pairsDevTest.txt"])
-        view1 = float((((e[ta] * e[tb]).sum(1) > th) == ty).mean())
-        ia, ib, y = split(pairs["pairsDevTrain.txt"] + pairs["pairsDevTest.txt"])
-        s = (e[ia] * e[ib]).sum(1)
+        v1 = view1(e, idx, pairs["pairsDevTrain.txt"], pairs["pairsDevTest.txt"])
+        ia, ib, s, y = v1.a, v1.b, v1.scores, v1.same
         t_own = best_threshold(s, y)
         err = (s > t_own) != y
         q = np.minimum(r.quality[ia], r.quality[ib])
         bins = np.digitize(q, np.quantile(q, [0.25, 0.5, 0.75]))
         out = {
             "model": str(m),
-            "view1_accuracy": round(view1, 4),
-            "view1_threshold": round(float(th), 4),
+            "view1_accuracy": v1.accuracy,
+            "view1_threshold": v1.threshold,
             "all_pairs_best_threshold_accuracy": round(1 - float(err.mean()), 4),  # compare cross_model_accuracy
             "error_by_quality_quartile": [round(float(err[bins == k].mean()), 4) for k in range(4)],
             "quality_p10_p50_p90": [round(float(v), 3) for v in np.quantile(r.quality, [0.1, 0.5, 0.9])],
             # the selection figures fixed for runs after stage 6 (export/recognizer.md): all 3,200 listed pairs
             # in 10 folds (threshold from the other nine), then TAR at FAR 1e-3 over every pair of View 1 images
-            "view1_10fold_accuracy": ten_fold_accuracy(s.astype(np.float64), y, balanced_folds(y))["accuracy"],
+            "view1_10fold_accuracy": v1.ten_fold_accuracy,
         }
         own, own_same = own_every_pair(e, same_person)
         out["every_pair_tar_at_far"] = {

@@ -7,6 +7,7 @@ View 1 (`pairsDevTrain.txt` / `pairsDevTest.txt`) is for model selection only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,41 @@ def ten_fold_accuracy(sims: F64, same: npt.NDArray[np.bool_], folds: npt.NDArray
         "accuracy_std": round(float(np.std(accs)), 4),
         "threshold": round(float(np.mean(ths)), 4),
     }
+
+
+@dataclass(frozen=True)
+class View1:
+    """LFW View 1 (the model-selection split) scored from embeddings of its images."""
+
+    accuracy: float  # on pairsDevTest, at the threshold chosen on pairsDevTrain
+    threshold: float
+    ten_fold_accuracy: float  # all listed pairs in 10 balanced folds, each threshold from the other nine
+    a: npt.NDArray[np.int64]  # every listed pair (pairsDevTrain, then pairsDevTest): embedding rows
+    b: npt.NDArray[np.int64]
+    scores: F64  # cosine similarity of each pair
+    same: npt.NDArray[np.bool_]
+
+
+def view1(
+    embeddings: npt.NDArray[np.floating], index: Mapping[str, int], dev_train: list[Pair], dev_test: list[Pair]
+) -> View1:
+    """The selection figures of LFW View 1 from unit-norm `embeddings` whose rows `index` maps image names to:
+    the trainer's validation (`val_lfw_dev_accuracy`, `val_lfw_dev_10fold_accuracy`) and
+    benchmarks/recognizer_view1.py both score candidates through this."""
+    pairs = dev_train + dev_test
+    a = np.array([index[p.a] for p in pairs], np.int64)
+    b = np.array([index[p.b] for p in pairs], np.int64)
+    e = np.asarray(embeddings)
+    s = (e[a] * e[b]).sum(1).astype(np.float64)  # products in the embeddings' own precision, as always
+    same = np.array([p.same for p in pairs], bool)
+    n = len(dev_train)
+    th = best_threshold(s[:n], same[:n])
+    return View1(
+        accuracy=round(float(((s[n:] > th) == same[n:]).mean()), 4),
+        threshold=round(th, 4),
+        ten_fold_accuracy=ten_fold_accuracy(s, same, balanced_folds(same))["accuracy"],
+        a=a, b=b, scores=s, same=same,
+    )
 
 
 def far_threshold(sims: F64, same: npt.NDArray[np.bool_], far: float) -> float:

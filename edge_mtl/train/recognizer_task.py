@@ -22,7 +22,7 @@ from torch import nn
 from edge_mtl.build.metadata import REC_MEAN, REC_STD, recognizer_metadata
 from edge_mtl.errors import InputError, ModelError
 from edge_mtl.eval.attributes import attribute_metrics
-from edge_mtl.eval.verification import balanced_folds, best_threshold, read_pairs, ten_fold_accuracy
+from edge_mtl.eval.verification import read_pairs, view1
 from edge_mtl.models.recognizer import Recognizer, RecognizerArgs, RecognizerExport, SoftSharedRecognizer
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
@@ -352,21 +352,14 @@ class RecognizerTask:
         rec = self.recognizer()
         res: dict[str, float] = {}
         lfw = rec.analyze(np.asarray(self.lfw.images))
-        sims = {}
-        for f, pairs in self.lfw_pairs.items():
-            a = np.array([self.lfw_index[p.a] for p in pairs])
-            b = np.array([self.lfw_index[p.b] for p in pairs])
-            sims[f] = ((lfw.embeddings[a] * lfw.embeddings[b]).sum(1), np.array([p.same for p in pairs]))
-        th = best_threshold(*sims["pairsDevTrain.txt"])
-        s, y = sims["pairsDevTest.txt"]
-        res["lfw_dev_accuracy"] = round(float(((s > th) == y).mean()), 4)
-        res["lfw_dev_threshold"] = round(th, 4)
+        dev = self.lfw_pairs
+        v1 = view1(lfw.embeddings, self.lfw_index, dev["pairsDevTrain.txt"], dev["pairsDevTest.txt"])
+        res["lfw_dev_accuracy"] = v1.accuracy
+        res["lfw_dev_threshold"] = v1.threshold
         # the steadier figure (all 3,200 View 1 pairs in 10 folds, threshold from the other nine) that the
         # selection rules of export/recognizer.md use (benchmarks/recognizer_view1.py `view1_10fold_accuracy`);
         # best.pt follows it
-        s_all = np.concatenate([s for s, _ in sims.values()]).astype(np.float64)
-        y_all = np.concatenate([y for _, y in sims.values()]).astype(bool)
-        res["lfw_dev_10fold_accuracy"] = ten_fold_accuracy(s_all, y_all, balanced_folds(y_all))["accuracy"]
+        res["lfw_dev_10fold_accuracy"] = v1.ten_fold_accuracy
         utk = rec.analyze(np.asarray(self.utk_val.images))
         m = attribute_metrics(
             [float(r.age or 0) for r in self.utk_val_recs], utk.age_years,

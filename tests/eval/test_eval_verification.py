@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_mtl.eval.verification import (
+    Pair,
     balanced_folds,
     best_threshold,
     error_by_quality,
@@ -19,6 +20,7 @@ from edge_mtl.eval.verification import (
     tar_at_far,
     ten_fold_accuracy,
     verification_metrics,
+    view1,
 )
 
 
@@ -100,6 +102,23 @@ def test_balanced_folds_share_matched_and_mismatched_pairs_evenly() -> None:
         assert int((same & (folds == f)).sum()) == 160 and int((~same & (folds == f)).sum()) == 160
     uneven = balanced_folds(np.array([True] * 7 + [False] * 3), k=3)
     assert uneven.tolist() == [0, 1, 2, 0, 1, 2, 0, 0, 1, 2]
+
+
+def test_view1_hand_computed() -> None:
+    # cosines: a.b 1, a.c 0, a.d 0.6, c.d 0.8, b.c 0; DevTrain puts the threshold at 0.5, where DevTest's c-d
+    # impostor (0.8) is the one error of four
+    index = {"a": 0, "b": 1, "c": 2, "d": 3}
+    e = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], np.float32)
+    dev_train = [Pair("a", "b", True, 0), Pair("a", "c", False, 0)]
+    dev_test = [Pair("a", "d", True, 0), Pair("c", "d", False, 0), Pair("b", "c", False, 0), Pair("a", "b", True, 0)]
+    v = view1(e, index, dev_train, dev_test)
+    assert v.threshold == 0.5 and v.accuracy == 0.75
+    assert v.a.tolist() == [0, 0, 0, 2, 1, 0] and v.b.tolist() == [1, 2, 3, 3, 2, 1]
+    assert v.same.tolist() == [True, False, True, False, False, True]
+    np.testing.assert_allclose(v.scores, [1, 0, 0.6, 0.8, 0, 1], atol=1e-6)
+    # balanced folds over all six: {a-b, a-c}, {a-d, c-d}, {a-b, b-c}; thresholds from the other two folds are
+    # 0.3, 0.5, 0.3 -> fold accuracies 1, 0.5 (c-d accepted), 1
+    assert v.ten_fold_accuracy == 0.8333
 
 
 def test_tar_at_far_known() -> None:
