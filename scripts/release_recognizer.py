@@ -1,0 +1,257 @@
+"""Release a recognizer: from a training run's candidate checkpoints to a measured, stamped release folder.
+
+The recipe every recognizer release since 1.4 followed (export/recognizer.md), as one command instead of a page of
+steps. Each step is an `edge-mtl` command or a benchmark anyone can rerun; every command is logged and every
+output lands in `--out`:
+
+1. candidates: each named checkpoint of the run (`epoch_N`, or `avgA_B`: epochs A..B averaged with
+   `edge-mtl average-checkpoints`), its quality score calibrated onto the reference release's scale
+   (`edge-mtl calibrate-quality`) and exported (`edge-mtl export`);
+2. the rule, fixed before the run: `benchmarks/recognizer_view1.py` on the reference and the candidates (View 1
+   only, at the reference's stamped FAR 1e-2 threshold); a candidate needs the reference's View 1 10-fold accuracy
+   plus `--min-gain`; the best passing one wins, ties broken by TAR at FAR 1e-3 over every View 1 pair. Without a
+   winner it stops there: the reference stays (exit 0, `decision` in summary.json);
+3. View 2 and UTKFace attributes of the winner (`edge-mtl eval verification / attributes`), the first time View 2
+   is touched;
+4. compatibility: the margin, at the winner's own FAR 1e-2 threshold, that keeps a gallery enrolled by each
+   earlier release at the winner's false-accept rate (`recognizer_view1.py --at-threshold`, every View 1 pair);
+   earlier releases are the distinct versions of export/recognizer.onnx in git history, newest first;
+5. the release: `edge-mtl export --version --compatible-with ...`, `edge-mtl quantize --precision int8 --method
+   auto --save-calib`, operating points stamped into FP32, FP32 with flip and INT8 (`eval verification --stamp`),
+   attributes for INT8, flip and the held-out 1,000 (with `--utkface-full`), `benchmarks/flip_consistency.py`.
+
+Result: `OUT/release/` (recognizer.onnx, recognizer.int8.onnx, recognizer-int8.calib.json) and `OUT/summary.json`
+with every figure. Copying into export/ and calib/, and the model card, stay a person's step.
+
+Usage: python scripts/release_recognizer.py --run runs/recognizer11 --candidates epoch_5 avg3_5 \
+           --version recognizer-1.6 --crops $EDGE_MTL_CACHE/crops --out /tmp/release16 \
+           [--reference export/recognizer.onnx] [--min-gain 0.003] [--compat 3] [--utkface-full DIR]
+Needs ../shared/data ($EDGE_MTL_DATA) and the crop cache the run trained from. Roughly 40 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("release_recognizer")
+CANDIDATE = re.compile(r"^(?:epoch_(\d+)|avg(\d+)_(\d+))$")
+
+
+def candidate_epochs(name: str) -> list[int]:
+    """The epochs a candidate name stands for: `epoch_5` -> [5], `avg3_5` -> [3, 4, 5]."""
+    m = CANDIDATE.match(name)
+    if m is None:
+        raise ValueError(f"candidate {name!r}: expected epoch_N or avgA_B")
+    if m.group(1):
+        return [int(m.group(1))]
+    a, b = int(m.group(2)), int(m.group(3))
+    if not 0 < a < b:
+        raise ValueError(f"candidate {name!r}: needs 0 < A < B")
+    return list(range(a, b + 1))
+
+
+def pick_winner(rows: Sequence[dict[str, Any]], reference: str, min_gain: float) -> dict[str, Any] | None:
+    """The candidate row (recognizer_view1.py output) the rule chooses, or None: the best View 1 10-fold accuracy
+    among those at least `min_gain` above the reference's, ties broken by TAR at FAR 1e-3 over every pair."""
+    ref = [r for r in rows if r["model"] == reference]
+    if len(ref) != 1:
+        raise ValueError(f"the reference {reference} must appear once among the rows")
+    bar = ref[0]["view1_10fold_accuracy"] + min_gain - 1e-9
+    passing = [r for r in rows if r["model"] != reference and r["view1_10fold_accuracy"] >= bar]
+    if not passing:
+        return None
+    return max(passing, key=lambda r: (r["view1_10fold_accuracy"], r["every_pair_tar_at_far"]["0.001"]))
+
+
+def compatible_flags(margins: Sequence[tuple[str, float]]) -> list[str]:
+    """`edge-mtl export` arguments declaring each (version, margin), in order of preference."""
+    return [f"--compatible-with={v}:{m:g}" for v, m in margins]
+
+
+def model_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def earlier_releases(repo: Path, rel_path: str, limit: int, tmp: Path) -> list[tuple[str, Path]]:
+    """Up to `limit` distinct versions of `rel_path` in git history, newest first, each written under `tmp`."""
+    out: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+    commits = subprocess.run(["git", "-C", str(repo), "log", "--format=%H", "--", rel_path],
+                             check=True, capture_output=True, text=True).stdout.split()
+    tmp.mkdir(parents=True, exist_ok=True)
+    for c in commits:
+        blob = subprocess.run(["git", "-C", str(repo), "show", f"{c}:{rel_path}"], capture_output=True)
+        if blob.returncode != 0:
+            continue  # the commit deleted the file
+        f = tmp / f"{c[:10]}.onnx"
+        f.write_bytes(blob.stdout)
+        version = model_metadata(f).get("edge_mtl.version", "")
+        if not version or version in seen:
+            f.unlink()
+            continue
+        seen.add(version)
+        out.append((version, f))
+        if len(out) == limit:
+            break
+    return out
+
+
+class Runner:
+    """Runs commands from the repository root, logging each; stdout to a file when given."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.edge_mtl = shutil.which("edge-mtl") or str(Path(sys.executable).parent / "edge-mtl")
+        self.commands: list[str] = []
+
+    def __call__(self, args: Sequence[object], stdout: Path | None = None, append: bool = False) -> None:
+        cmd = [str(a) for a in args]
+        cmd = [self.edge_mtl, *cmd[1:]] if cmd[0] == "edge-mtl" else cmd
+        shown = " ".join(cmd) + (f" {'>>' if append else '>'} {stdout}" if stdout else "")
+        log.info("$ %s", shown)
+        self.commands.append(shown)
+        if stdout is None:
+            subprocess.run(cmd, check=True, cwd=ROOT)
+            return
+        with open(stdout, "a" if append else "w", encoding="utf-8") as f:
+            subprocess.run(cmd, check=True, cwd=ROOT, stdout=f)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, required=True, help="the training run folder (epoch_N.pt checkpoints)")
+    p.add_argument("--candidates", nargs="+", required=True, help="epoch_N or avgA_B, e.g. epoch_5 avg3_5")
+    p.add_argument("--version", required=True, help="the release's version, e.g. recognizer-1.6")
+    p.add_argument("--crops", type=Path, required=True, help="the crop cache the run trained from")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--reference", type=Path, default=Path("export/recognizer.onnx"), help="the release to beat")
+    p.add_argument("--sources", nargs="+", help="crop sources for quality calibration (default: the run's)")
+    p.add_argument("--min-gain", type=float, default=0.003, help="View 1 10-fold accuracy over the reference")
+    p.add_argument("--compat", type=int, default=3, help="earlier releases to declare compatible (0: none)")
+    p.add_argument("--utkface-full", type=Path, help="full UTKFace folder: also the held-out 1,000's attributes")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from edge_mtl.train.checkpoint import load_checkpoint
+
+    try:
+        epochs = {c: candidate_epochs(c) for c in a.candidates}
+    except ValueError as e:
+        p.error(str(e))
+    needed = sorted({e for es in epochs.values() for e in es})
+    missing = [str(a.run / f"epoch_{e}.pt") for e in needed if not (a.run / f"epoch_{e}.pt").exists()]
+    if missing or not a.reference.exists():
+        p.error(f"missing: {', '.join(missing or [str(a.reference)])}")
+    ref_meta = model_metadata(a.reference)
+    points = json.loads(ref_meta.get("edge_mtl.operating_points", "{}"))
+    if "0.01" not in points.get("plain", {}):
+        p.error(f"{a.reference}: no stamped FAR 1e-2 threshold (edge-mtl eval verification --stamp)")
+    ref_threshold = float(points["plain"]["0.01"])
+    sources = a.sources or load_checkpoint(a.run / f"epoch_{needed[-1]}.pt")["config"]["task"]["sources"]
+    out, run = a.out.resolve(), Runner(a.out)
+    cand_dir, rel_dir = out / "candidates", out / "release"
+    cand_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"run": str(a.run), "reference": str(a.reference),
+                               "reference_version": ref_meta.get("edge_mtl.version"),
+                               "rule": {"threshold": ref_threshold, "min_gain": a.min_gain}}
+
+    # 1. candidates
+    onnx_of: dict[str, Path] = {}
+    for name, es in epochs.items():
+        ckpt = a.run / f"{name}.pt"
+        if len(es) > 1:
+            run(["edge-mtl", "average-checkpoints", *[a.run / f"epoch_{e}.pt" for e in es], "-o", cand_dir / ckpt.name])
+            ckpt = cand_dir / ckpt.name
+        calibrated = cand_dir / f"{name}_q.pt"
+        run(["edge-mtl", "calibrate-quality", ckpt, "--reference", a.reference, "--crops", a.crops,
+             "--sources", *sources, "-o", calibrated])
+        onnx_of[name] = cand_dir / f"{name}.onnx"
+        run(["edge-mtl", "export", calibrated, "-o", onnx_of[name], "--version", f"{a.run.name}-{name}"])
+
+    # 2. the rule
+    view1 = out / "view1.jsonl"
+    run([sys.executable, "benchmarks/recognizer_view1.py", "--crops", a.crops, "--at-threshold", ref_threshold,
+         a.reference, *onnx_of.values()], stdout=view1)
+    rows = read_jsonl(view1)
+    summary["view1"] = {r["model"]: {"view1_10fold_accuracy": r["view1_10fold_accuracy"],
+                                     "tar_at_far_0.001": r["every_pair_tar_at_far"]["0.001"]} for r in rows}
+    best = pick_winner(rows, str(a.reference), a.min_gain)
+    if best is None:
+        summary["decision"] = f"no candidate reaches the reference + {a.min_gain}: {summary['reference_version']} stays"
+        return finish(out, summary, run)
+    winner = next(n for n, f in onnx_of.items() if str(f) == best["model"])
+    summary["winner"] = winner
+    log.info("the rule chooses %s", winner)
+
+    # 3. View 2 and attributes
+    run(["edge-mtl", "eval", "verification", "--json", "--quality-bins", "4", "--recognizer", onnx_of[winner]],
+        stdout=out / "view2.json")
+    own_threshold = float(json.loads((out / "view2.json").read_text())["threshold_at_far_0.01"])
+    run(["edge-mtl", "eval", "attributes", "--json", "--recognizer", onnx_of[winner]], stdout=out / "attributes.json")
+
+    # 4. compatibility with earlier releases
+    margins: list[tuple[str, float]] = []
+    history = earlier_releases(ROOT, "export/recognizer.onnx", a.compat, out / "earlier") if a.compat else []
+    for version, old in history:
+        f = out / f"margin_{version}.jsonl"
+        run([sys.executable, "benchmarks/recognizer_view1.py", "--crops", a.crops, "--at-threshold", own_threshold,
+             old, onnx_of[winner]], stdout=f)
+        margins.append((version, float(read_jsonl(f)[1]["every_pair_cross_model_margin_for_own_far"])))
+    summary["compatible"] = dict(margins)
+
+    # 5. the release
+    rel_dir.mkdir(exist_ok=True)
+    fp32, int8 = rel_dir / "recognizer.onnx", rel_dir / "recognizer.int8.onnx"
+    run(["edge-mtl", "export", cand_dir / f"{winner}_q.pt", "-o", fp32, "--version", a.version,
+         *compatible_flags(margins)])
+    run(["edge-mtl", "quantize", fp32, "-o", int8, "--precision", "int8", "--method", "auto",
+         "--save-calib", rel_dir / "recognizer-int8.calib.json"], stdout=out / "quantize.json")
+    for name, model, extra in (("fp32", fp32, []), ("flip", fp32, ["--flip"]), ("int8", int8, [])):
+        run(["edge-mtl", "eval", "verification", "--json", "--quality-bins", "4", "--stamp", *extra,
+             "--recognizer", model], stdout=out / f"stamp_{name}.json")
+    run(["edge-mtl", "eval", "attributes", "--json", "--recognizer", int8], stdout=out / "attributes_int8.json")
+    run(["edge-mtl", "eval", "attributes", "--json", "--flip", "--recognizer", fp32],
+        stdout=out / "attributes_flip.json")
+    if a.utkface_full:
+        run(["edge-mtl", "eval", "attributes", "--json", "--split", "reserved", "--utkface-full", a.utkface_full,
+             "--recognizer", fp32], stdout=out / "attributes_reserved.json")
+    run([sys.executable, "benchmarks/flip_consistency.py", "--crops", a.crops, fp32],
+        stdout=out / "flip_consistency.txt")
+    for name in ("fp32", "flip", "int8"):
+        v = json.loads((out / f"stamp_{name}.json").read_text())
+        summary[f"view2_{name}"] = {k: v[k] for k in ("accuracy", "accuracy_std", "tar_at_far_0.001",
+                                                       "threshold_at_far_0.001", "tar_at_far_0.01",
+                                                       "threshold_at_far_0.01")}
+    for name in ("attributes", "attributes_int8", "attributes_flip", "attributes_reserved"):
+        f = out / f"{name}.json"
+        if f.exists():
+            v = json.loads(f.read_text())
+            summary[name] = {k: v.get(k) for k in ("age_mae", "gender_accuracy")}
+    summary["decision"] = f"{a.version} released into {rel_dir} (from {winner})"
+    return finish(out, summary, run)
+
+
+def finish(out: Path, summary: dict[str, Any], run: Runner) -> int:
+    summary["commands"] = run.commands
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    log.info("%s; figures in %s", summary["decision"], out / "summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""scripts/release_recognizer.py: candidate names, the selection rule, compatibility flags, earlier releases from
+real git history, and its argument errors (the full recipe needs a training run and takes about 40 minutes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "release_recognizer.py"
+
+
+@pytest.fixture(scope="module")
+def rel() -> Any:
+    spec = importlib.util.spec_from_file_location("release_recognizer", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_candidate_epochs(rel: Any) -> None:
+    assert rel.candidate_epochs("epoch_5") == [5]
+    assert rel.candidate_epochs("avg3_5") == [3, 4, 5]
+    for bad in ("best", "avg5_3", "avg0_2", "epoch_", "avg3-5"):
+        with pytest.raises(ValueError, match="candidate"):
+            rel.candidate_epochs(bad)
+
+
+def _row(model: str, acc: float, tar: float) -> dict[str, Any]:
+    return {"model": model, "view1_10fold_accuracy": acc, "every_pair_tar_at_far": {"0.001": tar, "0.01": 0.9}}
+
+
+def test_pick_winner_needs_the_gain_and_breaks_ties_by_tar(rel: Any) -> None:
+    ref = _row("export/recognizer.onnx", 0.9781, 0.80)
+    # stage 11's figures: neither candidate reaches 97.81 + 0.3
+    assert rel.pick_winner([ref, _row("e5", 0.9747, 0.81), _row("a35", 0.9766, 0.82)], ref["model"], 0.003) is None
+    # exactly at the bar passes; the better accuracy wins, then the better TAR
+    rows = [ref, _row("e5", 0.9811, 0.79), _row("a35", 0.9811, 0.83), _row("e4", 0.9809, 0.99)]
+    assert rel.pick_winner(rows, ref["model"], 0.003)["model"] == "a35"
+    assert rel.pick_winner([ref, _row("e5", 0.9790, 0.5)], ref["model"], 0.0)["model"] == "e5"
+    with pytest.raises(ValueError, match="reference"):
+        rel.pick_winner([_row("e5", 0.99, 0.9)], ref["model"], 0.003)
+
+
+def test_compatible_flags_in_order(rel: Any) -> None:
+    flags = rel.compatible_flags([("recognizer-1.5", 0.0036), ("recognizer-1.4", 0.0)])
+    assert flags == ["--compatible-with=recognizer-1.5:0.0036", "--compatible-with=recognizer-1.4:0"]
+
+
+def _model(path: Path, version: str, stamp: str = "") -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    m = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    for k, v in (("edge_mtl.version", version), ("edge_mtl.operating_points", stamp)):
+        if v:
+            m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(path))
+
+
+def test_earlier_releases_are_distinct_versions_newest_first(rel: Any, tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    repo = tmp_path / "repo"
+    (repo / "export").mkdir(parents=True)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    # 1.2, 1.3, 1.3 re-stamped (same version, new bytes), 1.4
+    for version, stamp in (("recognizer-1.2", ""), ("recognizer-1.3", ""), ("recognizer-1.3", '{"plain": {}}'),
+                           ("recognizer-1.4", "")):
+        _model(repo / "export" / "recognizer.onnx", version, stamp)
+        git("add", "-A")
+        git("commit", "-q", "-m", f"{version} {stamp}")
+    found = rel.earlier_releases(repo, "export/recognizer.onnx", 5, tmp_path / "earlier")
+    assert [v for v, _ in found] == ["recognizer-1.4", "recognizer-1.3", "recognizer-1.2"]
+    assert all(rel.model_metadata(f)["edge_mtl.version"] == v for v, f in found)
+    # the re-stamped 1.3 is the one kept (newest bytes of that version)
+    assert "operating_points" in str(rel.model_metadata(found[1][1]))
+    assert [v for v, _ in rel.earlier_releases(repo, "export/recognizer.onnx", 2, tmp_path / "e2")] == [
+        "recognizer-1.4", "recognizer-1.3"]
+
+
+def test_argument_errors_exit_2(rel: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--run", str(tmp_path), "--version", "recognizer-9", "--crops", str(tmp_path), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        rel.main([*base, "--candidates", "best"])
+    assert e.value.code == 2 and "epoch_N or avgA_B" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        rel.main([*base, "--candidates", "avg3_5"])
+    assert e.value.code == 2 and "epoch_3.pt" in capsys.readouterr().err
+    for n in (3, 4, 5):
+        (tmp_path / f"epoch_{n}.pt").write_bytes(b"")
+    _model(tmp_path / "ref.onnx", "recognizer-1.5")  # never stamped
+    with pytest.raises(SystemExit) as e:
+        rel.main([*base, "--candidates", "avg3_5", "--reference", str(tmp_path / "ref.onnx")])
+    assert e.value.code == 2 and "no stamped FAR 1e-2 threshold" in capsys.readouterr().err
