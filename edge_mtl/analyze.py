@@ -97,6 +97,6 @@ def analyze_paths(
                 if with_embedding:
                     f["embedding"] = [round(float(v), 5) for v in a.embeddings[i]]
                 f["age"] = a.age(i)
-                f["gender"] = a.gender(i, cfg.attributes.gender_min_confidence)
+                f["gender"] = a.gender(i, cfg.attributes.gender_min_confidence, cfg.attributes.gender_min_age)
                 f["quality"] = round(float(a.quality[i]), 4)
         yield {"image": str(p), "faces": faces}

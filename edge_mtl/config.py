@@ -180,6 +180,12 @@ class AttributesConfig(Strict):
         description="Events carry gender null while the track's aggregated gender confidence is below this "
         "(0.5: always report). Trade-off on UTKFace: export/recognizer.md.",
     )
+    gender_min_age: float = Field(
+        D.GENDER_MIN_AGE, ge=0, le=18,
+        description="Events carry gender null while the track's aggregated age estimate is under this many years, "
+        "whatever the confidence: an infant's face barely shows its sex (0: report at every age). Trade-off on "
+        "UTKFace: export/recognizer.md.",
+    )
 
 
 class IdentityConfig(Strict):

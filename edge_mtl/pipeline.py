@@ -186,11 +186,16 @@ class Pipeline:
             frame=frame,
             identity=ident,
             age=st.agg.age(),
-            gender=st.agg.gender(self.cfg.attributes.gender_min_confidence),
+            gender=self._gender(st),
             bbox=xywh(st.box),
             quality=round(min(max(st.agg.best_quality, 0.0), 1.0), 4) if st.agg.observations else None,
             duration_s=round(max(st.last_ts - st.first_ts, 0.0), 3),
         )
+
+    def _gender(self, st: TrackState) -> dict[str, object] | None:
+        """A track's gender as events and labels report it (read per call: a SIGHUP changes the floors live)."""
+        a = self.cfg.attributes
+        return st.agg.gender(a.gender_min_confidence, a.gender_min_age)
 
     def _decider(self) -> IdentityDecider:
         i = self.cfg.identity
@@ -332,7 +337,7 @@ class Pipeline:
             if st.decider.decided:
                 known = st.decider.current is not None
                 parts.append(st.decider.current or "unknown")
-            age, gender = st.agg.age(), st.agg.gender(self.cfg.attributes.gender_min_confidence)
+            age, gender = st.agg.age(), self._gender(st)
             if gender:
                 parts.append("F" if gender["label"] == "female" else "M")
             if age:

@@ -147,11 +147,15 @@ class Tracks:
         )
 
 
-def gender_reading(female_prob: float, min_confidence: float = 0.5) -> tuple[str | None, float]:
+def gender_reading(
+    female_prob: float, min_confidence: float = 0.5, age_years: float | None = None, min_age: float = 0.0
+) -> tuple[str | None, float]:
     """The gender label a probability of 'female' gives, and its confidence (the larger of the two probabilities);
-    the label is None below `min_confidence` (`attributes.gender_min_confidence`: a coin flip is not a gender)."""
+    the label is None below `min_confidence` (`attributes.gender_min_confidence`: a coin flip is not a gender) and
+    for a face estimated younger than `min_age` years (`attributes.gender_min_age`: an infant's face barely shows
+    its sex, however confident the network)."""
     confidence = max(female_prob, 1.0 - female_prob)
-    if confidence < min_confidence:
+    if confidence < min_confidence or (age_years is not None and age_years < min_age):
         return None, confidence
     return ("female" if female_prob >= 0.5 else "male"), confidence
 
@@ -179,10 +183,13 @@ class FaceAnalysis:
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
 
-    def gender(self, i: int, min_confidence: float = 0.5) -> dict[str, Any]:
-        """Label and confidence of face `i`; the label is None below `min_confidence` (as events report no gender
-        under `attributes.gender_min_confidence`), the confidence stays."""
-        label, confidence = gender_reading(float(self.female_prob[i]), min_confidence)
+    def gender(self, i: int, min_confidence: float = 0.5, min_age: float = 0.0) -> dict[str, Any]:
+        """Label and confidence of face `i`; the label is None below `min_confidence` and when the face's age
+        estimate is under `min_age` (as events report no gender under `attributes.gender_min_confidence` /
+        `gender_min_age`), the confidence stays."""
+        label, confidence = gender_reading(
+            float(self.female_prob[i]), min_confidence, float(self.age_years[i]), min_age
+        )
         return {"label": label, "confidence": round(confidence, 4)}
 
     def age(self, i: int) -> dict[str, float]:

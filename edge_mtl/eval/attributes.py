@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from edge_mtl.defaults import GENDER_MIN_CONFIDENCE
+
 AGE_BANDS: tuple[tuple[int, int], ...] = (
     (0, 13), (13, 20), (20, 30), (30, 40), (40, 50), (50, 60), (60, 70), (70, 117)
 )
@@ -13,6 +15,17 @@ AGE_BANDS: tuple[tuple[int, int], ...] = (
 CHILD_BANDS: tuple[tuple[int, int], ...] = ((0, 3), (3, 7), (7, 13))
 #: Confidence floors for the gender trade-off table (what `attributes.gender_min_confidence` would keep).
 GENDER_FLOORS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
+#: Age floors (years, estimated) for the second trade-off table (what `attributes.gender_min_age` would keep).
+GENDER_MIN_AGES: tuple[float, ...] = (0.0, 2.0, 3.0, 5.0)
+
+
+def _selective_row(right: npt.NDArray[np.bool_], kept: npt.NDArray[np.bool_], age_true: npt.NDArray[np.float64]
+                   ) -> dict[str, float]:
+    return {
+        "coverage": round(float(kept.mean()), 4) if kept.size else float("nan"),
+        "accuracy": round(float(right[kept].mean()), 4) if kept.any() else float("nan"),
+        "dropped_under_13": round(float((age_true[~kept] < 13).mean()), 4) if (~kept).any() else float("nan"),
+    }
 
 
 def gender_selective(
@@ -29,16 +42,36 @@ def gender_selective(
     fp = np.asarray(female_prob, np.float64)
     conf = np.maximum(fp, 1 - fp)
     right = (fp >= 0.5).astype(np.int64) == gt
-    out = []
-    for f in floors:
-        m = conf >= f
-        out.append({
-            "min_confidence": f,
-            "coverage": round(float(m.mean()), 4) if gt.size else float("nan"),
-            "accuracy": round(float(right[m].mean()), 4) if m.any() else float("nan"),
-            "dropped_under_13": round(float((at[~m] < 13).mean()), 4) if (~m).any() else float("nan"),
-        })
-    return out
+    return [{"min_confidence": f, **_selective_row(right, conf >= f, at)} for f in floors]
+
+
+def gender_selective_by_age(
+    gender_true: npt.ArrayLike,
+    female_prob: npt.ArrayLike,
+    age_true: npt.ArrayLike,
+    age_pred: npt.ArrayLike,
+    min_ages: tuple[float, ...] = GENDER_MIN_AGES,
+    floors: tuple[float, ...] = (0.5, GENDER_MIN_CONFIDENCE),
+) -> list[dict[str, float]]:
+    """The same trade-off when faces estimated younger than `min_age` years report no gender either
+    (`attributes.gender_min_age`), for each age floor and confidence floor; `adults_dropped`: the share of the
+    faces aged 13 and over that report none."""
+    at = np.asarray(age_true, np.float64)
+    ap = np.asarray(age_pred, np.float64)
+    gt = np.asarray(gender_true, np.int64)
+    fp = np.asarray(female_prob, np.float64)
+    conf = np.maximum(fp, 1 - fp)
+    right = (fp >= 0.5).astype(np.int64) == gt
+    adults = at >= 13
+    rows = []
+    for a in min_ages:
+        for f in floors:
+            kept = (conf >= f) & (ap >= a)
+            rows.append({
+                "min_age": a, "min_confidence": f, **_selective_row(right, kept, at),
+                "adults_dropped": round(float((~kept[adults]).mean()), 4) if adults.any() else float("nan"),
+            })
+    return rows
 
 
 def attribute_metrics(
@@ -47,20 +80,26 @@ def attribute_metrics(
     gender_true: npt.ArrayLike,
     female_prob: npt.ArrayLike,
     age_std: npt.ArrayLike | None = None,
+    quality: npt.ArrayLike | None = None,
 ) -> dict[str, object]:
+    """Age MAE and gender accuracy overall and per age band, and the gender trade-off tables. With `quality` (the
+    recognizer's score per face) each band also gives its gender accuracy over the lowest, middle and highest
+    third of its faces by quality: whether a band's errors come from poor crops or from the faces themselves."""
     at = np.asarray(age_true, np.float64)
     ap = np.asarray(age_pred, np.float64)
     gt = np.asarray(gender_true, np.int64)
     fp = np.asarray(female_prob, np.float64)
     err = np.abs(at - ap)
+    q = None if quality is None else np.asarray(quality, np.float64)
     res: dict[str, object] = {
         "images": int(at.size),
         "age_mae": round(float(err.mean()), 3) if at.size else float("nan"),
         "age_median_ae": round(float(np.median(err)), 3) if at.size else float("nan"),
         "gender_accuracy": round(float(((fp >= 0.5).astype(np.int64) == gt).mean()), 4) if gt.size else float("nan"),
     }
-    def by_band(edges: tuple[tuple[int, int], ...]) -> dict[str, dict[str, float | int]]:
-        bands: dict[str, dict[str, float | int]] = {}
+
+    def by_band(edges: tuple[tuple[int, int], ...]) -> dict[str, dict[str, float | int | list[float]]]:
+        bands: dict[str, dict[str, float | int | list[float]]] = {}
         for lo, hi in edges:
             m = (at >= lo) & (at < hi)
             if m.any():
@@ -72,11 +111,19 @@ def attribute_metrics(
                     "female_share": round(float(gt[m].mean()), 4),
                     "predicted_female_share": round(float((fp[m] >= 0.5).mean()), 4),
                 }
+                if q is not None and m.sum() >= 3:
+                    third = np.digitize(q[m], np.quantile(q[m], [1 / 3, 2 / 3]))
+                    right = (fp[m] >= 0.5).astype(np.int64) == gt[m]
+                    bands[f"{lo}-{hi - 1}"]["gender_accuracy_by_quality_third"] = [
+                        round(float(right[third == k].mean()), 4) if (third == k).any() else float("nan")
+                        for k in range(3)
+                    ]
         return bands
 
     res["bands"] = by_band(AGE_BANDS)
     res["child_bands"] = by_band(CHILD_BANDS)
     res["gender_selective"] = gender_selective(gt, fp, at)
+    res["gender_selective_by_age"] = gender_selective_by_age(gt, fp, at, ap)
     if age_std is not None:
         sd = np.asarray(age_std, np.float64)
         res["age_within_1std"] = round(float((err <= sd).mean()), 4)

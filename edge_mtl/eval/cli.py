@@ -231,7 +231,8 @@ def eval_attributes(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
     crops, missing, _ = crops_for_images([folder / n for n in names], det, rec.size, pad=0.25)
     res = rec.analyze(crops)
     out = attribute_metrics(
-        [lb[0] for lb in labels if lb], res.age_years, [lb[1] for lb in labels if lb], res.female_prob, res.age_std
+        [lb[0] for lb in labels if lb], res.age_years, [lb[1] for lb in labels if lb], res.female_prob, res.age_std,
+        res.quality,
     )
     out["split"] = args.split
     out["images_without_face"] = missing

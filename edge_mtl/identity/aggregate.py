@@ -72,13 +72,15 @@ class TrackAggregate:
         std = math.sqrt(self.age_var_model / self.age_w + between)
         return {"years": round(min(max(mean, 0.0), 120.0), 1), "std": round(min(std, 100.0), 1)}
 
-    def gender(self, min_confidence: float = 0.5) -> dict[str, object] | None:
-        """Label and confidence from the quality-weighted mean log-odds; None before any analysis and while the
-        confidence is below `min_confidence` (a coin flip is not reported as a gender)."""
+    def gender(self, min_confidence: float = 0.5, min_age: float = 0.0) -> dict[str, object] | None:
+        """Label and confidence from the quality-weighted mean log-odds; None before any analysis, while the
+        confidence is below `min_confidence` (a coin flip is not reported as a gender) and while the track's
+        aggregated age is under `min_age` years (nor is an infant's)."""
         if self.gender_w <= 0:
             return None
         lo = self.gender_logodds / self.gender_w
-        label, confidence = gender_reading(1 / (1 + math.exp(-lo)), min_confidence)
+        age = self.age_sum / self.age_w if self.age_w > 0 else None
+        label, confidence = gender_reading(1 / (1 + math.exp(-lo)), min_confidence, age, min_age)
         if label is None:
             return None
         return {"label": label, "confidence": round(confidence, 3)}

@@ -178,6 +178,37 @@ def test_gender_selective_trades_coverage_for_accuracy() -> None:
     assert [r["min_confidence"] for r in res["gender_selective"]] == [0.6, 0.7, 0.8, 0.9]  # type: ignore[index]
 
 
+def test_gender_selective_by_age_withholds_the_young_not_the_adults() -> None:
+    from edge_mtl.eval.attributes import gender_selective_by_age
+
+    # two confident but wrong infants (estimated 1 and 2.5), a right 4-year-old, three adults (one unsure and wrong)
+    rows = gender_selective_by_age(
+        gender_true=[1, 0, 1, 0, 1, 0], female_prob=[0.05, 0.9, 0.8, 0.1, 0.95, 0.55],
+        age_true=[1, 2, 4, 30, 40, 50], age_pred=[1.0, 2.5, 4.0, 28.0, 45.0, 52.0],
+        min_ages=(0.0, 3.0, 5.0), floors=(0.5, 0.6),
+    )
+    by = {(r["min_age"], r["min_confidence"]): r for r in rows}
+    assert list(by) == [(0.0, 0.5), (0.0, 0.6), (3.0, 0.5), (3.0, 0.6), (5.0, 0.5), (5.0, 0.6)]
+    assert by[0.0, 0.5]["coverage"] == 1.0 and by[0.0, 0.5]["accuracy"] == 0.5 and by[0.0, 0.5]["adults_dropped"] == 0
+    assert by[3.0, 0.5] == {"min_age": 3.0, "min_confidence": 0.5, "coverage": 0.6667, "accuracy": 0.75,
+                            "dropped_under_13": 1.0, "adults_dropped": 0.0}
+    assert by[3.0, 0.6] == {"min_age": 3.0, "min_confidence": 0.6, "coverage": 0.5, "accuracy": 1.0,
+                            "dropped_under_13": 0.6667, "adults_dropped": 0.3333}
+    assert by[5.0, 0.6]["coverage"] == 0.3333 and by[5.0, 0.6]["dropped_under_13"] == 0.75
+
+
+def test_attribute_metrics_gender_by_quality_third() -> None:
+    # six infants: the three best crops right, the three worst wrong -> [0, 0.5, 1] by thirds of two faces each
+    res = attribute_metrics([1] * 6, [1] * 6, [1, 1, 1, 1, 1, 1], [0.2, 0.3, 0.4, 0.9, 0.8, 0.7],
+                            quality=[0.1, 0.2, 0.5, 0.45, 0.9, 0.8])
+    kids = res["child_bands"]
+    assert isinstance(kids, dict) and kids["0-2"]["gender_accuracy_by_quality_third"] == [0.0, 0.5, 1.0]
+    one = attribute_metrics([1], [1], [1], [0.9], quality=[0.5])["bands"]
+    assert isinstance(one, dict) and "gender_accuracy_by_quality_third" not in one["0-12"]  # fewer than three faces
+    assert "gender_selective_by_age" in res and "gender_accuracy_by_quality_third" not in attribute_metrics(
+        [1] * 6, [1] * 6, [1] * 6, [0.9] * 6)["bands"]["0-12"]
+
+
 def test_attribute_metrics_band_edges_and_empty() -> None:
     res = attribute_metrics([12.9, 13.0, 19.99, 20.0], [12.9, 13.0, 19.99, 20.0], [1, 1, 0, 0], [0.9, 0.9, 0.1, 0.1])
     bands = res["bands"]
