@@ -188,7 +188,7 @@ class FaceAnalysis:
         estimate is under `min_age` (as events report no gender under `attributes.gender_min_confidence` /
         `gender_min_age`), the confidence stays."""
         label, confidence = gender_reading(
-            float(self.female_prob[i]), min_confidence, float(self.age_years[i]), min_age
+            float(self.female_prob[i]), min_confidence, self.age(i)["years"], min_age
         )
         return {"label": label, "confidence": round(confidence, 4)}
 

@@ -79,7 +79,8 @@ class TrackAggregate:
         if self.gender_w <= 0:
             return None
         lo = self.gender_logodds / self.gender_w
-        age = self.age_sum / self.age_w if self.age_w > 0 else None
+        shown = self.age()  # the floor compares the age the event shows
+        age = shown["years"] if shown else None
         label, confidence = gender_reading(1 / (1 + math.exp(-lo)), min_confidence, age, min_age)
         if label is None:
             return None
