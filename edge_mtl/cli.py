@@ -232,8 +232,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         _emit(result)
     else:
-        for k, v in result.items():
-            sys.stdout.write(f"{k}: {v}\n")
+        from edge_mtl.eval.report import format_report
+
+        sys.stdout.write(format_report(result))
     return 0
 
 

@@ -153,7 +153,7 @@ def verification_metrics(
     for far in fars:
         out[f"tar_at_far_{far:g}"] = round(tar_at_far(sims, same, far), 4)
         out[f"threshold_at_far_{far:g}"] = round(far_threshold(sims, same, far), 4)
-    out["pairs"] = float(len(sims))
+    out["pairs"] = len(sims)
     return out
 
 
@@ -170,5 +170,5 @@ def error_by_quality(
             continue
         err = float(((sims[m] > threshold) != same[m]).mean())
         out.append({"quality_lo": round(float(lo), 3), "quality_hi": round(float(hi), 3),
-                    "pairs": float(m.sum()), "error": round(err, 4)})
+                    "pairs": int(m.sum()), "error": round(err, 4)})
     return out

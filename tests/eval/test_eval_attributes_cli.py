@@ -30,6 +30,16 @@ def test_val_split_limited(data_dir: Path, capsys: pytest.CaptureFixture[str]) -
     assert [r["coverage"] for r in rows] == sorted((r["coverage"] for r in rows), reverse=True)
 
 
+def test_text_report_is_tables(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "attributes", "--data", str(data_dir), "--limit", "12"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "images: 12" in out and "split: val" in out
+    i = out.index("gender_selective_by_age:")
+    assert out[i + 1].split() == ["min_age", "min_confidence", "coverage", "accuracy", "dropped_under_13",
+                                  "adults_dropped"]
+    assert len(out[i + 2].split()) == 6 and out[i + 2].split()[:2] == ["0", "0.5"]
+
+
 def _fake_full(data_dir: Path, tmp_path: Path, names: list[str]) -> tuple[Path, Path]:
     """A data root whose reserved list names real images of the shared UTKFace copy, and a 'full' folder of them."""
     root, full = tmp_path / "data", tmp_path / "full"
