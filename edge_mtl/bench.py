@@ -171,3 +171,36 @@ def bench(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
         }
         result["precisions"][prec] = entry
     return result
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """`edge-mtl bench` without --json: the precisions side by side, each speed also as a ratio to the first
+    measured precision (one run, one machine: the only comparison these shared boxes allow)."""
+    m = result["machine"]
+    w, h = result["frame_size"]
+    d = result["decode"]
+    lines = [
+        f"machine: {m.get('cpu')}, {m.get('cores')} cores, onnxruntime {m.get('onnxruntime')}",
+        f"video: {result['video']} {w}x{h}, {result['frames']} frames; decode p50 {d['p50_ms']} ms; "
+        f"detector input {result['detector_input']}",
+    ]
+    ran = {p: e for p, e in result["precisions"].items() if "skipped" not in e}
+    lines += [f"{p}: skipped ({e['skipped']})" for p, e in result["precisions"].items() if "skipped" in e]
+    if not ran:
+        return "\n".join(lines) + "\n"
+    first = next(iter(ran.values()))
+    rows: list[tuple[str, list[float]]] = [("detect, frames/s", [e["detect"]["fps"] for e in ran.values()])]
+    rows += [(f"recognize batch {k.removeprefix('batch_')}, faces/s", [e["recognize"][k]["faces_per_s"]
+                                                                      for e in ran.values()])
+             for k in first["recognize"]]
+    rows += [("end to end, frames/s", [e["end_to_end"]["fps"] for e in ran.values()]),
+             ("end to end with decode, frames/s", [e["end_to_end"]["fps_with_decode"] for e in ran.values()])]
+    names = list(ran)
+    header = ["", *names, *(f"{p}/{names[0]}" for p in names[1:])]
+    body = [[label, *(f"{v:g}" for v in vals), *(f"{v / vals[0]:.2f}x" if vals[0] else "-" for v in vals[1:])]
+            for label, vals in rows]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    for r in [header, *body]:
+        lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    lines.append("providers: " + ", ".join(f"{p}={e['provider']}" for p, e in ran.items()))
+    return "\n".join(lines) + "\n"

@@ -239,13 +239,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_mtl.bench import bench
+    from edge_mtl.bench import bench, format_bench
 
     result = bench(args, _app_config(args))
     if args.json:
         _emit(result)
     else:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(format_bench(result))
     return 0
 
 

@@ -66,3 +66,30 @@ def test_bench_runs_the_shipped_models_over_the_clip(data_dir: Path, capsys: pyt
         assert e2e["frames"] == 6 and e2e["faces"] > 0, (prec, e2e)  # the clip shows pedestrians in every frame
         assert 0 < e2e["fps_with_decode"] < e2e["fps"]
         assert {"detect", "recognize"} <= set(entry["stages"])
+
+
+def test_format_bench_side_by_side_with_ratios() -> None:
+    from edge_mtl.bench import format_bench
+
+    def entry(det: float, b1: float, fps: float) -> dict[str, object]:
+        return {"provider": "CPUExecutionProvider", "detect": {"fps": det},
+                "recognize": {"batch_1": {"faces_per_s": b1}},
+                "end_to_end": {"fps": fps, "fps_with_decode": fps / 2}}
+
+    result = {"machine": {"cpu": "x86", "cores": 2, "onnxruntime": "1.32.0"}, "video": "v.mp4",
+              "frame_size": [640, 480], "frames": 10, "detector_input": 320, "decode": {"p50_ms": 2.5},
+              "precisions": {"fp32": entry(50.0, 600.0, 40.0), "fp16": {"skipped": "no fp16 model"},
+                             "int8": entry(40.0, 900.0, 30.0)}}
+    assert format_bench(result).splitlines() == [
+        "machine: x86, 2 cores, onnxruntime 1.32.0",
+        "video: v.mp4 640x480, 10 frames; decode p50 2.5 ms; detector input 320",
+        "fp16: skipped (no fp16 model)",
+        "                                  fp32  int8  int8/fp32",
+        "detect, frames/s                    50    40      0.80x",
+        "recognize batch 1, faces/s         600   900      1.50x",
+        "end to end, frames/s                40    30      0.75x",
+        "end to end with decode, frames/s    20    15      0.75x",
+        "providers: fp32=CPUExecutionProvider, int8=CPUExecutionProvider",
+    ]
+    only_skipped = {**result, "precisions": {"fp16": {"skipped": "no fp16 model"}}}
+    assert format_bench(only_skipped).splitlines()[-1] == "fp16: skipped (no fp16 model)"
