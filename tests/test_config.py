@@ -521,3 +521,13 @@ def test_training_config_paths_expand(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = parse_toml('[task]\nkind = "recognizer"\n[data]\ncrops = "${EDGE_MTL_CACHE:-/work/cache}/crops"\n',
                      SRC, TrainConfig)
     assert cfg.data.crops == Path("/data/cache/crops")
+
+
+def test_cli_precisions_are_the_configs() -> None:
+    """cli.py keeps the config module (pydantic) out of its start-up path, so it spells the precisions itself."""
+    from typing import get_args
+
+    from edge_mtl.cli import PRECISIONS
+    from edge_mtl.config import Precision
+
+    assert get_args(Precision) == PRECISIONS
