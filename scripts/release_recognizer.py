@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--utkface-full", type=Path, help="full UTKFace folder: also the held-out 1,000's attributes")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from edge_mtl.errors import ModelError
     from edge_mtl.train.checkpoint import load_checkpoint
 
     try:
@@ -162,7 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "0.01" not in points.get("plain", {}):
         p.error(f"{a.reference}: no stamped FAR 1e-2 threshold (edge-mtl eval verification --stamp)")
     ref_threshold = float(points["plain"]["0.01"])
-    sources = a.sources or load_checkpoint(a.run / f"epoch_{needed[-1]}.pt")["config"]["task"]["sources"]
+    sources = a.sources
+    if not sources:
+        try:
+            sources = load_checkpoint(a.run / f"epoch_{needed[-1]}.pt")["config"]["task"]["sources"]
+        except (ModelError, KeyError, TypeError) as e:
+            p.error(f"cannot read the run's crop sources ({e}); name them with --sources")
     out, run = a.out.resolve(), Runner(a.out)
     cand_dir, rel_dir = out / "candidates", out / "release"
     cand_dir.mkdir(parents=True, exist_ok=True)
@@ -253,5 +259,15 @@ def finish(out: Path, summary: dict[str, Any], run: Runner) -> int:
     return 0
 
 
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """`main`, with a failed step reported in one line (its own output above says why) and its exit code."""
+    try:
+        return main(argv)
+    except subprocess.CalledProcessError as e:
+        cmd = " ".join(str(c) for c in e.cmd)
+        sys.stderr.write(f"release_recognizer: error: this step failed with exit code {e.returncode}: {cmd}\n")
+        return e.returncode or 1
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main())

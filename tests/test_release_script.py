@@ -103,3 +103,20 @@ def test_argument_errors_exit_2(rel: Any, tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit) as e:
         rel.main([*base, "--candidates", "avg3_5", "--reference", str(tmp_path / "ref.onnx")])
     assert e.value.code == 2 and "no stamped FAR 1e-2 threshold" in capsys.readouterr().err
+
+
+def test_a_failed_step_is_one_line_with_its_exit_code(rel: Any, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreadable candidate checkpoint: `edge-mtl calibrate-quality` refuses it (exit 2, its own one-line
+    error) and the script stops there, naming the step, with that exit code; no traceback."""
+    _model(tmp_path / "ref.onnx", "recognizer-1.5", '{"plain": {"0.01": 0.43, "0.001": 0.55}}')
+    (tmp_path / "epoch_5.pt").write_bytes(b"not a checkpoint")
+    args = ["--run", str(tmp_path), "--version", "recognizer-9", "--crops", str(tmp_path), "--out",
+            str(tmp_path / "out"), "--candidates", "epoch_5", "--reference", str(tmp_path / "ref.onnx")]
+    with pytest.raises(SystemExit) as e:
+        rel.run_main(args)  # the run's sources come from that checkpoint: refused before any step
+    assert e.value.code == 2 and "name them with --sources" in capsys.readouterr().err
+    rc = rel.run_main([*args, "--sources", "lfw_dev"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "release_recognizer: error: this step failed with exit code 2:" in err and "calibrate-quality" in err
