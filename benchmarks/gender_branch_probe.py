@@ -27,22 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.gender_chip_probe import band_accuracy  # the same age bands as that probe
+
 log = logging.getLogger("gender_branch_probe")
-BANDS = {"0-2": (0, 2), "3-6": (3, 6), "7-12": (7, 12), "13+": (13, 200)}
-
-
-def band_accuracy(pred: npt.NDArray[np.int64], truth: npt.NDArray[np.int64], ages: npt.NDArray[np.float64]
-                  ) -> dict[str, float]:
-    correct = pred == truth
-    out = {"all": round(float(correct.mean()), 4)}
-    for name, (lo, hi) in BANDS.items():
-        m = (ages >= lo) & (ages <= hi)
-        out[name] = round(float(correct[m].mean()), 4)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i in range(0, len(val_x), 256):
                 probs.append(torch.softmax(branch(*features(task._input(val_x[i:i + 256]))), 1)[:, 1])
         branch.train()
-        return band_accuracy((torch.cat(probs).numpy() > 0.5).astype(np.int64), truth, ages)
+        return band_accuracy((torch.cat(probs).numpy() > 0.5).astype(np.int64) == truth, ages)
 
     ds = task.dataset
     loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.workers,

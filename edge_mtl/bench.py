@@ -176,6 +176,8 @@ def bench(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
 def format_bench(result: dict[str, Any]) -> str:
     """`edge-mtl bench` without --json: the precisions side by side, each speed also as a ratio to the first
     measured precision (one run, one machine: the only comparison these shared boxes allow)."""
+    from edge_mtl.eval.report import text_table
+
     m = result["machine"]
     w, h = result["frame_size"]
     d = result["decode"]
@@ -199,8 +201,6 @@ def format_bench(result: dict[str, Any]) -> str:
     header = ["", *names, *(f"{p}/{names[0]}" for p in names[1:])]
     body = [[label, *(f"{v:g}" for v in vals), *(f"{v / vals[0]:.2f}x" if vals[0] else "-" for v in vals[1:])]
             for label, vals in rows]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    for r in [header, *body]:
-        lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    lines += text_table(header, body)
     lines.append("providers: " + ", ".join(f"{p}={e['provider']}" for p, e in ran.items()))
     return "\n".join(lines) + "\n"

@@ -78,14 +78,10 @@ def compatible_flags(margins: Sequence[tuple[str, float]]) -> list[str]:
     return [f"--compatible-with={v}:{m:g}" for v, m in margins]
 
 
-def model_metadata(path: Path) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def earlier_releases(repo: Path, rel_path: str, limit: int, tmp: Path) -> list[tuple[str, Path]]:
     """Up to `limit` distinct versions of `rel_path` in git history, newest first, each written under `tmp`."""
+    from edge_mtl.build.onnx_utils import read_metadata
+
     out: list[tuple[str, Path]] = []
     seen: set[str] = set()
     commits = subprocess.run(["git", "-C", str(repo), "log", "--format=%H", "--", rel_path],
@@ -97,8 +93,8 @@ def earlier_releases(repo: Path, rel_path: str, limit: int, tmp: Path) -> list[t
             continue  # the commit deleted the file
         f = tmp / f"{c[:10]}.onnx"
         f.write_bytes(blob.stdout)
-        version = model_metadata(f).get("edge_mtl.version", "")
-        if not version or version in seen:
+        version = read_metadata(f).version
+        if version in seen:
             f.unlink()
             continue
         seen.add(version)
@@ -111,21 +107,20 @@ def earlier_releases(repo: Path, rel_path: str, limit: int, tmp: Path) -> list[t
 class Runner:
     """Runs commands from the repository root, logging each; stdout to a file when given."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
+    def __init__(self) -> None:
         self.edge_mtl = shutil.which("edge-mtl") or str(Path(sys.executable).parent / "edge-mtl")
         self.commands: list[str] = []
 
-    def __call__(self, args: Sequence[object], stdout: Path | None = None, append: bool = False) -> None:
+    def __call__(self, args: Sequence[object], stdout: Path | None = None) -> None:
         cmd = [str(a) for a in args]
         cmd = [self.edge_mtl, *cmd[1:]] if cmd[0] == "edge-mtl" else cmd
-        shown = " ".join(cmd) + (f" {'>>' if append else '>'} {stdout}" if stdout else "")
+        shown = " ".join(cmd) + (f" > {stdout}" if stdout else "")
         log.info("$ %s", shown)
         self.commands.append(shown)
         if stdout is None:
             subprocess.run(cmd, check=True, cwd=ROOT)
             return
-        with open(stdout, "a" if append else "w", encoding="utf-8") as f:
+        with open(stdout, "w", encoding="utf-8") as f:
             subprocess.run(cmd, check=True, cwd=ROOT, stdout=f)
 
 
@@ -147,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--utkface-full", type=Path, help="full UTKFace folder: also the held-out 1,000's attributes")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from edge_mtl.build.onnx_utils import read_metadata
     from edge_mtl.errors import ModelError
     from edge_mtl.train.checkpoint import load_checkpoint
 
@@ -158,22 +154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [str(a.run / f"epoch_{e}.pt") for e in needed if not (a.run / f"epoch_{e}.pt").exists()]
     if missing or not a.reference.exists():
         p.error(f"missing: {', '.join(missing or [str(a.reference)])}")
-    ref_meta = model_metadata(a.reference)
-    points = json.loads(ref_meta.get("edge_mtl.operating_points", "{}"))
-    if "0.01" not in points.get("plain", {}):
+    ref_meta = read_metadata(a.reference)
+    if "0.01" not in ref_meta.operating_points.get("plain", {}):
         p.error(f"{a.reference}: no stamped FAR 1e-2 threshold (edge-mtl eval verification --stamp)")
-    ref_threshold = float(points["plain"]["0.01"])
+    ref_threshold = ref_meta.operating_points["plain"]["0.01"]
     sources = a.sources
     if not sources:
         try:
             sources = load_checkpoint(a.run / f"epoch_{needed[-1]}.pt")["config"]["task"]["sources"]
         except (ModelError, KeyError, TypeError) as e:
             p.error(f"cannot read the run's crop sources ({e}); name them with --sources")
-    out, run = a.out.resolve(), Runner(a.out)
+    out, run = a.out.resolve(), Runner()
     cand_dir, rel_dir = out / "candidates", out / "release"
     cand_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"run": str(a.run), "reference": str(a.reference),
-                               "reference_version": ref_meta.get("edge_mtl.version"),
+                               "reference_version": ref_meta.version,
                                "rule": {"threshold": ref_threshold, "min_gain": a.min_gain}}
 
     # 1. candidates

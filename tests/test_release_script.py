@@ -51,21 +51,27 @@ def test_compatible_flags_in_order(rel: Any) -> None:
     assert flags == ["--compatible-with=recognizer-1.5:0.0036", "--compatible-with=recognizer-1.4:0"]
 
 
-def _model(path: Path, version: str, stamp: str = "") -> None:
+def _model(path: Path, version: str, stamp: dict[str, dict[str, float]] | None = None) -> None:
+    """A one-node ONNX model carrying edge-mtl recognizer metadata (`version`, stamped operating points)."""
     import onnx
     from onnx import TensorProto, helper
+
+    from edge_mtl.build.onnx_utils import set_metadata
+    from edge_mtl.runtime.engine import ModelMetadata
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     m = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
-    for k, v in (("edge_mtl.version", version), ("edge_mtl.operating_points", stamp)):
-        if v:
-            m.metadata_props.add(key=k, value=v)
+    set_metadata(m, ModelMetadata(kind="recognizer", version=version, input_name="x", output_names=("y",),
+                                  color="RGB", mean=(127.5,) * 3, std=(127.5,) * 3, input_size=112,
+                                  operating_points=stamp or {}))
     onnx.save(m, str(path))
 
 
 def test_earlier_releases_are_distinct_versions_newest_first(rel: Any, tmp_path: Path) -> None:
     pytest.importorskip("onnx")
+    from edge_mtl.build.onnx_utils import read_metadata
+
     repo = tmp_path / "repo"
     (repo / "export").mkdir(parents=True)
 
@@ -75,16 +81,17 @@ def test_earlier_releases_are_distinct_versions_newest_first(rel: Any, tmp_path:
 
     git("init", "-q")
     # 1.2, 1.3, 1.3 re-stamped (same version, new bytes), 1.4
-    for version, stamp in (("recognizer-1.2", ""), ("recognizer-1.3", ""), ("recognizer-1.3", '{"plain": {}}'),
-                           ("recognizer-1.4", "")):
+    restamp = {"plain": {"0.01": 0.4}}
+    for version, stamp in (("recognizer-1.2", None), ("recognizer-1.3", None), ("recognizer-1.3", restamp),
+                           ("recognizer-1.4", None)):
         _model(repo / "export" / "recognizer.onnx", version, stamp)
         git("add", "-A")
         git("commit", "-q", "-m", f"{version} {stamp}")
     found = rel.earlier_releases(repo, "export/recognizer.onnx", 5, tmp_path / "earlier")
     assert [v for v, _ in found] == ["recognizer-1.4", "recognizer-1.3", "recognizer-1.2"]
-    assert all(rel.model_metadata(f)["edge_mtl.version"] == v for v, f in found)
+    assert all(read_metadata(f).version == v for v, f in found)
     # the re-stamped 1.3 is the one kept (newest bytes of that version)
-    assert "operating_points" in str(rel.model_metadata(found[1][1]))
+    assert read_metadata(found[1][1]).operating_points == restamp
     assert [v for v, _ in rel.earlier_releases(repo, "export/recognizer.onnx", 2, tmp_path / "e2")] == [
         "recognizer-1.4", "recognizer-1.3"]
 
@@ -109,7 +116,7 @@ def test_a_failed_step_is_one_line_with_its_exit_code(rel: Any, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """An unreadable candidate checkpoint: `edge-mtl calibrate-quality` refuses it (exit 2, its own one-line
     error) and the script stops there, naming the step, with that exit code; no traceback."""
-    _model(tmp_path / "ref.onnx", "recognizer-1.5", '{"plain": {"0.01": 0.43, "0.001": 0.55}}')
+    _model(tmp_path / "ref.onnx", "recognizer-1.5", {"plain": {"0.01": 0.43, "0.001": 0.55}})
     (tmp_path / "epoch_5.pt").write_bytes(b"not a checkpoint")
     args = ["--run", str(tmp_path), "--version", "recognizer-9", "--crops", str(tmp_path), "--out",
             str(tmp_path / "out"), "--candidates", "epoch_5", "--reference", str(tmp_path / "ref.onnx")]

@@ -19,6 +19,14 @@ GENDER_FLOORS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
 GENDER_MIN_AGES: tuple[float, ...] = (0.0, 2.0, 3.0, 5.0)
 
 
+def _gender_right(gender_true: npt.ArrayLike, female_prob: npt.ArrayLike
+                  ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Each face's gender confidence (max(p, 1 - p)) and whether its reading (female at p >= 0.5) is right."""
+    gt = np.asarray(gender_true, np.int64)
+    fp = np.asarray(female_prob, np.float64)
+    return np.maximum(fp, 1 - fp), (fp >= 0.5).astype(np.int64) == gt
+
+
 def _selective_row(right: npt.NDArray[np.bool_], kept: npt.NDArray[np.bool_], age_true: npt.NDArray[np.float64]
                    ) -> dict[str, float]:
     return {
@@ -38,10 +46,7 @@ def gender_selective(
     do (coverage), and how many of those left out are children under 13: the trade-off behind
     `attributes.gender_min_confidence`."""
     at = np.asarray(age_true, np.float64)
-    gt = np.asarray(gender_true, np.int64)
-    fp = np.asarray(female_prob, np.float64)
-    conf = np.maximum(fp, 1 - fp)
-    right = (fp >= 0.5).astype(np.int64) == gt
+    conf, right = _gender_right(gender_true, female_prob)
     return [{"min_confidence": f, **_selective_row(right, conf >= f, at)} for f in floors]
 
 
@@ -58,10 +63,7 @@ def gender_selective_by_age(
     faces aged 13 and over that report none."""
     at = np.asarray(age_true, np.float64)
     ap = np.asarray(age_pred, np.float64)
-    gt = np.asarray(gender_true, np.int64)
-    fp = np.asarray(female_prob, np.float64)
-    conf = np.maximum(fp, 1 - fp)
-    right = (fp >= 0.5).astype(np.int64) == gt
+    conf, right = _gender_right(gender_true, female_prob)
     adults = at >= 13
     rows = []
     for a in min_ages:
@@ -90,12 +92,13 @@ def attribute_metrics(
     gt = np.asarray(gender_true, np.int64)
     fp = np.asarray(female_prob, np.float64)
     err = np.abs(at - ap)
+    right = _gender_right(gt, fp)[1]
     q = None if quality is None else np.asarray(quality, np.float64)
     res: dict[str, object] = {
         "images": int(at.size),
         "age_mae": round(float(err.mean()), 3) if at.size else float("nan"),
         "age_median_ae": round(float(np.median(err)), 3) if at.size else float("nan"),
-        "gender_accuracy": round(float(((fp >= 0.5).astype(np.int64) == gt).mean()), 4) if gt.size else float("nan"),
+        "gender_accuracy": round(float(right.mean()), 4) if gt.size else float("nan"),
     }
 
     def by_band(edges: tuple[tuple[int, int], ...]) -> dict[str, dict[str, float | int | list[float]]]:
@@ -106,16 +109,16 @@ def attribute_metrics(
                 bands[f"{lo}-{hi - 1}"] = {
                     "n": int(m.sum()),
                     "age_mae": round(float(err[m].mean()), 3),
-                    "gender_accuracy": round(float(((fp[m] >= 0.5).astype(np.int64) == gt[m]).mean()), 4),
+                    "gender_accuracy": round(float(right[m].mean()), 4),
                     # a gender bias shows as predicted and true shares of female faces far apart
                     "female_share": round(float(gt[m].mean()), 4),
                     "predicted_female_share": round(float((fp[m] >= 0.5).mean()), 4),
                 }
                 if q is not None and m.sum() >= 3:
                     third = np.digitize(q[m], np.quantile(q[m], [1 / 3, 2 / 3]))
-                    right = (fp[m] >= 0.5).astype(np.int64) == gt[m]
+                    band_right = right[m]
                     bands[f"{lo}-{hi - 1}"]["gender_accuracy_by_quality_third"] = [
-                        round(float(right[third == k].mean()), 4) if (third == k).any() else float("nan")
+                        round(float(band_right[third == k].mean()), 4) if (third == k).any() else float("nan")
                         for k in range(3)
                     ]
         return bands

@@ -12,8 +12,10 @@ from typing import Any
 
 
 def _cell(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v).lower() if isinstance(v, bool) else "-"
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:g}"
     if isinstance(v, list | tuple):
@@ -25,7 +27,8 @@ def _is_row(v: Any) -> bool:
     return isinstance(v, Mapping) and all(not isinstance(x, Mapping) for x in v.values())
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of an aligned table: the first column left-aligned, the others right-aligned (numbers)."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     return [fmt.format(*header).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
@@ -35,7 +38,7 @@ def _rows_table(first: str, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> li
     cols: list[str] = []
     for _, r in rows:
         cols += [c for c in r if c not in cols]
-    return _table([first, *cols], [[name, *(_cell(r.get(c)) for c in cols)] for name, r in rows])
+    return text_table([first, *cols], [[name, *(_cell(r.get(c)) for c in cols)] for name, r in rows])
 
 
 def format_report(result: Mapping[str, Any]) -> str:
