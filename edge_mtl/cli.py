@@ -123,10 +123,11 @@ def _app_config(args: argparse.Namespace) -> Any:
 # ------------------------------------------------------------------ handlers
 def cmd_check_config(args: argparse.Namespace) -> int:
     from edge_mtl.config import AppConfig, load_toml
+    from edge_mtl.fleet.config import CollectorFile
     from edge_mtl.train.config import TrainConfig
 
     text = Path(args.file).read_text(encoding="utf-8") if Path(args.file).is_file() else ""
-    model: Any = TrainConfig if "[task]" in text else AppConfig
+    model: Any = TrainConfig if "[task]" in text else CollectorFile if "[collector" in text else AppConfig
     cfg = load_toml(args.file, model)
     notes: list[str] = []
     if isinstance(cfg, AppConfig):
@@ -195,6 +196,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     from edge_mtl.identity.gallery import Gallery
 
+    if args.action == "publish":
+        return _publish_gallery(args)
     if args.action == "reenroll":
         from edge_mtl.identity.enroll import reenroll
 
@@ -223,6 +226,40 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 raise InputError(f"gallery remove: no person named {args.name!r} in {args.gallery}")
             sys.stdout.write(f"removed {args.name} ({n} embedding(s))\n")
     return 0
+
+
+def _publish_gallery(args: argparse.Namespace) -> int:
+    """`gallery publish`: the broker, key and topic from --config's [fleet.gallery], overridden by the options."""
+    from edge_mtl.config import BrokerConfig
+    from edge_mtl.fleet.gallery import publish_gallery
+
+    fg = _app_config(args).fleet.gallery
+    broker = BrokerConfig.model_validate(fg.model_dump(include=set(BrokerConfig.model_fields))) if fg else None
+    if args.broker:
+        host, _, port = args.broker.rpartition(":") if ":" in args.broker else (args.broker, "", "1883")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise InputError(f"gallery publish: --broker {args.broker!r}: expected HOST or HOST:PORT")
+        broker = (broker or BrokerConfig()).model_copy(update={"host": host, "port": int(port)})
+    key_file = args.key_file or (fg.key_file if fg else None)
+    if broker is None or key_file is None:
+        raise InputError("gallery publish: name the broker and key (--broker, --key-file, or [fleet.gallery] in "
+                         "--config)")
+    topic = args.topic or (fg.topic if fg else "edge-mtl/gallery")
+    res = publish_gallery(args.gallery, key_file, broker, topic, args.gallery_version, args.recognizer_version)
+    _emit(res) if args.json else sys.stdout.write(
+        f"published gallery version {res['version']}: {res['people']} people, recognizer {res['recognizer']}, "
+        f"on {res['topic']}\n")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from edge_mtl.fleet.collect import collect
+    from edge_mtl.fleet.config import load_collector_config
+
+    f = load_collector_config(args.config)
+    if args.log_level is None:
+        logging.getLogger().setLevel(f.log_level)
+    return collect(f.collector)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -338,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.set_defaults(func=cmd_run)
 
+    s = sub.add_parser("collect", help="store the events of many boxes from an MQTT broker in PostgreSQL")
+    s.add_argument("--config", type=Path, required=True, help="collector.toml ([collector] section)")
+    s.set_defaults(func=cmd_collect)
+
     s = sub.add_parser("events", help="read the event queue")
     es = s.add_subparsers(dest="events_cmd", required=True)
     t = es.add_parser("tail", help="print events as JSON lines")
@@ -357,12 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "gallery", help="list or remove enrolled people; reenroll them from their recorded images after a "
-        "recognizer upgrade"
+        "recognizer upgrade; publish the gallery to a fleet of boxes (docs/fleet.md)"
     )
-    s.add_argument("action", choices=["list", "remove", "reenroll"])
+    s.add_argument("action", choices=["list", "remove", "reenroll", "publish"])
     s.add_argument("name", nargs="?", help="remove: who; reenroll: only this person (default: everyone)")
     s.add_argument("--gallery", type=Path, required=True)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--broker", help="publish: MQTT HOST[:PORT] (default: [fleet.gallery] of --config)")
+    s.add_argument("--key-file", type=Path, help="publish: the fleet's HMAC key file")
+    s.add_argument("--topic", help="publish: retained topic (default: [fleet.gallery] topic or edge-mtl/gallery)")
+    s.add_argument("--gallery-version", type=positive_int, help="publish: version (default: now in milliseconds)")
+    s.add_argument("--recognizer-version", help="publish: whose embeddings (default: the one in the gallery)")
     _add_model_args(s)
     s.set_defaults(func=cmd_gallery)
 

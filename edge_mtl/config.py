@@ -240,7 +240,9 @@ class MqttForwarder(Strict):
     type: Literal["mqtt"] = "mqtt"
     host: str = Field("127.0.0.1", description="Broker host.")
     port: int = Field(1883, ge=1, le=65535)
-    topic: str = Field("edge-mtl/events", min_length=1, description="Topic; the camera name is appended.")
+    topic: str = Field(
+        "edge-mtl/events", min_length=1, description="Topic; [site/]box/ (fleet.box) and the camera are appended."
+    )
     qos: Literal[0, 1, 2] = 1
     client_id: str = Field("edge-mtl", min_length=1)
     username: str | None = None
@@ -272,6 +274,61 @@ class CameraConfig(Strict):
         return v
 
 
+_TOPIC_LEVEL = r"[A-Za-z0-9_.-]{1,64}"
+
+
+class BrokerConfig(Strict):
+    """An MQTT broker to connect to (the fleet's gallery channel, the collector's subscription)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = Field(None, min_length=1, max_length=128, description="MQTT client id (default: derived).")
+    username: str | None = None
+    password_file: Path | None = Field(None, description="File holding the password (never inline).")
+    tls: bool = False
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Reconnect delays double up to this.")
+
+
+class FleetGalleryConfig(BrokerConfig):
+    """Where a box takes its gallery from: `edge-mtl gallery publish` (docs/fleet.md)."""
+
+    topic: str = Field("edge-mtl/gallery", min_length=1, description="Retained topic the signed gallery is on.")
+    key_file: Path = Field(..., description="The fleet's shared HMAC-SHA256 key (a file, at least 32 bytes).")
+
+    @field_validator("topic")
+    @classmethod
+    def _plain_topic(cls, v: str) -> str:
+        if any(c in v for c in "+#\0"):
+            raise ValueError("must not contain '+', '#' or NUL")
+        return v
+
+
+class FleetConfig(Strict):
+    """This box in a fleet: its name in events and MQTT topics, and the fleet's gallery (docs/fleet.md)."""
+
+    box: str | None = Field(
+        None, description="This box's id: added to every event ('box') and to the MQTT topic, so camera names may "
+        "repeat across boxes. Letters, digits, '_', '.', '-'."
+    )
+    site: str | None = Field(None, description="The site the box is at (optional; needs box).")
+    gallery: FleetGalleryConfig | None = Field(
+        None, description="Take the gallery from the fleet's broker (signed); it replaces identity.gallery's file."
+    )
+
+    @field_validator("box", "site")
+    @classmethod
+    def _level(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(_TOPIC_LEVEL, v):
+            raise ValueError("1 to 64 letters, digits, '_', '.', '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _site_needs_box(self) -> FleetConfig:
+        if self.site is not None and self.box is None:
+            raise ValueError("site needs box")
+        return self
+
+
 class ServiceConfig(Strict):
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve /metrics and /health on 127.0.0.1:PORT (none: no listener)."
@@ -300,6 +357,7 @@ class AppConfig(Strict):
     attributes: AttributesConfig = Field(default_factory=AttributesConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     forwarders: list[Forwarder] = Field(default_factory=list)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -309,6 +367,8 @@ class AppConfig(Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"camera names must be unique, repeated: {sorted(dup)}")
+        if self.fleet.gallery is not None and self.identity.gallery is None:
+            raise ValueError("fleet.gallery needs identity.gallery: the file the fleet's gallery is kept in")
         return self
 
 

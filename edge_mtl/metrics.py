@@ -97,6 +97,7 @@ class Snapshot:
     pruned: int = 0
     models: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, version, precision) of loaded models
     identity_threshold: float | None = None  # the cosine threshold in use (config or the model's measured point)
+    gallery: dict[str, Any] | None = None  # the fleet gallery running ([fleet.gallery]; GallerySync.state())
 
     @property
     def queue_stored(self) -> int:
@@ -226,6 +227,12 @@ def render_prometheus(s: Snapshot) -> str:
     w.family("edge_mtl_identity_threshold", "gauge",
              "Cosine similarity a gallery match needs (identity.threshold, or the recognizer's measured point).",
              [({}, s.identity_threshold)] if s.identity_threshold is not None else [])
+    if s.gallery is not None:
+        w.family("edge_mtl_gallery_version", "gauge", "Version of the fleet gallery in use (0: none yet).",
+                 [({"recognizer": s.gallery.get("recognizer") or ""}, s.gallery.get("version") or 0)])
+        w.family("edge_mtl_gallery_refused_total", "counter",
+                 "Fleet gallery messages refused (another key, an incompatible recognizer, older).",
+                 [({}, s.gallery.get("refused") or 0)])
     return w.text()
 
 
@@ -256,6 +263,7 @@ def health_body(s: Snapshot) -> tuple[int, dict[str, Any]]:
             for c in s.cameras
         },
         "forwarders": [asdict(f) for f in s.forwarders],
+        **({"gallery": dict(s.gallery)} if s.gallery is not None else {}),
     }
     return (200 if s.healthy else 503), body
 

@@ -167,6 +167,13 @@ class Pipeline:
         log.info("gallery %s: %d people", self.gallery_path, len(self.matcher))
         return True
 
+    def reopen_gallery(self) -> None:
+        """The gallery file was replaced by a new one (a fleet gallery renamed into place): load that one."""
+        if self._gallery is not None:
+            self._gallery.close()
+            self._gallery = None
+        self.reload_gallery(force=True)
+
     def close(self) -> None:
         if self._gallery is not None:
             self._gallery.close()

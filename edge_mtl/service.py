@@ -141,6 +141,8 @@ class EventSink:
     def write(self, events: Sequence[Event]) -> None:
         if not events:
             return
+        for e in events:  # the box's name in a fleet (docs/fleet.md); None leaves the v1 keys only
+            e.box, e.site = self.cfg.fleet.box, self.cfg.fleet.site
         self.queue.append(list(events))
         self.written += len(events)
         for e in events:
@@ -395,6 +397,7 @@ class Service:
         self.wake = threading.Event()
         self.sources: list[Any] = []
         self.forwarders: list[Any] = []
+        self.gallery_sync: Any = None  # edge_mtl.fleet.gallery.GallerySync with [fleet.gallery]
         self.sink: EventSink | None = None
         self.pipeline: Any = None
         self.metrics: MetricsServer | None = None
@@ -485,6 +488,10 @@ class Service:
 
             self.forwarders.append(MqttForwarder(Path(cfg.events.db), fw))
         self.pipeline = Pipeline(cfg, detector, recognizer)
+        if cfg.fleet.gallery is not None:
+            from edge_mtl.fleet.gallery import start_gallery_sync
+
+            self.gallery_sync = start_gallery_sync(cfg, recognizer.meta)
         if getattr(self.args, "annotate", None):
             self.annotate = Annotator(self.args.annotate, [c.name for c in self.cams])
         if svc.metrics_port is not None:
@@ -518,6 +525,8 @@ class Service:
             if self.reload_flag.is_set():
                 self.reload_flag.clear()
                 self._reload()
+            if self.gallery_sync is not None and self.gallery_sync.take_swap():
+                pipeline.reopen_gallery()
             self.wake.clear()
             frames: list[Any] = []
             for s in self.sources:
@@ -674,6 +683,7 @@ class Service:
             pruned=sink.pruned if sink is not None else 0,
             models=[(m.kind, m.version, m.precision) for m in (p.detector.meta, p.recognizer.meta)] if p else [],
             identity_threshold=p.identity_threshold if p is not None else None,
+            gallery=self.gallery_sync.state() if self.gallery_sync is not None else None,
         )
 
     def _status_line(self) -> str:
@@ -729,6 +739,8 @@ class Service:
                 t.start()
             for t in threads:
                 t.join(budget + 1.0)
+        if self.gallery_sync is not None:
+            step("fleet gallery", self.gallery_sync.stop)
         if self.metrics is not None:
             step("metrics", self.metrics.stop)
         if self.annotate is not None:

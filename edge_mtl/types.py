@@ -213,6 +213,8 @@ class Event:
     duration_s: float | None = None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     seq: int | None = None
+    box: str | None = None  # fleet.box / fleet.site of the box that made it (optional keys, docs/events.md)
+    site: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:
@@ -237,4 +239,6 @@ class Event:
             "bbox": self.bbox,
             "quality": self.quality,
             "duration_s": self.duration_s,
+            **({"box": self.box} if self.box is not None else {}),
+            **({"site": self.site} if self.site is not None else {}),
         }

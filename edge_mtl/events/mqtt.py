@@ -65,6 +65,12 @@ def _read_password(path: Path) -> str:
     return text.rstrip("\r\n")
 
 
+def event_topic(base: str, event: dict[str, Any]) -> str:
+    """`<base>/<camera>`, or `<base>[/<site>]/<box>/<camera>` for an event of a box in a fleet (docs/fleet.md)."""
+    levels = [event[k] for k in ("site", "box") if event.get(k)]
+    return "/".join([base, *levels, event["camera"]])
+
+
 class _Link:
     """What paho's callbacks report about one connection (they run in the forwarder's thread)."""
 
@@ -99,7 +105,8 @@ class _RefusedError(_LinkDownError):
 
 
 class MqttForwarder:
-    """A thread that publishes every queued event to `<cfg.topic>/<camera>` and commits what the broker acked.
+    """A thread that publishes every queued event to `<cfg.topic>/<camera>` (`event_topic`: with the box's site and
+    box before the camera when fleet.box is set) and commits what the broker acked.
 
     `cursor_name` names the progress kept in the queue (default `mqtt:<client_id>`). A new forwarder starts
     at the oldest event still stored. The queue must exist (the pipeline creates it): InputError otherwise.
@@ -347,8 +354,7 @@ class MqttForwarder:
                     log.warning("MQTT: events %d..%d were pruned before delivery", next_seq, rows[0][0] - 1)
             now = time.monotonic()
             for seq, body in rows:
-                camera = json.loads(body)["camera"]
-                info = client.publish(f"{topic}/{camera}", body, qos=self.cfg.qos)
+                info = client.publish(event_topic(topic, json.loads(body)), body, qos=self.cfg.qos)
                 if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
                     raise _LinkDownError(f"publish failed: {self._mqtt.error_string(info.rc)}")
                 inflight[info.mid] = (seq, now)

@@ -34,9 +34,13 @@ SCHEMA_KEYS: tuple[str, ...] = (
     "duration_s",
 )
 
+#: Keys an event may carry after those, in this order: the box and site that made it (fleet.box, fleet.site), set
+#: only on boxes configured with them. Events without them are exactly the v1 events of before (docs/events.md).
+OPTIONAL_KEYS: tuple[str, ...] = ("box", "site")
+
 #: Largest seq/frame: SQLite's INTEGER range.
 MAX_INT = (1 << 63) - 1
-#: Camera names become MQTT topic levels, so they are restricted to the characters CameraConfig allows.
+#: Camera, box and site names become MQTT topic levels, so they are restricted to the characters CameraConfig allows.
 _CAMERA_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TS_RE = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?Z")
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -189,9 +193,9 @@ def _check_id(v: object) -> str:
 
 def _validate(d: dict[str, Any]) -> dict[str, Any]:
     keys = set(d)
-    if keys != set(SCHEMA_KEYS):
+    if keys - set(OPTIONAL_KEYS) != set(SCHEMA_KEYS):
         missing = [k for k in SCHEMA_KEYS if k not in keys]
-        extra = sorted(keys - set(SCHEMA_KEYS), key=repr)
+        extra = sorted(keys - set(SCHEMA_KEYS) - set(OPTIONAL_KEYS), key=repr)
         if missing:
             raise ValueError(f"missing key(s) {missing}")
         raise ValueError(f"unexpected key(s) {extra}")
@@ -206,10 +210,13 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
         shown = repr(d["type"])[:60] if isinstance(d["type"], str) else _kind(d["type"])
         raise ValueError(f"type: expected one of {list(EVENT_TYPES)}, got {shown}")
     _check_ts(d["ts"])
-    camera = d["camera"]
-    if not isinstance(camera, str) or _CAMERA_RE.fullmatch(camera) is None:
-        shown = repr(camera[:70]) if isinstance(camera, str) else _kind(camera)
-        raise ValueError(f"camera: expected 1-64 of [A-Za-z0-9_.-], got {shown}")
+    for key in ("camera", *OPTIONAL_KEYS):
+        if key not in d:
+            continue
+        name = d[key]
+        if not isinstance(name, str) or _CAMERA_RE.fullmatch(name) is None:
+            shown = repr(name[:70]) if isinstance(name, str) else _kind(name)
+            raise ValueError(f"{key}: expected 1-64 of [A-Za-z0-9_.-], got {shown}")
     _text("track_id", d["track_id"])
     frame = d["frame"]
     if not _is_int(frame) or not 0 <= frame <= MAX_INT:
@@ -239,7 +246,7 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
         _number("quality", d["quality"], 0.0, 1.0)
     if d["duration_s"] is not None:
         _number("duration_s", d["duration_s"], 0.0)
-    return {k: d[k] for k in SCHEMA_KEYS}
+    return {k: d[k] for k in (*SCHEMA_KEYS, *OPTIONAL_KEYS) if k in d}
 
 
 def decode_event(obj: str | bytes | dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Many boxes, one broker, one central store, one gallery (docs/fleet.md)."""

@@ -1,0 +1,178 @@
+"""The central store: every box's events in PostgreSQL (psycopg 3), written idempotently on the event id.
+
+Layout (schema `edge_mtl` unless configured otherwise):
+
+* `events`: one row per event, `id` (the event's UUID) the primary key, so a redelivered event is a no-op
+  (`INSERT ... ON CONFLICT (id) DO NOTHING`). The fields dashboards filter on are columns (capture time `ts`,
+  `site`, `box`, `camera`, `type`, `identity`); the whole event is kept as `body` (jsonb) too. Indexes serve time
+  ranges (`ts`), one camera of one box (`box, camera, ts`), a site (`site, ts`), a person (`identity, ts`) and an
+  event type (`type, ts`).
+* `boxes`: per box, the highest `seq` stored, the capture time of that event, when it arrived and how many
+  events were stored: the high-water marks a dashboard shows, and where the collector's lag comes from.
+
+Retention deletes events by capture time, in chunks, so a large delete never holds the writer up for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from edge_mtl.errors import MissingExtraError
+
+log = logging.getLogger(__name__)
+
+#: Advisory lock key: collectors starting together create the tables one at a time.
+_DDL_LOCK = 0x454D544C
+
+_DDL = (
+    "CREATE SCHEMA IF NOT EXISTS {s}",
+    "CREATE TABLE IF NOT EXISTS {s}.events ("
+    " id uuid PRIMARY KEY,"
+    " site text,"
+    " box text NOT NULL,"
+    " camera text NOT NULL,"
+    " seq bigint NOT NULL,"
+    " type text NOT NULL,"
+    " ts timestamptz NOT NULL,"
+    " track_id text NOT NULL,"
+    " frame bigint NOT NULL,"
+    " identity text,"
+    " similarity real,"
+    " age_years real,"
+    " gender text,"
+    " quality real,"
+    " duration_s real,"
+    " body jsonb NOT NULL,"
+    " received_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE INDEX IF NOT EXISTS events_ts ON {s}.events (ts)",
+    "CREATE INDEX IF NOT EXISTS events_box_camera_ts ON {s}.events (box, camera, ts)",
+    "CREATE INDEX IF NOT EXISTS events_site_ts ON {s}.events (site, ts)",
+    "CREATE INDEX IF NOT EXISTS events_identity_ts ON {s}.events (identity, ts) WHERE identity IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS events_type_ts ON {s}.events (type, ts)",
+    "CREATE INDEX IF NOT EXISTS events_box_seq ON {s}.events (box, seq)",
+    "CREATE TABLE IF NOT EXISTS {s}.boxes ("
+    " box text PRIMARY KEY,"
+    " site text,"
+    " last_seq bigint NOT NULL,"
+    " last_ts timestamptz NOT NULL,"
+    " last_received timestamptz NOT NULL,"
+    " events bigint NOT NULL)",
+)
+
+_COLUMNS = (
+    ("id", "uuid"), ("site", "text"), ("box", "text"), ("camera", "text"), ("seq", "bigint"), ("type", "text"),
+    ("ts", "timestamptz"), ("track_id", "text"), ("frame", "bigint"), ("identity", "text"), ("similarity", "real"),
+    ("age_years", "real"), ("gender", "text"), ("quality", "real"), ("duration_s", "real"), ("body", "jsonb"),
+)
+
+
+def import_psycopg() -> Any:
+    """psycopg 3, imported only by the collector (the `fleet` extra)."""
+    try:
+        import psycopg
+    except ImportError:
+        raise MissingExtraError("psycopg", "fleet") from None
+    return psycopg
+
+
+def ts_epoch(ts: str) -> float:
+    """Seconds since the epoch of a schema `ts` ("2026-11-22T18:00:00.123Z", already validated)."""
+    whole, _, frac = ts.rstrip("Z").partition(".")
+    base = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+@dataclass
+class BoxMark:
+    """What one stored batch says about one box."""
+
+    site: str | None
+    last_seq: int
+    last_ts: str
+    stored: int
+
+
+def event_row(ev: dict[str, Any], body: str) -> tuple[Any, ...]:
+    """The `events` columns of a validated event (`decode_event`'s dict) and its JSON text."""
+    ident, age, gender = ev["identity"], ev["age"], ev["gender"]
+    return (
+        uuid.UUID(ev["id"]), ev.get("site"), ev.get("box") or "", ev["camera"], ev["seq"], ev["type"], ev["ts"],
+        ev["track_id"], ev["frame"], ident["name"] if ident else None, ident["similarity"] if ident else None,
+        age["years"] if age else None, gender["label"] if gender else None, ev["quality"], ev["duration_s"], body,
+    )
+
+
+class EventStore:
+    """One connection to the central database; `insert` is one transaction (all of a batch or nothing)."""
+
+    def __init__(self, conn: Any, schema: str) -> None:
+        self.psycopg = import_psycopg()
+        from psycopg import sql
+
+        self.conn = conn
+        s = sql.Identifier(schema)
+        self._s = s
+        self._ddl = [sql.SQL(stmt).format(s=s) for stmt in _DDL]
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c, _ in _COLUMNS)
+        arrays = sql.SQL(", ").join(sql.SQL("%s::" + t + "[]") for _, t in _COLUMNS)
+        self._insert = sql.SQL(
+            "INSERT INTO {s}.events ({cols}) SELECT * FROM unnest({arrays}) ON CONFLICT (id) DO NOTHING RETURNING box"
+        ).format(s=s, cols=cols, arrays=arrays)
+        self._boxes = sql.SQL(
+            "INSERT INTO {s}.boxes AS b (box, site, last_seq, last_ts, last_received, events) "
+            "VALUES (%s, %s, %s, %s, now(), %s) ON CONFLICT (box) DO UPDATE SET site = excluded.site, "
+            "last_ts = CASE WHEN excluded.last_seq >= b.last_seq THEN excluded.last_ts ELSE b.last_ts END, "
+            "last_seq = GREATEST(b.last_seq, excluded.last_seq), last_received = now(), "
+            "events = b.events + excluded.events"
+        ).format(s=s)
+
+    def create(self) -> None:
+        """Tables and indexes (idempotent; serialised between collectors by an advisory lock)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+            for stmt in self._ddl:
+                cur.execute(stmt)
+
+    def insert(self, events: Sequence[tuple[dict[str, Any], str]]) -> dict[str, BoxMark]:
+        """Store (validated event, its JSON) pairs in one transaction; per box, what was new. Events whose id is
+        already stored are skipped (at-least-once delivery, deduplicated here)."""
+        rows = [event_row(ev, body) for ev, body in events]
+        columns = [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in _COLUMNS]
+        marks: dict[str, BoxMark] = {}
+        for ev, _ in events:
+            box = ev.get("box") or ""
+            m = marks.get(box)
+            if m is None:
+                marks[box] = BoxMark(ev.get("site"), ev["seq"], ev["ts"], 0)
+            elif ev["seq"] >= m.last_seq:
+                m.site, m.last_seq, m.last_ts = ev.get("site"), ev["seq"], ev["ts"]
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(self._insert, columns)
+            for (box,) in cur.fetchall():
+                marks[box].stored += 1
+            cur.executemany(self._boxes, [(b, m.site, m.last_seq, m.last_ts, m.stored) for b, m in marks.items()])
+        return marks
+
+    def prune(self, max_age_s: float, chunk: int = 10_000, budget_s: float = 5.0) -> int:
+        """Delete events captured more than `max_age_s` ago, `chunk` rows per transaction, for up to `budget_s`
+        (the rest at the next call); returns how many were deleted."""
+        from psycopg import sql
+
+        stmt = sql.SQL(
+            "DELETE FROM {s}.events WHERE id = ANY(ARRAY(SELECT id FROM {s}.events "
+            "WHERE ts < now() - make_interval(secs => %s) LIMIT %s))"
+        ).format(s=self._s)
+        total, t0 = 0, time.monotonic()
+        while True:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                cur.execute(stmt, (max_age_s, chunk))
+                n = int(cur.rowcount)
+            total += n
+            if n < chunk or time.monotonic() - t0 > budget_s:
+                return total
