@@ -48,11 +48,12 @@ class _LogWait:
 
 
 class Daemon:
-    """`edge-mtl run ...` in the background; stderr collected by a thread (the pipe never fills up)."""
+    """`edge-mtl run ...` (or another long-running `command`, e.g. collect) in the background; stderr collected by a
+    thread (the pipe never fills up)."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, command: str = "run") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_mtl.cli", "run", *args], cwd=REPO, env=env or child_env(),
+            [sys.executable, "-m", "edge_mtl.cli", command, *args], cwd=REPO, env=env or child_env(),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, umask=0o022,
         )
         self.pid = self.proc.pid

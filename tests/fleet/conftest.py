@@ -3,11 +3,12 @@ mosquitto broker configured as docs/fleet.md says a fleet's broker must be."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import shipped_models as shipped_models  # the fleet test runs the shipped models
 from tests.events.events_helpers import Broker, mosquitto_path
 from tests.events.events_helpers import free_port as free_port
 from tests.fleet.fleet_helpers import Postgres, postgres_bin
@@ -43,10 +44,3 @@ def fleet_broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
-
-
-@pytest.fixture
-def wait_for() -> Callable[..., None]:
-    from tests.proc_helpers import wait_until
-
-    return wait_until
