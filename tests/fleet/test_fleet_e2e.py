@@ -158,18 +158,6 @@ def test_fleet_every_event_once_through_outages(
     key.write_bytes(os.urandom(32).hex().encode())
     os.chmod(key, 0o600)
 
-    # central enrolment from stills of the clip's last seconds (never the frames the boxes see), published once
-    stills = []
-    for i in (300, 330):
-        stills.append(tmp_path / f"still{i}.png")
-        cv2.imwrite(str(stills[-1]), _frame(video, i))
-    central = tmp_path / "central.db"
-    edge_mtl("enroll", *models, "--gallery", str(central), "--name", PERSON, *map(str, stills))
-    pub = json.loads(edge_mtl("gallery", "publish", "--gallery", str(central), "--broker",
-                              f"127.0.0.1:{fleet_broker.port}", "--key-file", str(key), "--topic", GALLERY_TOPIC,
-                              "--json").stdout)
-    assert pub["people"] == 1
-
     col_cfg = _collector_config(tmp_path, postgres, fleet_broker)
     collector = Daemon(["--config", str(col_cfg)], command="collect")
     boxes: dict[str, Daemon] = {}
@@ -180,7 +168,19 @@ def test_fleet_every_event_once_through_outages(
         for box, site in BOXES:
             cfg = _box_config(tmp_path, box, site, clip, key, fleet_broker, ports[box])
             boxes[box] = Daemon(["--config", str(cfg), *models])
-        for box, d in boxes.items():
+        # while the boxes load their models: a central enrolment from stills of the clip's last seconds (never the
+        # frames the boxes see), published once
+        stills = []
+        for i in (300, 330):
+            stills.append(tmp_path / f"still{i}.png")
+            cv2.imwrite(str(stills[-1]), _frame(video, i))
+        central = tmp_path / "central.db"
+        edge_mtl("enroll", *models, "--gallery", str(central), "--name", PERSON, *map(str, stills))
+        pub = json.loads(edge_mtl("gallery", "publish", "--gallery", str(central), "--broker",
+                                  f"127.0.0.1:{fleet_broker.port}", "--key-file", str(key), "--topic",
+                                  GALLERY_TOPIC, "--json").stdout)
+        assert pub["people"] == 1
+        for d in boxes.values():
             d.wait_log(rf"fleet gallery version {pub['version']} applied: 1 people", 90)
         # every box reports the gallery it runs
         for box in boxes:
@@ -191,8 +191,8 @@ def test_fleet_every_event_once_through_outages(
 
         def progress(what: str, timeout: float = 60) -> None:
             base = _stored(postgres)
-            wait_until(lambda: all(_stored(postgres).get(b, 0) >= base.get(b, 0) + 2 for b in boxes), timeout,
-                       f"two more events of every box in PostgreSQL ({what})")
+            wait_until(lambda: all(_stored(postgres).get(b, 0) >= base.get(b, 0) + 1 for b in boxes), timeout,
+                       f"more events of every box in PostgreSQL ({what})")
 
         progress("start")
         fleet_broker.stop()  # broker restart mid-run (mosquitto saves its sessions and queues on the way out)
@@ -208,7 +208,7 @@ def test_fleet_every_event_once_through_outages(
         time.sleep(3)
         postgres.start()
         progress("after the database outage")
-        for box, d in boxes.items():
+        for d in boxes.values():
             assert d.stop(60) == 0, d.stderr[-3000:]
         queues = {}
         for box in boxes:
