@@ -116,8 +116,11 @@ def collector_rate(pg: Postgres, broker: Broker, n: int, batch_size: int, schema
     pub.loop_stop()
     col, _, secs = run_until(lambda c: c.stats.stored >= n)
     stored = int(pg.query(f"SELECT count(*) FROM {schema}.events")[0][0])  # type: ignore[call-overload]
+    size = int(pg.query(f"SELECT pg_total_relation_size('{schema}.events')")[0][0])  # type: ignore[call-overload]
     return {"batch_size": batch_size, "events": n, "stored": stored, "seconds": round(secs, 3),
-            "events_per_s": round(n / secs, 1), "transactions": col.stats.batches}
+            "events_per_s": round(n / secs, 1), "transactions": col.stats.batches,
+            "bytes_per_event_with_indexes": round(size / max(stored, 1)), "message_bytes": round(
+                sum(len(b) for b in bodies) / len(bodies))}
 
 
 def main() -> int:

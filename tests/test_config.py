@@ -226,6 +226,9 @@ INT64 = 2**63 - 1
 SPECIAL: dict[tuple[str, str], st.SearchStrategy[Any]] = {
     ("CameraConfig", "name"): st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
     ("IdentityConfig", "false_accept_rate"): st.sampled_from(D.IDENTITY_FALSE_ACCEPT_RATES),
+    ("FleetConfig", "box"): st.none() | st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
+    ("FleetConfig", "site"): st.none() | st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
+    ("FleetGalleryConfig", "topic"): st.from_regex(r"[A-Za-z0-9_./-]{1,24}", fullmatch=True),
 }
 # discriminators of tagged unions must be present in the input even though the model has a default
 ALWAYS = {("MqttForwarder", "type")}
@@ -290,6 +293,10 @@ def _fix(model: type[BaseModel], d: dict[str, Any]) -> dict[str, Any]:
     elif model is TrackerConfig:
         d.pop("low_threshold", None)
         d.pop("high_threshold", None)
+    elif model.__name__ == "FleetConfig" and d.get("box") is None:
+        d.pop("site", None)  # a site needs a box
+    elif model is AppConfig and d.get("fleet", {}).get("gallery") and not d.get("identity", {}).get("gallery"):
+        d["fleet"].pop("gallery")  # the fleet's gallery needs identity.gallery to keep it in
     return d
 
 
