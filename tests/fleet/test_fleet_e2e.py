@@ -189,6 +189,17 @@ def test_fleet_every_event_once_through_outages(
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{ports[box]}/metrics", timeout=5).read().decode()
             assert f"edge_mtl_gallery_version{{recognizer=\"{pub['recognizer']}\"}} {pub['version']}" in metrics
 
+        # a gallery signed with another key, on the same topic: every box refuses it and keeps the one it runs
+        rogue = tmp_path / "rogue.key"
+        rogue.write_bytes(os.urandom(32).hex().encode())
+        edge_mtl("gallery", "publish", "--gallery", str(central), "--broker", f"127.0.0.1:{fleet_broker.port}",
+                 "--key-file", str(rogue), "--topic", GALLERY_TOPIC)
+        for box, d in boxes.items():
+            d.wait_log(r"fleet gallery refused: signed with another key .*; keeping gallery version "
+                       + str(pub["version"]), 30)
+            wait_until(lambda box=box: _health(ports[box])["gallery"]["refused"] == 1, 10, f"{box}: refusal on /health")
+            assert _health(ports[box])["gallery"]["version"] == pub["version"]
+
         def progress(what: str, timeout: float = 60) -> None:
             base = _stored(postgres)
             wait_until(lambda: all(_stored(postgres).get(b, 0) >= base.get(b, 0) + 1 for b in boxes), timeout,
