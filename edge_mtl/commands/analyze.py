@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from edge_mtl.config import AppConfig
 from edge_mtl.errors import InputError
-from edge_mtl.models_registry import load_detector, load_recognizer
+from edge_mtl.runtime.registry import load_detector, load_recognizer
 from edge_mtl.vision.align import align_faces
 
 log = logging.getLogger(__name__)

@@ -131,7 +131,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     notes: list[str] = []
     if isinstance(cfg, AppConfig):
         from edge_mtl.identity.aggregate import resolve_threshold
-        from edge_mtl.models_registry import check_models
+        from edge_mtl.runtime.registry import check_models
 
         rec = check_models(cfg).get("recognizer")
         if rec is not None:  # what the daemon would run with (it logs the same line at start and on reload)
@@ -143,7 +143,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from edge_mtl.analyze import detect_paths
+    from edge_mtl.commands.analyze import detect_paths
 
     errors: list[str] = []
     for rec in detect_paths(args.paths, _app_config(args), errors):
@@ -155,7 +155,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from edge_mtl.analyze import analyze_paths
+    from edge_mtl.commands.analyze import analyze_paths
 
     errors: list[str] = []
     for rec in analyze_paths(args.paths, _app_config(args), with_embedding=not args.no_embedding, errors=errors):
@@ -170,7 +170,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_mtl.service import run_service
+    from edge_mtl.daemon.service import run_service
 
     # SIGHUP re-reads the config file with the same command-line overrides
     return run_service(args, _app_config(args), reload_config=lambda: _app_config(args))
@@ -226,7 +226,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from edge_mtl.eval import cli as eval_cli
+    from edge_mtl.eval import suites as eval_cli
 
     result = eval_cli.run(args, _app_config(args))
     if args.json:
@@ -239,7 +239,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_mtl.bench import bench, format_bench
+    from edge_mtl.eval.bench import bench, format_bench
 
     result = bench(args, _app_config(args))
     if args.json:
@@ -250,7 +250,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from edge_mtl.train.run import train
+    from edge_mtl.train.loop.run import train
 
     metrics = train(args.config, resume=not args.no_resume, max_steps=args.max_steps)
     _emit(metrics)
@@ -258,14 +258,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_average_checkpoints(args: argparse.Namespace) -> int:
-    from edge_mtl.train.average import average_checkpoints
+    from edge_mtl.train.post.average import average_checkpoints
 
     _emit(average_checkpoints(args.checkpoints, args.output))
     return 0
 
 
 def cmd_calibrate_quality(args: argparse.Namespace) -> int:
-    from edge_mtl.train.calibrate_quality import calibrate_quality
+    from edge_mtl.train.post.calibrate_quality import calibrate_quality
 
     _emit(calibrate_quality(args.checkpoint, args.reference, args.crops, args.sources, args.output,
                             faces=args.faces, seed=args.seed))
@@ -273,7 +273,7 @@ def cmd_calibrate_quality(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edge_mtl.build.export import export_checkpoint
+    from edge_mtl.export_tools.export import export_checkpoint
 
     _emit(export_checkpoint(args.checkpoint, args.output, version=args.version, check=not args.no_check,
                             compatible=args.compatible_with))
@@ -281,21 +281,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edge_mtl.build.quantize import quantize_command
+    from edge_mtl.export_tools.quantize import quantize_command
 
     _emit(quantize_command(args))
     return 0
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
-    from edge_mtl.build.tensorrt import build_engine_command
+    from edge_mtl.runtime.tensorrt_build import build_engine_command
 
     _emit(build_engine_command(args))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge_mtl.demo import demo
+    from edge_mtl.commands.demo import demo
 
     return demo(args)
 
@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("checkpoint", type=Path)
     s.add_argument("--reference", type=Path, required=True, help="the release whose scale to keep (ONNX)")
-    s.add_argument("--crops", type=Path, required=True, help="crop cache folder (edge_mtl.train.crops)")
+    s.add_argument("--crops", type=Path, required=True, help="crop cache folder (edge_mtl.data.crops)")
     s.add_argument("--sources", nargs="+", required=True, help="cached sources to draw faces from")
     s.add_argument("--faces", type=positive_int, default=20000)
     s.add_argument("--seed", type=int, default=0)

@@ -66,8 +66,8 @@ def synthesize_clip(path: Path, frames: int = 150) -> Path:
 
 def demo(args: argparse.Namespace) -> int:
     from edge_mtl.config import AppConfig
+    from edge_mtl.daemon.service import run_service
     from edge_mtl.identity.enroll import enroll_images
-    from edge_mtl.service import run_service
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

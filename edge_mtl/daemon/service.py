@@ -18,7 +18,7 @@ What systemd sees (Type=notify, docs/operations.md):
   and needs a restart. A config that no longer validates is logged and ignored (the daemon keeps running on the
   old one).
 - /metrics (Prometheus) and /health (JSON, 200/503) on 127.0.0.1:`service.metrics_port`, only when it is set;
-  otherwise the daemon opens no listening socket at all (edge_mtl.metrics).
+  otherwise the daemon opens no listening socket at all (edge_mtl.daemon.metrics).
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ from typing import Any
 import numpy as np
 
 from edge_mtl.config import AppConfig, CameraConfig
-from edge_mtl.errors import InputError
-from edge_mtl.metrics import (
+from edge_mtl.daemon.metrics import (
     CameraSnapshot,
     ForwarderSnapshot,
     MetricsServer,
@@ -52,6 +51,7 @@ from edge_mtl.metrics import (
     StageSnapshot,
     check_loopback,
 )
+from edge_mtl.errors import InputError
 from edge_mtl.types import Event
 
 log = logging.getLogger(__name__)
@@ -444,8 +444,8 @@ class Service:
     # -- start ---------------------------------------------------------------------------------------------
     def _start(self) -> None:
         from edge_mtl.capture import open_source
-        from edge_mtl.models_registry import load_detector, load_recognizer
         from edge_mtl.pipeline import Pipeline
+        from edge_mtl.runtime.registry import load_detector, load_recognizer
 
         cfg = self.cfg
         self._apply_log_level()

@@ -95,8 +95,8 @@ def bench_recognizer(rec: Any, crops: npt.NDArray[np.uint8], batches: list[int],
 
 def bench(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.events.queue import EventQueue
-    from edge_mtl.models_registry import load_detector, load_recognizer
     from edge_mtl.pipeline import Pipeline
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
     from edge_mtl.vision.align import align_faces
 
     video = args.video

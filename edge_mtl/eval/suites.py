@@ -48,7 +48,7 @@ def crops_for_images(
 ) -> tuple[npt.NDArray[np.uint8], int, float]:
     """Aligned crop of the central face of each image; images without a detection use the median landmarks of the
     others (counted). Returns crops, the number of fallbacks and the mean detection time per image (s)."""
-    from edge_mtl.analyze import read_image
+    from edge_mtl.commands.analyze import read_image
 
     crops = np.zeros((len(paths), size, size, 3), np.uint8)
     lms: list[npt.NDArray[np.float32] | None] = []
@@ -93,7 +93,7 @@ def _models(det: FaceDetector, rec: FaceRecognizer) -> dict[str, Any]:
 
 def eval_verification(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.eval.verification import error_by_quality, read_pairs, verification_metrics
-    from edge_mtl.models_registry import load_detector, load_recognizer
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
 
     root = _root(args)
     pairs_file = root / "lfw" / args.pairs
@@ -152,9 +152,9 @@ def stamp_operating_points(
     import dataclasses
     import datetime
 
-    from edge_mtl.build.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
-    from edge_mtl.models_registry import model_path
+    from edge_mtl.export_tools.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
     from edge_mtl.runtime.engine import far_key
+    from edge_mtl.runtime.registry import model_path
 
     check_stamp_args(args, cfg)
     r = cfg.recognizer
@@ -185,7 +185,7 @@ def stamp_operating_points(
 def reserved_utkface(root: Path, full: Path | None) -> tuple[Path, list[str]]:
     """The held-out UTKFace images (`utkface_reserved.txt` of the data folder: never trained or tuned on; the set
     the peers' figures are measured on) inside a copy of the full UTKFace; every one must be there."""
-    from edge_mtl.train import sources as S
+    from edge_mtl.data import sources as S
 
     listing = root / "utkface_reserved.txt"
     if not listing.is_file():
@@ -205,9 +205,9 @@ def reserved_utkface(root: Path, full: Path | None) -> tuple[Path, list[str]]:
 
 
 def eval_attributes(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
+    from edge_mtl.data import sources as S
     from edge_mtl.eval.attributes import attribute_metrics
-    from edge_mtl.models_registry import load_detector, load_recognizer
-    from edge_mtl.train import sources as S
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
 
     root = _root(args)
     folder = root / "utkface"
@@ -242,10 +242,10 @@ def eval_attributes(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
 
 
 def eval_detection(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
+    from edge_mtl.data import sources as S
     from edge_mtl.eval.detection import GroundTruth, evaluate, false_detections_per_frame
-    from edge_mtl.models_registry import load_detector
-    from edge_mtl.train import sources as S
-    from edge_mtl.train.det_data import to_det_images
+    from edge_mtl.runtime.registry import load_detector
+    from edge_mtl.train.data.detector import to_det_images
 
     if args.video is not None and not Path(args.video).is_file():
         raise InputError(f"--video: no such file: {args.video}")
@@ -259,7 +259,7 @@ def eval_detection(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
     thr = det.score_threshold
     det.score_threshold = min(0.05, thr)  # AP needs low-score detections too; recall/precision use `thr`
     preds, gts, times = [], [], []
-    from edge_mtl.analyze import read_image
+    from edge_mtl.commands.analyze import read_image
 
     for it in items:
         img = read_image(Path(it.path))

@@ -44,7 +44,7 @@ DETECTOR_IMAGES = 40
 DETECTOR_EVAL_IMAGES = 64
 VIDEO_FRAMES = {"pedestrians_1080p.mp4": 4, "selfie_portrait.mp4": 2, "cctv_overhead_no_faces.mp4": 2}
 MIN_CROPS = 16
-# As the recognizer's training crops (edge_mtl.train.crops): sources without face boxes (UTKFace chips, CelebA
+# As the recognizer's training crops (edge_mtl.data.crops): sources without face boxes (UTKFace chips, CelebA
 # crops) are padded by a quarter of their long side so the detector sees context; detection at 320.
 CHIP_PAD = 0.25
 DETECT_SIZE = 320
@@ -100,7 +100,7 @@ def reserved_utkface(root: Path) -> set[str]:
 
 def utkface_names(root: Path, split: str) -> list[str]:
     """UTKFace `train` or `val` names of the shared copy (seed-0 split), reserved names removed."""
-    from edge_mtl.train.sources import utkface_split
+    from edge_mtl.data.sources import utkface_split
 
     train, val = utkface_split(root / "utkface", seed=0)
     skip = reserved_utkface(root)
@@ -110,7 +110,7 @@ def utkface_names(root: Path, split: str) -> list[str]:
 def caltech_names(root: Path, split: str) -> list[str]:
     """Caltech WebFaces `train` or `val` image names, split as the detector's training does
     (`split_images(names, 0.1, 0)` over the annotated images; names read directly, without fitting boxes)."""
-    from edge_mtl.train.sources import split_images
+    from edge_mtl.data.sources import split_images
 
     lines = (root / "caltech_webfaces" / "landmarks.txt").read_text().splitlines()
     names = {ln.split()[0] for ln in lines if len(ln.split()) == 9}
@@ -133,11 +133,11 @@ def _face_detector(detector_onnx: str | Path, threads: int = 0) -> Any:
 
 
 def align_record(detector: Any, rec: Any, size: int) -> npt.NDArray[np.uint8] | None:
-    """Crop one face exactly as the recognizer's training crops are made (`edge_mtl.train.crops`): pad sources
+    """Crop one face exactly as the recognizer's training crops are made (`edge_mtl.data.crops`): pad sources
     without boxes by CHIP_PAD of their long side, detect, pick the record's face (`pick_face`: nearest the annotated
     eyes when the source has them, else the large confident central face), align with its 4 landmarks.
     None when the detector misses the face (calibration wants detector geometry, so no fallback)."""
-    from edge_mtl.train.crops import pick_face
+    from edge_mtl.data.crops import pick_face
     from edge_mtl.vision.align import align_faces
 
     image = read_bgr(rec.path)
@@ -170,13 +170,13 @@ def _crops(
 
 
 def _utk_records(root: Path, names: list[str]) -> list[Any]:
-    from edge_mtl.train.sources import FaceRecord
+    from edge_mtl.data.sources import FaceRecord
 
     return [FaceRecord("utkface", str(root / "utkface" / n), f"utkface/{n}") for n in names]
 
 
 def _celeba_records(root: Path, names: list[str]) -> list[Any]:
-    from edge_mtl.train.sources import celeba_crops
+    from edge_mtl.data.sources import celeba_crops
 
     by_name = {Path(r.path).name: r for r in celeba_crops(root / "celeba_crops")}
     return [by_name[n] for n in names if n in by_name]

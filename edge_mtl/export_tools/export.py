@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.build.metadata import detector_metadata, landmarks_metadata, recognizer_metadata
-from edge_mtl.build.onnx_utils import (
+from edge_mtl.errors import EdgeMtlError, InputError, ModelError
+from edge_mtl.export_tools.onnx_utils import (
     file_sha256,
     import_onnx,
     ort_cpu_session,
@@ -35,8 +35,8 @@ from edge_mtl.build.onnx_utils import (
     save_model_atomic,
     set_metadata,
 )
-from edge_mtl.build.parity import EXPORT_TOLERANCES, Tolerance, compare_heads, describe_failure, merge_reports
-from edge_mtl.errors import EdgeMtlError, InputError, ModelError
+from edge_mtl.export_tools.parity import EXPORT_TOLERANCES, Tolerance, compare_heads, describe_failure, merge_reports
+from edge_mtl.models.metadata import detector_metadata, landmarks_metadata, recognizer_metadata
 from edge_mtl.runtime.engine import ModelMetadata
 
 if TYPE_CHECKING:
@@ -359,7 +359,7 @@ def export_checkpoint(
     is available; pass an array to choose them, or None for random inputs only. `check=False` (`--no-check`) skips
     the parity check; the ONNX checker always runs.
     """
-    from edge_mtl.train.checkpoint import load_checkpoint
+    from edge_mtl.models.checkpoint import load_checkpoint
 
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
@@ -371,7 +371,7 @@ def export_checkpoint(
         if real_inputs != "auto":
             raise InputError(f"real_inputs: expected an array, None or 'auto', got {real_inputs!r}")
         if check:
-            from edge_mtl.build.calibration import parity_inputs
+            from edge_mtl.export_tools.calibration import parity_inputs
 
             real = parity_inputs(kind, model_metadata(kind, args), data=data)
             if real is None:

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.build.onnx_utils import (
+from edge_mtl.errors import ModelError
+from edge_mtl.export_tools.onnx_utils import (
     import_onnx,
     load_model,
     metadata_of,
@@ -42,8 +43,7 @@ from edge_mtl.build.onnx_utils import (
     save_model_atomic,
     set_metadata,
 )
-from edge_mtl.build.parity import FP16_TOLERANCES, Tolerance, compare_heads, describe_failure, merge_reports
-from edge_mtl.errors import ModelError
+from edge_mtl.export_tools.parity import FP16_TOLERANCES, Tolerance, compare_heads, describe_failure, merge_reports
 
 if TYPE_CHECKING:
     import onnx
@@ -347,7 +347,7 @@ def to_fp16(
     which is why the sensitive ops are typed FP32 in the graph (see the module docstring) rather than trusted to
     the parity numbers.
     """
-    from edge_mtl.build.export import ParityError, random_inputs
+    from edge_mtl.export_tools.export import ParityError, random_inputs
 
     onnx = import_onnx()
     src, dst = Path(src), Path(dst)

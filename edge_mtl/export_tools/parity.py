@@ -39,7 +39,7 @@ EXPORT_TOLERANCES: dict[str, Tolerance] = {
     "offsets": Tolerance(1e-4),  # landmark refiner, fractions of its 64 px crop
 }
 
-# FP16 ONNX vs FP32 ONNX: FP16 has ~3 significant digits; sensitive ops stay FP32 (see `edge_mtl.build.fp16`).
+# FP16 ONNX vs FP32 ONNX: FP16 has ~3 significant digits; sensitive ops stay FP32 (see `edge_mtl.export_tools.fp16`).
 FP16_TOLERANCES: dict[str, Tolerance] = {
     "embedding": Tolerance(1e-2, cosine_min=0.999),
     "age": Tolerance(0.5),

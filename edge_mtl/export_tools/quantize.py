@@ -15,7 +15,7 @@ QuantizeLinear/DequantizeLinear pairs that TensorRT builds strongly typed and ON
 - Removable activations (ReLU/Clip after a quantized output) are kept: ONNX Runtime only drops them for
   asymmetric quantization anyway, and TensorRT fuses them.
 - Calibration: MinMax, Entropy or Percentile (99.999) ranges from ONNX Runtime's calibrators on real inputs
-  (`edge_mtl.build.calibration`); "auto" tries all three and keeps the one whose model scores best on held-out
+  (`edge_mtl.export_tools.calibration`); "auto" tries all three and keeps the one whose model scores best on held-out
   inputs (the worst gated metric's margin first, then the next worst; see calib/README.md for the comparison).
   Ranges are saved as JSON (ONNX Runtime's calibration cache format plus an `edge_mtl` section naming the images
   and the FP32 model they belong to), so the shipped INT8 models can be reproduced from calib/ without the data.
@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.build.onnx_utils import (
+from edge_mtl.errors import EdgeMtlError, InputError, ModelError
+from edge_mtl.eval.detection import iou_matrix
+from edge_mtl.export_tools.onnx_utils import (
     file_sha256,
     graph_sha256,
     import_onnx,
@@ -54,8 +56,6 @@ from edge_mtl.build.onnx_utils import (
     save_model_atomic,
     set_metadata,
 )
-from edge_mtl.errors import EdgeMtlError, InputError, ModelError
-from edge_mtl.eval.detection import iou_matrix
 from edge_mtl.runtime.engine import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -653,7 +653,7 @@ def _calibration_inputs(
     args: Any, meta: ModelMetadata
 ) -> tuple[npt.NDArray[np.float32] | None, Path | None, dict[str, Any]]:
     """(array, calibration file, info) from --calib (.npy array or .json ranges) or the recipe on --data."""
-    from edge_mtl.build import calibration as cal
+    from edge_mtl.export_tools import calibration as cal
 
     calib = getattr(args, "calib", None)
     if calib is not None:
@@ -677,7 +677,7 @@ def _calibration_inputs(
 
 
 def _eval_inputs(args: Any, meta: ModelMetadata) -> npt.NDArray[np.float32]:
-    from edge_mtl.build import calibration as cal
+    from edge_mtl.export_tools import calibration as cal
 
     if meta.kind == "recognizer":
         det = Path(getattr(args, "detector", None) or _default_detector())
@@ -776,7 +776,7 @@ def quantize_command(args: Any) -> dict[str, Any]:
     no_gate = bool(getattr(args, "no_gate", False))
     exclude = list(getattr(args, "exclude", None) or [])
     if args.precision == "fp16":
-        from edge_mtl.build.fp16 import to_fp16
+        from edge_mtl.export_tools.fp16 import to_fp16
 
         report = to_fp16(src, dst, exclude_nodes=exclude)
         if not no_gate:

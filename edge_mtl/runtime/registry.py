@@ -59,9 +59,9 @@ def torch_engine_from_onnx_or_checkpoint(path: Path, backend: BackendConfig) -> 
         raise MissingExtraError("torch", "train") from e
     if path.suffix != ".pt":
         raise InputError(f"{path}: the torch backend needs a training checkpoint (.pt), not {path.suffix}")
-    from edge_mtl.build.metadata import detector_metadata, recognizer_metadata
+    from edge_mtl.models.checkpoint import load_checkpoint
+    from edge_mtl.models.metadata import detector_metadata, recognizer_metadata
     from edge_mtl.runtime.torch_engine import TorchEngine
-    from edge_mtl.train.checkpoint import load_checkpoint
 
     st = load_checkpoint(path)
     device = "cuda" if backend.device in ("cuda", "tensorrt") else "cpu"

@@ -2,8 +2,8 @@
 
 TensorRT 10.12 deprecated and 11 removed the FP16/INT8 builder flags (and 10.1/11 the implicit INT8 calibrators),
 so the network is created STRONGLY_TYPED and the precision comes from the ONNX itself: an FP16 ONNX
-(`edge_mtl.build.fp16`) or a Q/DQ INT8 ONNX (`edge_mtl.build.quantize`). No precision flag is ever set; the same
-code builds on TensorRT 10.x (JetPack 6 ships 10.3) and 11.x.
+(`edge_mtl.export_tools.fp16`) or a Q/DQ INT8 ONNX (`edge_mtl.export_tools.quantize`). No precision flag is ever
+set; the same code builds on TensorRT 10.x (JetPack 6 ships 10.3) and 11.x.
 
 Precision is verified twice, because a mislabelled model would otherwise build as FP32 without complaint:
 1. after parsing, on the network: Quantize/Dequantize layers mean int8, FP16 tensors mean fp16, neither fp32;
@@ -12,8 +12,8 @@ Precision is verified twice, because a mislabelled model would otherwise build a
    (convolutions, GEMMs) must be Int8 for an int8 model, FP16 for fp16, neither for fp32
    (`engine_cache.check_engine_precision`).
 
-TensorRT's log goes to Python logging (logger `edge_mtl.build.tensorrt.trt`). The timing cache is kept in the cache
-folder per GPU architecture and TensorRT version, so rebuilds after a model change are fast.
+TensorRT's log goes to Python logging (logger `edge_mtl.runtime.tensorrt_build.trt`). The timing cache is kept in the
+cache folder per GPU architecture and TensorRT version, so rebuilds after a model change are fast.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_mtl.build.engine_cache import (
+from edge_mtl.errors import BackendUnavailableError, EdgeMtlError, MissingExtraError, ModelError
+from edge_mtl.export_tools.onnx_utils import file_sha256
+from edge_mtl.runtime.engine import ModelMetadata
+from edge_mtl.runtime.engine_cache import (
     BuildTarget,
     CacheEntry,
     Profile,
@@ -40,9 +43,6 @@ from edge_mtl.build.engine_cache import (
     trt_log_level,
     write_entry,
 )
-from edge_mtl.build.onnx_utils import file_sha256
-from edge_mtl.errors import BackendUnavailableError, EdgeMtlError, MissingExtraError, ModelError
-from edge_mtl.runtime.engine import ModelMetadata
 
 log = logging.getLogger(__name__)
 trt_log = logging.getLogger(__name__ + ".trt")
@@ -109,7 +109,7 @@ def current_target(device: int = 0) -> BuildTarget:
 def read_onnx_metadata(path: Path) -> ModelMetadata:
     """Metadata from the ONNX file: with `onnx` when installed, else through ONNX Runtime (a core dependency)."""
     try:
-        from edge_mtl.build.onnx_utils import read_metadata
+        from edge_mtl.export_tools.onnx_utils import read_metadata
 
         return read_metadata(path)
     except MissingExtraError:
@@ -212,7 +212,8 @@ def build_engine(
     config.add_optimization_profile(trt_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EdgeMtlError(f"TensorRT failed to build {onnx_path.name} (see the edge_mtl.build.tensorrt.trt log)")
+        raise EdgeMtlError(
+            f"TensorRT failed to build {onnx_path.name} (see the edge_mtl.runtime.tensorrt_build.trt log)")
     data = bytes(memoryview(serialized))
     _atomic_write(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
     runtime = trt.Runtime(logger)

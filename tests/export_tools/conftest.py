@@ -13,7 +13,7 @@ pytest.importorskip("onnx")
 
 from build_helpers import DET_ARGS, REC_ARGS, make_detector, make_recognizer, one_torch_thread  # noqa: E402
 
-from edge_mtl.build.export import export_module  # noqa: E402
+from edge_mtl.export_tools.export import export_module  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from build_helpers import REC_ARGS, faces_like, make_recognizer
 
-from edge_mtl.build.export import export_checkpoint, export_module
-from edge_mtl.build.onnx_utils import read_metadata
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
 from edge_mtl.errors import InputError, ModelError
-from edge_mtl.train.calibrate_quality import calibrate_quality, fit_affine, reference_logits
-from edge_mtl.train.checkpoint import load_checkpoint, save_checkpoint
+from edge_mtl.export_tools.export import export_checkpoint, export_module
+from edge_mtl.export_tools.onnx_utils import read_metadata
+from edge_mtl.models.checkpoint import load_checkpoint, save_checkpoint
+from edge_mtl.train.post.calibrate_quality import calibrate_quality, fit_affine, reference_logits
 
 
 def _crop_cache(folder: Path, n: int) -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_mtl.build import calibration as cal
-from edge_mtl.build.export import model_metadata
+from edge_mtl.export_tools import calibration as cal
+from edge_mtl.export_tools.export import model_metadata
 from edge_mtl.paths import default_model
 
 pytestmark = pytest.mark.data

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_mtl.build.engine_cache import (
+from edge_mtl.errors import InputError, MissingExtraError, ModelError
+from edge_mtl.export_tools.onnx_utils import read_metadata
+from edge_mtl.runtime.engine_cache import (
     BuildTarget,
     CacheEntry,
     Profile,
@@ -30,8 +32,6 @@ from edge_mtl.build.engine_cache import (
     trt_log_level,
     write_entry,
 )
-from edge_mtl.build.onnx_utils import read_metadata
-from edge_mtl.errors import InputError, MissingExtraError, ModelError
 
 ORIN = BuildTarget((8, 7), "10.3.0", "Orin")
 H100 = BuildTarget((9, 0), "10.8.0", "NVIDIA H100")
@@ -80,7 +80,7 @@ def _entry(tmp_path: Path, target: BuildTarget = ORIN, model_path: str = "export
     p = Profile("input", (1, 3, 112, 112), (8, 3, 112, 112), (32, 3, 112, 112))
     from build_helpers import REC_ARGS
 
-    from edge_mtl.build.export import model_metadata
+    from edge_mtl.export_tools.export import model_metadata
 
     meta = model_metadata("recognizer", REC_ARGS.to_dict(), precision="int8")
     return CacheEntry(
@@ -197,14 +197,14 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_missing_tensorrt_is_a_clear_error(rec_export, tmp_path: Path) -> None:
-    from edge_mtl.build.tensorrt import build_engine
     from edge_mtl.runtime.tensorrt import TensorRTEngine
+    from edge_mtl.runtime.tensorrt_build import build_engine
 
     with pytest.raises(MissingExtraError, match=r"edge-mtl\[tensorrt\]"):
         TensorRTEngine(rec_export[0], tmp_path)
     with pytest.raises(MissingExtraError):
         build_engine(rec_export[0], tmp_path)
-    from edge_mtl.cli import main
+    from edge_mtl.commands.cli import main
 
     assert main(["build-engine", str(rec_export[0]), "--cache", str(tmp_path)]) == 2
 
@@ -239,7 +239,7 @@ def test_runtime_module_imports_without_torch_or_tensorrt() -> None:
     import sys
 
     code = (
-        "import sys; import edge_mtl.runtime.tensorrt, edge_mtl.build.engine_cache, edge_mtl.build.tensorrt; "
+        "import sys; import edge_mtl.runtime.tensorrt, edge_mtl.runtime.engine_cache, edge_mtl.runtime.tensorrt_build; "
         "assert 'torch' not in sys.modules and 'tensorrt' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
@@ -249,7 +249,7 @@ def test_runtime_module_imports_without_torch_or_tensorrt() -> None:
 def _gpu() -> None:
     pytest.importorskip("tensorrt")
     try:
-        from edge_mtl.build.tensorrt import current_target
+        from edge_mtl.runtime.tensorrt_build import current_target
 
         current_target()
     except Exception as e:  # no driver, no device, no cuda-python
@@ -262,11 +262,11 @@ def test_tensorrt_engine_matches_onnxruntime(rec_export, precision: str, tmp_pat
     _gpu()
     from build_helpers import faces_like
 
-    from edge_mtl.build.fp16 import to_fp16
-    from edge_mtl.build.quantize import quantize_int8
-    from edge_mtl.build.tensorrt import build_engine
+    from edge_mtl.export_tools.fp16 import to_fp16
+    from edge_mtl.export_tools.quantize import quantize_int8
     from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
     from edge_mtl.runtime.tensorrt import TensorRTEngine
+    from edge_mtl.runtime.tensorrt_build import build_engine
 
     src = rec_export[0]
     model = tmp_path / f"rec-{precision}.onnx"
@@ -297,7 +297,7 @@ def test_tensorrt_engine_matches_onnxruntime(rec_export, precision: str, tmp_pat
 @pytest.mark.tensorrt
 def test_tensorrt_detector_dynamic_shapes(det_export, tmp_path: Path) -> None:
     _gpu()
-    from edge_mtl.build.fp16 import to_fp16
+    from edge_mtl.export_tools.fp16 import to_fp16
     from edge_mtl.runtime.tensorrt import TensorRTEngine
 
     model = tmp_path / "det16.onnx"
@@ -312,8 +312,8 @@ def test_cuda_check_unpacks_results_and_raises_named_errors() -> None:
     import enum
     import types
 
-    from edge_mtl.build.tensorrt import cuda_check
     from edge_mtl.errors import BackendUnavailableError
+    from edge_mtl.runtime.tensorrt_build import cuda_check
 
     # the shape of cuda-python's cudaError_t
     Err = enum.IntEnum("Err", {"cudaSuccess": 0, "cudaErrorMemoryAllocation": 2})

@@ -11,14 +11,14 @@ import pytest
 import torch
 from build_helpers import DET_ARGS, REC_ARGS, make_detector, make_recognizer
 
-from edge_mtl.build.export import ParityError, _parity, export_checkpoint, model_metadata
-from edge_mtl.build.onnx_utils import read_metadata
-from edge_mtl.build.parity import EXPORT_TOLERANCES, compare_heads, describe_failure
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
 from edge_mtl.errors import ModelError
+from edge_mtl.export_tools.export import ParityError, _parity, export_checkpoint, model_metadata
+from edge_mtl.export_tools.onnx_utils import read_metadata
+from edge_mtl.export_tools.parity import EXPORT_TOLERANCES, compare_heads, describe_failure
+from edge_mtl.models.checkpoint import save_checkpoint
 from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
 from edge_mtl.runtime.torch_engine import TorchEngine
-from edge_mtl.train.checkpoint import save_checkpoint
 
 
 def test_recognizer_export_metadata_and_parity(rec_export) -> None:
@@ -74,7 +74,7 @@ def test_detector_export_dynamic_hw(det_export) -> None:
 def test_parity_detects_a_wrong_model(rec_export) -> None:
     path, _, _ = rec_export
     other = make_recognizer(seed=7)
-    from edge_mtl.build.export import deploy_module
+    from edge_mtl.export_tools.export import deploy_module
 
     meta = read_metadata(path)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 112, 112)).astype(np.float32)
@@ -172,7 +172,7 @@ def test_parity_error_is_internal_error() -> None:
 
 
 def test_export_averaged_checkpoint_records_its_sources(tmp_path: Path) -> None:
-    from edge_mtl.train.average import average_checkpoints
+    from edge_mtl.train.post.average import average_checkpoints
 
     paths = []
     for i in range(2):

@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_mtl.build.fp16 import convert_fp16_model, to_fp16
-from edge_mtl.build.onnx_utils import onnx_precision, read_metadata
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
 from edge_mtl.errors import ModelError
+from edge_mtl.export_tools.fp16 import convert_fp16_model, to_fp16
+from edge_mtl.export_tools.onnx_utils import onnx_precision, read_metadata
 from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
 
 

@@ -13,8 +13,9 @@ import pytest
 from build_helpers import faces_like
 from onnx import numpy_helper
 
-from edge_mtl.build.onnx_utils import onnx_precision, read_metadata
-from edge_mtl.build.quantize import (
+from edge_mtl.errors import InputError, ModelError
+from edge_mtl.export_tools.onnx_utils import onnx_precision, read_metadata
+from edge_mtl.export_tools.quantize import (
     GateError,
     activation_scales,
     gate,
@@ -26,7 +27,6 @@ from edge_mtl.build.quantize import (
     quantize_with_gate,
     read_calibration_file,
 )
-from edge_mtl.errors import InputError, ModelError
 from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
 
 
@@ -155,7 +155,7 @@ def test_calibration_file_reproduces_the_model(rec_export, rec_int8, tmp_path: P
     # metadata rewritten in place (as `eval verification --stamp` does) leaves the graph, and the ranges, valid
     import dataclasses
 
-    from edge_mtl.build.onnx_utils import graph_sha256, load_model, metadata_of, save_model_atomic, set_metadata
+    from edge_mtl.export_tools.onnx_utils import graph_sha256, load_model, metadata_of, save_model_atomic, set_metadata
 
     model = load_model(src)
     assert saved["edge_mtl"]["graph_sha256"] == graph_sha256(model)
@@ -225,7 +225,7 @@ def test_quantize_refuses_bad_inputs(rec_export, rec_int8, tmp_path: Path) -> No
 
 
 def test_cli_int8_from_npy_without_gate(rec_export, calib, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from edge_mtl.cli import main
+    from edge_mtl.commands.cli import main
 
     src, _, _ = rec_export
     npy = tmp_path / "calib.npy"
@@ -253,8 +253,8 @@ def test_measured_identity_thresholds_are_not_carried_over_to_int8(rec_export, c
     saying they were measured in FP32."""
     import dataclasses
 
-    from edge_mtl.build.fp16 import to_fp16
-    from edge_mtl.build.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
+    from edge_mtl.export_tools.fp16 import to_fp16
+    from edge_mtl.export_tools.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
 
     src, _, _ = rec_export
     stamped = tmp_path / "rec.onnx"

@@ -1,4 +1,4 @@
-"""Recovering a trainable recognizer from a deploy ONNX (edge_mtl.train.recover) and fine-tuning from it."""
+"""Recovering a trainable recognizer from a deploy ONNX (edge_mtl.train.post.recover) and fine-tuning from it."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from build_helpers import REC_ARGS, faces_like
 from edge_mtl.errors import ModelError
 from edge_mtl.models.blocks import RepVGGBlock
 from edge_mtl.models.recognizer import Recognizer, RecognizerExport
-from edge_mtl.train.losses import MarginHead
-from edge_mtl.train.rec_data import RecognizerDataset, RecSample
-from edge_mtl.train.recognizer_task import RecognizerTask
-from edge_mtl.train.recover import imprint_centres, read_deploy, recover_recognizer
-from edge_mtl.train.weighting import make_weighting
+from edge_mtl.train.data.recognizer import RecognizerDataset, RecSample
+from edge_mtl.train.losses.recognizer import MarginHead
+from edge_mtl.train.losses.weighting import make_weighting
+from edge_mtl.train.post.recover import imprint_centres, read_deploy, recover_recognizer
+from edge_mtl.train.tasks.recognizer import RecognizerTask
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -79,7 +79,7 @@ def test_read_deploy_refuses_what_it_cannot_recover(tmp_path: Path, det_export: 
 def _recognizer_onnx(tmp_path: Path) -> Path:
     from build_helpers import make_recognizer
 
-    from edge_mtl.build.export import export_module
+    from edge_mtl.export_tools.export import export_module
 
     out = tmp_path / "r.onnx"
     export_module(make_recognizer(1), "recognizer", REC_ARGS.to_dict(), out, version="t", provenance="test")
@@ -130,11 +130,11 @@ def test_recognizer_task_fine_tunes_from_a_deploy_model(rec_export: Any, tmp_pat
 
 
 def test_a_release_as_teacher_embeds_the_crop_cache(rec_export: Any, tmp_path: Path) -> None:
-    """`python -m edge_mtl.train.teacher --from-model`: shards keyed like the dlib teacher's, holding the release's
+    """`python -m edge_mtl.train.data.teacher --from-model`: shards keyed like the dlib teacher's, holding the release's
     embeddings of the cached crops (missing faces skipped), resumable, and bad input is exit code 2."""
     import json
 
-    from edge_mtl.train.teacher import extract_from_model, load_targets, main
+    from edge_mtl.train.data.teacher import extract_from_model, load_targets, main
 
     path, _, _ = rec_export
     imgs = ((faces_like(5, seed=6).transpose(0, 2, 3, 1) + 1) * 127.5).clip(0, 255).astype(np.uint8)

@@ -12,8 +12,8 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
-from edge_mtl.train import augment as A
-from edge_mtl.train.sources import FaceRecord
+from edge_mtl.data.sources import FaceRecord
+from edge_mtl.train.data import augment as A
 
 log = logging.getLogger(__name__)
 MIN_FACE = 6.0  # px after resize: smaller faces become "ignore" regions, neither positive nor negative

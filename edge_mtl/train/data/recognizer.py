@@ -17,7 +17,7 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
-from edge_mtl.train import augment as A
+from edge_mtl.train.data import augment as A
 
 NO_TEACHER = np.full((128,), np.nan, np.float32)
 

@@ -6,7 +6,7 @@ embeddings in resumable shards (`<out>/<source>-NNNN.npz`, arrays `keys` and `em
 stopped and resumed and training can start on the shards already written.
 
 A previous release of edge-mtl's own recognizer can be the teacher instead (`--from-model export/recognizer.onnx
---crops DIR`): it embeds the cached aligned crops (`edge_mtl.train.crops`) in seconds rather than hours, and a
+--crops DIR`): it embeds the cached aligned crops (`edge_mtl.data.crops`) in seconds rather than hours, and a
 model distilled towards it keeps embeddings comparable with the release's (backward-compatible training, Shen et
 al. 2020), so a gallery enrolled with that release keeps matching after an upgrade.
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edge_mtl.data.sources import FaceRecord
 from edge_mtl.errors import InputError, MissingExtraError, ModelError
-from edge_mtl.train.sources import FaceRecord
 
 log = logging.getLogger(__name__)
 SHARD = 2000
@@ -146,8 +146,8 @@ def load_targets(folder: str | Path) -> dict[str, npt.NDArray[np.float32]]:
 def extract_from_model(model: str | Path, crops: str | Path, names: Sequence[str], out: str | Path) -> int:
     """Embed the cached crops of each source in `names` with an edge-mtl recognizer ONNX into teacher shards
     (same format and keys as the dlib teacher's). Returns the faces embedded now; finished sources are skipped."""
-    from edge_mtl.models_registry import open_recognizer
-    from edge_mtl.train.crops import load_source
+    from edge_mtl.data.crops import load_source
+    from edge_mtl.runtime.registry import open_recognizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def extract_from_model(model: str | Path, crops: str | Path, names: Sequence[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from edge_mtl.train import sources as S
+    from edge_mtl.data import sources as S
 
     p = argparse.ArgumentParser(description="Embed training faces with the dlib teacher (resumable).")
     p.add_argument("--out", required=True)

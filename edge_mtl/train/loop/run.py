@@ -17,7 +17,7 @@ def check_init_version(cfg: TrainConfig) -> None:
     """The deploy model a fine-tune starts from is the release its config names (`init_version`); InputError if not."""
     if cfg.init is None or cfg.init_version is None:
         return
-    from edge_mtl.build.onnx_utils import read_metadata
+    from edge_mtl.export_tools.onnx_utils import read_metadata
 
     found = read_metadata(cfg.init).version  # a missing or unreadable file: ModelError naming it
     if found != cfg.init_version:
@@ -30,7 +30,7 @@ def check_init_version(cfg: TrainConfig) -> None:
 def train(config_path: str | Path, resume: bool = True, max_steps: int | None = None) -> dict[str, float]:
     import torch
 
-    from edge_mtl.train.trainer import Trainer, seed_everything
+    from edge_mtl.train.loop.trainer import Trainer, seed_everything
 
     cfg = load_toml(config_path, TrainConfig)
     last = Path(cfg.out) / "last.pt"
@@ -42,15 +42,15 @@ def train(config_path: str | Path, resume: bool = True, max_steps: int | None = 
     seed_everything(cfg.seed)
     task: Any
     if isinstance(cfg.task, DetectorTrain):
-        from edge_mtl.train.detector_task import DetectorTask
+        from edge_mtl.train.tasks.detector import DetectorTask
 
         task = DetectorTask(cfg)
     elif isinstance(cfg.task, LandmarkTrain):
-        from edge_mtl.train.landmark_task import LandmarkTask
+        from edge_mtl.train.tasks.landmarks import LandmarkTask
 
         task = LandmarkTask(cfg)
     else:
-        from edge_mtl.train.recognizer_task import RecognizerTask
+        from edge_mtl.train.tasks.recognizer import RecognizerTask
 
         task = RecognizerTask(cfg)
     o = cfg.optim

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from edge_mtl.errors import ModelError
-from edge_mtl.train.checkpoint import load_checkpoint, save_checkpoint
+from edge_mtl.models.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from edge_mtl.errors import InputError, ModelError
-from edge_mtl.train.checkpoint import load_checkpoint, save_checkpoint
+from edge_mtl.models.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

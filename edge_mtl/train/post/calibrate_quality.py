@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from edge_mtl.errors import InputError, ModelError
-from edge_mtl.train.checkpoint import load_checkpoint, save_checkpoint
+from edge_mtl.models.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def sample_crops(crops: str | Path, sources: Sequence[str], n: int, seed: int = 0) -> npt.NDArray[np.uint8]:
     """Up to `n` cached crops (BGR, N x 112 x 112 x 3), drawn evenly at random from `sources`, missing faces
     skipped."""
-    from edge_mtl.train.crops import load_source
+    from edge_mtl.data.crops import load_source
 
     if not sources:
         raise InputError("name at least one cached source (--sources)")
@@ -60,7 +60,7 @@ def _logit(p: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
 
 def reference_logits(reference: str | Path, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
     """The quality logits of a deploy recognizer (ONNX) on `crops`."""
-    from edge_mtl.models_registry import open_recognizer
+    from edge_mtl.runtime.registry import open_recognizer
 
     return _logit(open_recognizer(Path(reference)).analyze(crops).quality)
 
@@ -71,7 +71,7 @@ def model_logits(
 ) -> npt.NDArray[np.float64]:
     """The raw quality logits of a training-form recognizer (model args `args`) on `crops` (eval mode),
     preprocessed as the runtime does."""
-    from edge_mtl.build.metadata import recognizer_metadata
+    from edge_mtl.models.metadata import recognizer_metadata
     from edge_mtl.runtime.engine import normalize
 
     meta = recognizer_metadata(args)
@@ -102,7 +102,7 @@ def calibrate_quality(
     seed: int = 0,
 ) -> dict[str, Any]:
     """`edge-mtl calibrate-quality`: see the module doc. Returns a report (also stored in the checkpoint)."""
-    from edge_mtl.build.export import model_from_checkpoint
+    from edge_mtl.export_tools.export import model_from_checkpoint
 
     state = load_checkpoint(checkpoint)
     kind, args, model = model_from_checkpoint(state, str(checkpoint))

@@ -11,17 +11,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_mtl.build.metadata import DET_MEAN, DET_STD, detector_metadata
+from edge_mtl.data import sources as S
 from edge_mtl.errors import InputError
 from edge_mtl.eval.detection import GroundTruth, evaluate
 from edge_mtl.models.detector import Detector, DetectorArgs, DetectorExport
+from edge_mtl.models.metadata import DET_MEAN, DET_STD, detector_metadata
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.torch_engine import TorchEngine
-from edge_mtl.train import sources as S
 from edge_mtl.train.config import DetectorTrain, TrainConfig
-from edge_mtl.train.det_data import DetectionDataset, DetImage, collate, read_rgb, to_det_images
-from edge_mtl.train.det_loss import detection_loss
+from edge_mtl.train.data.detector import DetectionDataset, DetImage, collate, read_rgb, to_det_images
+from edge_mtl.train.losses.detector import detection_loss
 
 log = logging.getLogger(__name__)
 

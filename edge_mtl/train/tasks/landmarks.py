@@ -19,16 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from edge_mtl.build.metadata import DET_MEAN, DET_STD, landmarks_metadata
+from edge_mtl.data import sources as S
 from edge_mtl.errors import InputError
 from edge_mtl.eval.detection import GroundTruth, evaluate
 from edge_mtl.models.landmarks import LandmarkArgs, LandmarkExport, LandmarkRefiner
+from edge_mtl.models.metadata import DET_MEAN, DET_STD, landmarks_metadata
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.landmarks import LandmarkRefiner as RuntimeRefiner
 from edge_mtl.runtime.torch_engine import TorchEngine
-from edge_mtl.train import augment as A
-from edge_mtl.train import sources as S
 from edge_mtl.train.config import LandmarkTrain, TrainConfig
+from edge_mtl.train.data import augment as A
 from edge_mtl.vision.align import align_matrix, template
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class LandmarkTask:
         self.model = LandmarkRefiner(self.args)
         self.dataset = LandmarkDataset(faces, self.args, t.noise_min, t.noise_max, cfg.seed)
         self.collate = None
-        from edge_mtl.train.det_data import to_det_images
+        from edge_mtl.train.data.detector import to_det_images
 
         self.val = to_det_images({n: by_image[n] for n in val_names})
         self._mean = torch.tensor(DET_MEAN).view(1, 3, 1, 1)

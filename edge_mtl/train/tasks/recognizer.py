@@ -19,22 +19,22 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from edge_mtl.build.metadata import REC_MEAN, REC_STD, recognizer_metadata
+from edge_mtl.data import sources as S
+from edge_mtl.data.crops import CropSet, cache_source
 from edge_mtl.errors import InputError, ModelError
 from edge_mtl.eval.attributes import attribute_metrics
 from edge_mtl.eval.verification import read_pairs, view1
+from edge_mtl.models.metadata import REC_MEAN, REC_STD, recognizer_metadata
 from edge_mtl.models.recognizer import Recognizer, RecognizerArgs, RecognizerExport, SoftSharedRecognizer
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.recognizer import FaceRecognizer
 from edge_mtl.runtime.torch_engine import TorchEngine
-from edge_mtl.train import sources as S
 from edge_mtl.train.config import RecognizerTrain, TrainConfig
-from edge_mtl.train.crops import CropSet, cache_source
-from edge_mtl.train.losses import MarginHead, age_loss, distill_loss, gender_loss, quality_loss
-from edge_mtl.train.rec_data import RecognizerDataset, RecSample
-from edge_mtl.train.teacher import load_targets
-from edge_mtl.train.weighting import make_weighting
+from edge_mtl.train.data.recognizer import RecognizerDataset, RecSample
+from edge_mtl.train.data.teacher import load_targets
+from edge_mtl.train.losses.recognizer import MarginHead, age_loss, distill_loss, gender_loss, quality_loss
+from edge_mtl.train.losses.weighting import make_weighting
 
 log = logging.getLogger(__name__)
 LOSS_TASKS = {"identity", "distill", "age", "gender", "quality"}
@@ -49,9 +49,9 @@ def load_detector(path: Path, input_size: int = 320, landmarks: Path | None = No
     refiner = LandmarkRefiner(OnnxRuntimeEngine(landmarks)) if landmarks else None
     if path.suffix == ".onnx":
         return FaceDetector(OnnxRuntimeEngine(path), input_size=input_size, score_threshold=0.3, refiner=refiner)
-    from edge_mtl.build.metadata import detector_metadata
+    from edge_mtl.models.checkpoint import load_checkpoint
     from edge_mtl.models.detector import Detector, DetectorArgs, DetectorExport
-    from edge_mtl.train.checkpoint import load_checkpoint
+    from edge_mtl.models.metadata import detector_metadata
 
     st = load_checkpoint(path)
     args = DetectorArgs.from_dict(st["model_args"]["detector"])
@@ -308,11 +308,11 @@ class RecognizerTask:
 
     def init_from_deploy(self, path: Path, calib_batches: int = 24) -> None:
         """Fine-tune from a shipped deploy ONNX: unfold its weights (BatchNorms calibrated on `calib_batches`
-        training batches, `edge_mtl.train.recover`), then imprint the margin-loss class centres from the recovered
+        training batches, `edge_mtl.train.post.recover`), then imprint the margin-loss class centres from the recovered
         model's embeddings of each identity's clean crops. The loss-weighting state starts afresh."""
         from torch.utils.data import DataLoader, Subset
 
-        from edge_mtl.train.recover import imprint_centres, recover_recognizer
+        from edge_mtl.train.post.recover import imprint_centres, recover_recognizer
 
         if not isinstance(self.model, Recognizer):
             raise ModelError(f"{path}: a soft-sharing run cannot start from a deploy model (one backbone)")
