@@ -15,7 +15,8 @@ Usage::
         ...
     src.stop()
 
-Several cameras: give each its own source and read them through `MultiSource` (round-robin, fair).
+Several cameras: give each its own source; the daemon reads them in turn and waits on one event that every
+source sets (`add_waker`) when a frame arrives.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from urllib.parse import urlsplit
 
 from edge_mtl.capture.base import Backoff, CaptureOpenError, FrameBuffer, FrameSource, ThreadedSource
 from edge_mtl.capture.file import FileSource
-from edge_mtl.capture.multi import MultiSource, read_any
 from edge_mtl.capture.rtsp import NETWORK_SCHEMES, NetworkSource, redact_url
 from edge_mtl.capture.v4l2 import V4L2Source, is_device
 from edge_mtl.config import CameraConfig
@@ -36,12 +36,10 @@ __all__ = [
     "FileSource",
     "FrameBuffer",
     "FrameSource",
-    "MultiSource",
     "NetworkSource",
     "ThreadedSource",
     "V4L2Source",
     "open_source",
-    "read_any",
     "redact_url",
     "source_kind",
 ]

@@ -82,7 +82,7 @@ class FrameSource(abc.ABC):
 
     @abc.abstractmethod
     def add_waker(self, event: threading.Event) -> None:
-        """Set `event` whenever a frame becomes available or the source finishes (for `MultiSource`)."""
+        """Set `event` whenever a frame becomes available or the source finishes (the daemon waits on it)."""
 
     def __enter__(self) -> FrameSource:
         self.start()

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.errors import MissingExtraError, ModelError
+from edge_mtl.paths import file_sha256 as file_sha256  # re-exported for the export tools
 from edge_mtl.runtime.engine import META_PREFIX, ModelMetadata
 
 if TYPE_CHECKING:
@@ -29,14 +30,6 @@ def import_onnx() -> Any:
     except ImportError:
         raise MissingExtraError("onnx", "build") from None
     return onnx
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def graph_sha256(model: onnx.ModelProto) -> str:
