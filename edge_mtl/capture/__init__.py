@@ -1,4 +1,5 @@
-"""Frame sources (DESIGN §2): files, RTSP/HTTP streams and V4L2 cameras behind one `FrameSource` interface.
+"""Frame sources: files, RTSP/HTTP streams and V4L2 cameras behind one `FrameSource` interface (adding one:
+docs/architecture.md).
 
 `open_source(cfg)` picks the implementation from ``cfg.source``:
 

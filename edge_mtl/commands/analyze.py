@@ -1,4 +1,4 @@
-"""Still images: `edge-mtl detect` and `edge-mtl analyze` (one JSON line per image, DESIGN §7)."""
+"""Still images: `edge-mtl detect` and `edge-mtl analyze` (one JSON line per image)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `edge-mtl` command: a thin layer over library functions (DESIGN §7).
+"""The `edge-mtl` command: a thin layer over library functions (docs/architecture.md, rule 2).
 
 Exit codes: 0 ok, 2 bad input or config (one-line reason on stderr), 1 internal error. Heavy modules are imported
 inside the handlers, so `edge-mtl --help` and the runtime commands never import torch.

@@ -93,12 +93,9 @@ def cameras_for(opts: RunOptions, cfg: AppConfig) -> list[CameraConfig]:
 
 def apply_overrides(opts: RunOptions, cfg: AppConfig) -> AppConfig:
     """The options that override the config file (the command applies the model options itself)."""
-    if opts.events:
-        cfg.events.db = opts.events
-    if opts.jsonl:
-        cfg.events.jsonl = opts.jsonl
-    if opts.gallery:
-        cfg.identity.gallery = opts.gallery
+    cfg.events.db = opts.events or cfg.events.db
+    cfg.events.jsonl = opts.jsonl or cfg.events.jsonl
+    cfg.identity.gallery = opts.gallery or cfg.identity.gallery
     return cfg
 
 

@@ -106,7 +106,7 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
 def onnx_precision(model: onnx.ModelProto) -> str:
     """What the graph itself says its compute precision is: int8 (Q/DQ nodes), fp16 (FP16 weights), else fp32.
 
-    Used to refuse files whose metadata claims another precision than the graph (DESIGN §5: a TensorRT
+    Used to refuse files whose metadata claims another precision than the graph (docs/acceleration.md: a TensorRT
     network is strongly typed, so the precision it builds is exactly what the ONNX holds).
     """
     onnx = import_onnx()

@@ -1,4 +1,4 @@
-"""INT8 by explicit quantization: a Q/DQ ONNX calibrated on real faces, plus the accuracy gate (DESIGN §5).
+"""INT8 by explicit quantization: a Q/DQ ONNX calibrated on real faces, plus the accuracy gate (docs/acceleration.md).
 
 TensorRT 10.1 deprecated and 11 removed implicit INT8 calibration, so INT8 lives in the ONNX as
 QuantizeLinear/DequantizeLinear pairs that TensorRT builds strongly typed and ONNX Runtime runs on the CPU. Choices:

@@ -1,4 +1,5 @@
-"""Compile an ONNX model into a TensorRT engine, strongly typed, cached per GPU and TensorRT version (DESIGN §5).
+"""Compile an ONNX model into a TensorRT engine, strongly typed, cached per GPU and TensorRT version
+(docs/acceleration.md).
 
 TensorRT 10.12 deprecated and 11 removed the FP16/INT8 builder flags (and 10.1/11 the implicit INT8 calibrators),
 so the network is created STRONGLY_TYPED and the precision comes from the ONNX itself: an FP16 ONNX
