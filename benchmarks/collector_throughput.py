@@ -49,7 +49,7 @@ def box_rate(video: Path, workdir: Path) -> dict[str, Any]:
     """One `edge-mtl run` over the whole clip at full speed; its own summary line gives frames, seconds, events."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_mtl.cli", "run", "--source", str(video), "--events", str(workdir / "box.db")],
+        [sys.executable, "-m", "edge_mtl", "run", "--source", str(video), "--events", str(workdir / "box.db")],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=1800,
     )
     m = SUMMARY.search(proc.stderr)

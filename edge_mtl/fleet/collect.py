@@ -33,12 +33,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
 
+from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, _Writer, check_loopback
 from edge_mtl.errors import InputError
 from edge_mtl.events.schema import decode_event
 from edge_mtl.fleet.broker import make_client, properties
 from edge_mtl.fleet.config import CollectorConfig
 from edge_mtl.fleet.store import EventStore, import_psycopg, ts_epoch
-from edge_mtl.metrics import CONTENT_TYPE_PROMETHEUS, _Writer, check_loopback
 
 log = logging.getLogger(__name__)
 
