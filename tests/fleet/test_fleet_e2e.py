@@ -19,7 +19,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_mtl.config import BrokerConfig
 from edge_mtl.events.queue import EventQueue
+from edge_mtl.fleet.gallery import publish_gallery
 from tests.e2e.conftest import edge_mtl
 from tests.events.events_helpers import Broker, free_port
 from tests.fleet.fleet_helpers import Postgres
@@ -192,8 +194,8 @@ def test_fleet_every_event_once_through_outages(
         # a gallery signed with another key, on the same topic: every box refuses it and keeps the one it runs
         rogue = tmp_path / "rogue.key"
         rogue.write_bytes(os.urandom(32).hex().encode())
-        edge_mtl("gallery", "publish", "--gallery", str(central), "--broker", f"127.0.0.1:{fleet_broker.port}",
-                 "--key-file", str(rogue), "--topic", GALLERY_TOPIC)
+        os.chmod(rogue, 0o600)
+        publish_gallery(central, rogue, BrokerConfig(port=fleet_broker.port), GALLERY_TOPIC)
         for box, d in boxes.items():
             d.wait_log(r"fleet gallery refused: signed with another key .*; keeping gallery version "
                        + str(pub["version"]), 30)
