@@ -146,3 +146,55 @@ def test_retention_deletes_by_capture_time(postgres: Postgres) -> None:
         assert store.insert([(decode_event(t), t) for t in texts])[""].stored == 0
         assert store.prune(365 * 86400.0, chunk=1) == 1
     assert postgres.query("SELECT seq FROM retention_test.events") == [(2,)]
+
+
+def test_events_and_gallery_cross_a_site_bridge(
+    running: Collector, postgres: Postgres, fleet_broker: Broker, tmp_path: Path
+) -> None:
+    """A site broker bridged to the central one (docs/fleet.md): while the link is down the site broker holds the
+    box's events; once the central broker is back they reach PostgreSQL; the retained gallery published centrally
+    reaches a box that talks to the site broker only."""
+    import numpy as np
+
+    from edge_mtl.config import BrokerConfig, FleetGalleryConfig
+    from edge_mtl.fleet.gallery import GallerySync, publish_gallery
+    from edge_mtl.identity.gallery import Gallery
+    from tests.events.events_helpers import mosquitto_path
+    from tests.fleet.conftest import FLEET_BROKER
+
+    d = tmp_path / "site-broker"
+    d.mkdir()
+    bridge = (f"{FLEET_BROKER}connection central\naddress 127.0.0.1:{fleet_broker.port}\ncleansession false\n"
+              f"remote_clientid site-west-bridge\nrestart_timeout 1 2\ntopic {TOPIC}/# out 1\n"
+              "topic fleet-test/gallery in 1\n")
+    site = Broker(str(mosquitto_path()), d, free_port(), extra=bridge, persistence=True)
+    site.start()
+    fwd = MqttForwarder(_box_queue(tmp_path, "box-w", "west", 100).path,
+                        MqttConfig(host="127.0.0.1", port=site.port, topic=TOPIC, client_id="fwd-w"), poll_s=0.05)
+    try:
+        fleet_broker.stop()  # the site's link to the centre is down
+        fwd.start()
+        wait_until(lambda: fwd.delivered_seq == 100, 30, "the site broker to acknowledge 100 events")
+        fleet_broker.start()
+        wait_until(lambda: _count(postgres, "SELECT count(*) FROM edge_mtl.events WHERE box = 'box-w'") == 100, 60,
+                   "the site's 100 events in PostgreSQL")
+
+        key = tmp_path / "fleet.key"
+        key.write_bytes(b"k" * 32)
+        key.chmod(0o600)
+        with Gallery(tmp_path / "central.db") as g:
+            g.add("carol", np.eye(1, 8, dtype=np.float32), model="rec-1")
+        publish_gallery(tmp_path / "central.db", key, BrokerConfig(port=fleet_broker.port), "fleet-test/gallery",
+                        version=3)
+        sync = GallerySync(FleetGalleryConfig(port=site.port, topic="fleet-test/gallery", key_file=key),
+                           tmp_path / "box-w" / "gallery.db", "rec-1", box="box-w")
+        sync.start()
+        try:
+            wait_until(lambda: sync.state()["version"] == 3, 30, "the central gallery on a box of the site")
+        finally:
+            sync.stop()
+    finally:
+        fwd.stop(10)
+        site.stop()
+    assert postgres.query("SELECT min(seq), max(seq), count(DISTINCT id) FROM edge_mtl.events WHERE box = 'box-w'") \
+        == [(1, 100, 100)]
