@@ -52,6 +52,29 @@ def test_encode_is_compact_ordered_one_line() -> None:
     assert decode_event(d) == d
 
 
+def test_box_and_site_are_optional_keys_after_the_v1_ones() -> None:
+    """A box in a fleet names itself (docs/events.md); a box that does not writes exactly the v1 keys."""
+    from edge_mtl.events.mqtt import event_topic
+
+    ev = make_event(3, box="lobby-box-1", site="hq")
+    ev.seq = 7
+    d = json.loads(encode_event(ev))
+    assert tuple(d) == (*SCHEMA_KEYS, "box", "site") and d["box"] == "lobby-box-1" and d["site"] == "hq"
+    assert tuple(decode_event(json.dumps({k: d[k] for k in reversed(list(d))}))) == (*SCHEMA_KEYS, "box", "site")
+    assert event_topic("edge-mtl/events", d) == "edge-mtl/events/hq/lobby-box-1/lobby"
+    only_box = {k: v for k, v in d.items() if k != "site"}
+    assert tuple(decode_event(only_box)) == (*SCHEMA_KEYS, "box")
+    assert event_topic("t", only_box) == "t/lobby-box-1/lobby"
+    plain = make_event(3)
+    plain.seq = 7
+    assert event_topic("t", json.loads(encode_event(plain))) == "t/lobby"
+    for key, bad in (("box", "a/b"), ("site", "+"), ("box", ""), ("site", 3), ("box", None)):
+        with pytest.raises(ValueError, match=rf"{key}: expected 1-64 of"):
+            decode_event({**d, key: bad})
+    with pytest.raises(ValueError, match=r"unexpected key\(s\) \['boxes'\]"):
+        decode_event({**d, "boxes": "x"})
+
+
 def test_encode_minimal_event_has_every_key_with_nulls() -> None:
     ev = Event(type="face.appeared", ts=utc_ts(EPOCH0), camera="cam0", track_id="cam0-1", frame=0, seq=1)
     d = json.loads(encode_event(ev))
