@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,12 +47,13 @@ from edge_mtl.errors import InputError
 from edge_mtl.metrics import (
     CameraSnapshot,
     ForwarderSnapshot,
-    MetricsServer,
     Snapshot,
     StageSnapshot,
-    check_loopback,
 )
 from edge_mtl.types import Event
+
+if TYPE_CHECKING:
+    from edge_mtl.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +124,19 @@ class EventSink:
     def __init__(self, cfg: AppConfig, print_events: bool = False) -> None:
         from edge_mtl.events.jsonl import JsonlLog
         from edge_mtl.events.queue import EventQueue
+        from edge_mtl.events.snapshots import SnapshotStore
 
         ev = cfg.events
         self.cfg = cfg
         self.queue = EventQueue(ev.db)
         try:
             self.jsonl = JsonlLog(self.queue, ev.jsonl, ev.jsonl_max_bytes, ev.jsonl_backups) if ev.jsonl else None
+            self.snapshots = SnapshotStore.from_config(ev)  # files before the events naming them (snapshots.py)
         except BaseException:
             self.queue.close()
             raise
+        if self.snapshots is not None:
+            self.snapshots.sweep()
         self.print_events = print_events
         self.written = 0
         self.by_type: dict[str, int] = {}
@@ -167,6 +172,8 @@ class EventSink:
         ev = self.cfg.events
         n = self.queue.prune(ev.retention_days * 86400.0, ev.retention_max_events)
         self.pruned += n
+        if self.snapshots is not None:
+            self.snapshots.prune()
         if self.jsonl is not None:
             self._age_out_jsonl(ev.retention_days * 86400.0, ev.jsonl_backups)
         return n
@@ -200,6 +207,8 @@ class EventSink:
         finally:
             if self.jsonl is not None:
                 self.jsonl.close()
+            if self.snapshots is not None:
+                self.snapshots.close()
             self.queue.close()
 
 
@@ -397,7 +406,7 @@ class Service:
         self.forwarders: list[Any] = []
         self.sink: EventSink | None = None
         self.pipeline: Any = None
-        self.metrics: MetricsServer | None = None
+        self.metrics: WebServer | None = None
         self.annotate: Annotator | None = None
         self.ready = False
         self.stopping = False
@@ -450,8 +459,12 @@ class Service:
         cfg = self.cfg
         self._apply_log_level()
         svc = cfg.service
+        api_token = None
         if svc.metrics_port is not None:
-            check_loopback(svc.metrics_host)
+            from edge_mtl.web.auth import check_bind, resolve_token
+
+            api_token = resolve_token(cfg)
+            check_bind(cfg, api_token)
         for c in self.cams:
             if c.watchdog_s >= svc.watchdog_stall_s:
                 log.warning("camera %s: watchdog_s %.0f >= service.watchdog_stall_s %.0f: an outage of this camera "
@@ -484,11 +497,13 @@ class Service:
             from edge_mtl.events.mqtt import MqttForwarder
 
             self.forwarders.append(MqttForwarder(Path(cfg.events.db), fw))
-        self.pipeline = Pipeline(cfg, detector, recognizer)
+        self.pipeline = Pipeline(cfg, detector, recognizer, snapshots=self.sink.snapshots)
         if getattr(self.args, "annotate", None):
             self.annotate = Annotator(self.args.annotate, [c.name for c in self.cams])
         if svc.metrics_port is not None:
-            self.metrics = MetricsServer(svc.metrics_host, svc.metrics_port)
+            from edge_mtl.web.server import WebServer
+
+            self.metrics = WebServer(cfg, api_token)
         for f in self.forwarders:
             f.start()
         if self.metrics is not None:

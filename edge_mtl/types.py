@@ -213,6 +213,7 @@ class Event:
     duration_s: float | None = None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     seq: int | None = None
+    snapshot: str | None = None  # key of the track's face snapshot (events.snapshots); optional on the wire
 
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:
@@ -221,8 +222,8 @@ class Event:
             raise ShapeError(f"Event.bbox: expected [x, y, w, h], got {self.bbox!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form: every key of the schema present, in schema order."""
-        return {
+        """The wire form: every key of the schema present, in schema order, then `snapshot` only when set."""
+        d = {
             "schema": EVENT_SCHEMA,
             "seq": self.seq,
             "id": self.id,
@@ -238,3 +239,6 @@ class Event:
             "quality": self.quality,
             "duration_s": self.duration_s,
         }
+        if self.snapshot is not None:
+            d["snapshot"] = self.snapshot
+        return d

@@ -34,6 +34,11 @@ SCHEMA_KEYS: tuple[str, ...] = (
     "duration_s",
 )
 
+#: Keys an event may carry after SCHEMA_KEYS, in this order, each only when it has a value: `snapshot`, the key
+#: of the track's face snapshot when `events.snapshots` is on (docs/events.md).
+OPTIONAL_KEYS: tuple[str, ...] = ("snapshot",)
+_SNAPSHOT_RE = re.compile(r"[0-9a-f]{32}")
+
 #: Largest seq/frame: SQLite's INTEGER range.
 MAX_INT = (1 << 63) - 1
 #: Camera names become MQTT topic levels, so they are restricted to the characters CameraConfig allows.
@@ -188,7 +193,7 @@ def _check_id(v: object) -> str:
 
 
 def _validate(d: dict[str, Any]) -> dict[str, Any]:
-    keys = set(d)
+    keys = set(d) - set(OPTIONAL_KEYS)
     if keys != set(SCHEMA_KEYS):
         missing = [k for k in SCHEMA_KEYS if k not in keys]
         extra = sorted(keys - set(SCHEMA_KEYS), key=repr)
@@ -239,7 +244,12 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
         _number("quality", d["quality"], 0.0, 1.0)
     if d["duration_s"] is not None:
         _number("duration_s", d["duration_s"], 0.0)
-    return {k: d[k] for k in SCHEMA_KEYS}
+    if "snapshot" in d:
+        snap = d["snapshot"]
+        if not isinstance(snap, str) or _SNAPSHOT_RE.fullmatch(snap) is None:
+            shown = repr(snap[:40]) if isinstance(snap, str) else _kind(snap)
+            raise ValueError(f"snapshot: expected 32 lowercase hex digits, got {shown}")
+    return {k: d[k] for k in (*SCHEMA_KEYS, *OPTIONAL_KEYS) if k in d}
 
 
 def decode_event(obj: str | bytes | dict[str, Any]) -> dict[str, Any]:
