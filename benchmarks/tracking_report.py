@@ -61,8 +61,8 @@ def run_pipeline(args: argparse.Namespace, video: Path, size: int, sampled: set[
     import cv2
 
     from edge_mtl.config import AppConfig, load_config
-    from edge_mtl.models_registry import load_detector, load_recognizer
     from edge_mtl.pipeline import Pipeline
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
     from edge_mtl.types import Frame
 
     cfg = load_config(args.config) if args.config else AppConfig()

@@ -14,8 +14,8 @@ import pytest
 
 from edge_mtl.capture import FileSource
 from edge_mtl.capture.file import DEFAULT_FPS
-from edge_mtl.models_registry import load_detector, load_recognizer
 from edge_mtl.pipeline import Pipeline
+from edge_mtl.runtime.registry import load_detector, load_recognizer
 from tests.capture.capture_helpers import SMALL_CLIP
 
 pytestmark = [pytest.mark.data, pytest.mark.timeout(120)]

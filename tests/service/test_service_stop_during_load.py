@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from edge_mtl import models_registry
 from edge_mtl.config import AppConfig
-from edge_mtl.service import run_service
+from edge_mtl.daemon.service import run_service
+from edge_mtl.runtime import registry as models_registry
 from tests.service.service_helpers import write_video
 
 
