@@ -8,7 +8,7 @@ takes a lock or touches an object the pipeline uses.
 
 Routes (all GET):
 
-* `/metrics`, `/health`: as before (edge_mtl.metrics renders them);
+* `/metrics`, `/health`: as before (edge_mtl.daemon.metrics renders them);
 * `/api/events`: events by `after_seq` / `before_seq`, `since` / `until` (capture time), `camera`, `type`,
   `identity` (a name) or `unknown=1`, `limit` (<= 1000), `order=asc|desc`; paged through `next`;
 * `/api/events/{seq or id}`: one event and the state of its snapshot;
@@ -42,7 +42,7 @@ from aiohttp import web
 from edge_mtl.config import AppConfig
 from edge_mtl.errors import InputError
 from edge_mtl.events.snapshots import KINDS, SnapshotStore, is_key, snapshot_folder, snapshot_state
-from edge_mtl.metrics import CONTENT_TYPE_PROMETHEUS, Snapshot, health_body, render_prometheus
+from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, Snapshot, health_body, render_prometheus
 from edge_mtl.web.auth import is_loopback, token_matches
 from edge_mtl.web.store import MAX_LIMIT, EventFilter, QueryError, ReadStore, int_param
 
