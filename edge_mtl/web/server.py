@@ -40,9 +40,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from edge_mtl.config import AppConfig
+from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, Snapshot, health_body, render_prometheus
 from edge_mtl.errors import InputError
 from edge_mtl.events.snapshots import KINDS, SnapshotStore, is_key, snapshot_folder, snapshot_state
-from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, Snapshot, health_body, render_prometheus
 from edge_mtl.web.auth import is_loopback, token_matches
 from edge_mtl.web.store import MAX_LIMIT, EventFilter, QueryError, ReadStore, int_param
 
@@ -166,6 +166,7 @@ class WebServer:
         if self.api:
             app.router.add_get("/", self._page)
             app.router.add_get("/app.js", self._page)
+            app.router.add_get("/favicon.ico", self._no_icon)
             app.router.add_get("/api/events", self._events)
             app.router.add_get("/api/events/{ref}", self._event)
             app.router.add_get("/api/events/{ref}/snapshot", self._snapshot_file)
@@ -242,6 +243,9 @@ class WebServer:
         name = "index.html" if request.path == "/" else request.path.lstrip("/")
         ctype = "text/html" if name.endswith(".html") else "text/javascript"
         return web.Response(body=self._static[name], content_type=ctype, charset="utf-8", headers=PAGE_HEADERS)
+
+    async def _no_icon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
 
     # -- events ------------------------------------------------------------------------------------------------------
     async def _events(self, request: web.Request) -> web.Response:

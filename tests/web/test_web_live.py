@@ -5,10 +5,12 @@ SQLite, the aiohttp server, urllib/http.client as clients and Debian's chromium 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import signal
+import stat
 import threading
 import time
 import uuid
@@ -319,8 +321,9 @@ def test_api_flood_does_not_hold_up_frames(live: Live) -> None:
         t.join(10)
     flood_fps = (g1 - g0) / elapsed
     rate = sum(served) / elapsed
-    print(f"quiet {quiet_fps:.2f} fps, under {rate:.0f} API requests/s {flood_fps:.2f} fps "
-          f"(ratio {flood_fps / max(quiet_fps, 1e-9):.2f})")
+    logging.getLogger(__name__).info(
+        "quiet %.2f fps; under %.0f API requests/s %.2f fps (ratio %.2f)", quiet_fps, rate, flood_fps,
+        flood_fps / max(quiet_fps, 1e-9))
     assert not errors, errors[:5]
     assert rate > 20, f"the flood reached only {rate:.1f} requests/s"
     assert quiet_fps > 0

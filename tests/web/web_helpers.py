@@ -31,7 +31,8 @@ def write_token(path: Path, token: str = TOKEN) -> Path:
 def daemon_config(path: Path, state: Path, port: int | None, token_file: Path | None, *, api: bool = True,
                   gallery: Path | None = None, extra: str = "") -> Path:
     # tracks end 5 frames after their last sighting: face.left events come within seconds on the looping clip
-    lines = ["[tracker]", "lost_frames = 5", "", "[events]", f'db = "{state / "events.db"}"', "snapshots = true", "snapshot_context = true", ""]
+    lines = ["[tracker]", "lost_frames = 5", "", "[events]", f'db = "{state / "events.db"}"', "snapshots = true",
+             "snapshot_context = true", ""]
     if gallery is not None:
         lines += ["[identity]", f'gallery = "{gallery}"', "min_observations = 1", ""]
     if port is not None:
@@ -50,7 +51,7 @@ class Client:
         self.port = port
         self.token = token
 
-    def get(self, path: str, token: str | None | bool = True, headers: dict[str, str] | None = None,
+    def get(self, path: str, token: str | bool | None = True, headers: dict[str, str] | None = None,
             timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
         h = dict(headers or {})
         tok = self.token if token is True else token
