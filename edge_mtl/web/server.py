@@ -180,7 +180,7 @@ class WebServer:
             app.router.add_route("*", "/{tail:.*}", self._not_found)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._sock, shutdown_timeout=1.0).start()
+        await web.SockSite(self._runner, self._sock).start()
 
     async def _teardown(self) -> None:
         if self._changed is not None:
