@@ -290,6 +290,9 @@ def _fix(model: type[BaseModel], d: dict[str, Any]) -> dict[str, Any]:
     elif model is TrackerConfig:
         d.pop("low_threshold", None)
         d.pop("high_threshold", None)
+    elif model is AppConfig and (d.get("api") or {}).get("enabled") and \
+            (d.get("service") or {}).get("metrics_port") is None:
+        d["api"] = {**d["api"], "enabled": False}  # the API is served on the metrics port
     return d
 
 
