@@ -5,14 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${EDGE_MTL_VENV:-.venv}
 
-# System services the tests start for real: an MQTT broker and GStreamer's RTSP server.
-if ! command -v mosquitto >/dev/null || ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null; then
+# System services the tests start for real: an MQTT broker, GStreamer's RTSP server, and a headless Chromium with its
+# WebDriver for the live page (tests/web).
+if ! command -v mosquitto >/dev/null || ! command -v chromedriver >/dev/null \
+   || ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' 2>/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 \
     gstreamer1.0-rtsp gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-    gstreamer1.0-plugins-ugly gstreamer1.0-libav >/dev/null
+    gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium chromium-driver >/dev/null
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
