@@ -309,10 +309,10 @@ class WebServer:
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         f = EventFilter.parse(request.query)
-        last = request.headers.get("Last-Event-ID")
-        if last is not None and not last.strip().isdigit():
-            raise QueryError(f"Last-Event-ID: expected the seq of the last event received, got {last[:40]!r}")
-        seq = int(last) if last is not None else int_param(request.query, "after_seq", None)
+        resume = request.headers.get("Last-Event-ID")
+        if resume is not None and not resume.strip().isdigit():
+            raise QueryError(f"Last-Event-ID: expected the seq of the last event received, got {resume[:40]!r}")
+        seq = int(resume) if resume is not None else int_param(request.query, "after_seq", None)
         if seq is None:
             seq = self._last_seq  # from now on
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
@@ -321,7 +321,11 @@ class WebServer:
         try:
             await resp.write(b"retry: 1000\n\n")
             while not self._stopping:
-                rows = await self._db(self.store.scan_after, seq, 500)
+                rows, last = await self._db(self.store.scan_after, seq, 500)
+                if not rows and last > seq:  # deleted by retention before this client read them: move on
+                    seq = last
+                    await resp.write(f"id: {seq}\n\n".encode())
+                    continue
                 if rows:
                     parts = []
                     for ev in rows:
@@ -333,8 +337,10 @@ class WebServer:
                     await resp.write("".join(parts).encode())
                     continue
                 changed = self._changed
-                if changed is None or self._last_seq > seq:
-                    continue
+                if changed is None:
+                    return resp
+                if self._last_seq > seq:
+                    continue  # committed after that snapshot: read again
                 try:
                     await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
                 except TimeoutError:

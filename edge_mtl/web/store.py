@@ -171,11 +171,19 @@ class ReadStore:
         rows = self._queue().execute(sql, (*args, limit)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def scan_after(self, after_seq: int, limit: int = 500) -> list[dict[str, Any]]:
-        """Every event after `after_seq` (the stream filters in Python, so it can move past what it skips)."""
-        rows = self._queue().execute("SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                     (after_seq, limit)).fetchall()
-        return [json.loads(r[0]) for r in rows]
+    def scan_after(self, after_seq: int, limit: int = 500) -> tuple[list[dict[str, Any]], int]:
+        """Every event after `after_seq` (the stream filters in Python, so it can move past what it skips), and the
+        last seq assigned, from one snapshot of the queue: when there are no rows but the last seq is higher, the
+        events in between were deleted by retention."""
+        conn = self._queue()
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute("SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                (after_seq, limit)).fetchall()
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        finally:
+            conn.execute("COMMIT")
+        return [json.loads(r[0]) for r in rows], int(row[0]) if row else 0
 
     def event(self, ref: str) -> dict[str, Any] | None:
         """One event by seq (digits) or id (UUID)."""

@@ -24,7 +24,7 @@ from edge_mtl.events.snapshots import SnapshotStore, snapshot_state
 from edge_mtl.types import Event
 from edge_mtl.web.auth import check_bind, resolve_token, token_matches
 from tests.proc_helpers import REPO
-from tests.web.web_helpers import PEDESTRIANS, TOKEN, Client, write_token
+from tests.web.web_helpers import PEDESTRIANS, TOKEN, Client, SseReader, write_token
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +235,17 @@ def test_server_on_a_non_loopback_address_and_a_missing_snapshot(tmp_path: Path,
         assert c.get(f"/api/events/{evs[2].id}/snapshot?kind=../x")[0] == 400
         assert c.json("/api/cameras")["cameras"][0]["name"] == "lobby"
         assert c.json("/api/gallery") == {"configured": False, "people": []}
+        # the stream, also across retention deleting every event a client had not read yet
+        s1 = SseReader(server.port, last_event_id=0)
+        assert [i for i, _ in s1.next_events(3)] == [1, 2, 3]
+        assert sink.queue.prune(0.0, None) == 3
+        s2 = SseReader(server.port, last_event_id=1)
+        time.sleep(0.5)
+        new = _track_events(sink, frame, 1)
+        assert [ev["id"] for _, ev in s2.next_events(1)] == [new[0].id]
+        assert [i for i, _ in s1.next_events(1)] == [4]
+        s1.close()
+        s2.close()
     finally:
         server.stop()
         sink.close()
