@@ -42,7 +42,14 @@ from aiohttp import web
 from edge_mtl.config import AppConfig
 from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, Snapshot, health_body, render_prometheus
 from edge_mtl.errors import InputError
-from edge_mtl.events.snapshots import KINDS, SnapshotStore, is_key, snapshot_folder, snapshot_state
+from edge_mtl.events.snapshots import (
+    KINDS,
+    SnapshotStore,
+    ensure_queue_indexes,
+    is_key,
+    snapshot_folder,
+    snapshot_state,
+)
 from edge_mtl.web.auth import is_loopback, token_matches
 from edge_mtl.web.store import MAX_LIMIT, EventFilter, QueryError, ReadStore, int_param
 
@@ -106,6 +113,7 @@ class WebServer:
         self._sock.setblocking(False)
         self.port = int(self._sock.getsockname()[1])
         if self.api:
+            ensure_queue_indexes(cfg.events.db)  # look-ups by event id (the daemon opened the queue already)
             pkg = resources.files("edge_mtl.web") / "static"
             self._static = {name: (pkg / name).read_bytes() for name in STATIC}
 
