@@ -122,10 +122,15 @@ function render(ev) {
   return row;
 }
 
+function drop(row) {
+  for (const img of row.querySelectorAll("img.snapshot")) URL.revokeObjectURL(img.src);
+  row.remove();
+}
+
 function add(ev) {
   const feed = $("feed");
   feed.prepend(render(ev));
-  while (feed.children.length > MAX_ROWS) feed.lastChild.remove();
+  while (feed.children.length > MAX_ROWS) drop(feed.lastChild);
 }
 
 async function stream(gen) {
@@ -171,7 +176,7 @@ async function restart() {
   state.gen += 1;
   const gen = state.gen;
   if (state.abort) state.abort.abort();
-  $("feed").replaceChildren();
+  for (const row of [...$("feed").children]) drop(row);
   state.lastSeq = 0;
   try {
     const q = filterQuery();
