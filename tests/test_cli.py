@@ -1,4 +1,5 @@
-"""The CLI contract (DESIGN §7): exit codes 0 / 2 with a one-line reason, JSON lines for detect and analyze."""
+"""The CLI contract (docs/architecture.md, rule 5): exit codes 0 / 2 with a one-line reason, JSON lines for detect
+and analyze."""
 
 from __future__ import annotations
 

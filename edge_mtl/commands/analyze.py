@@ -1,4 +1,4 @@
-"""Still images: `edge-mtl detect` and `edge-mtl analyze` (one JSON line per image, DESIGN §7)."""
+"""Still images: `edge-mtl detect` and `edge-mtl analyze` (one JSON line per image)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.config import AppConfig
+from edge_mtl.data.images import read_image
 from edge_mtl.errors import InputError
 from edge_mtl.runtime.registry import load_detector, load_recognizer
 from edge_mtl.vision.align import align_faces
@@ -31,21 +31,6 @@ def iter_images(paths: Sequence[Path]) -> Iterator[Path]:
             yield p
         else:
             raise InputError(f"{p}: no such file or folder")
-
-
-def read_image(path: Path) -> npt.NDArray[np.uint8]:
-    """BGR uint8; grayscale and 16-bit images are converted. Not an image -> InputError naming the file."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise InputError(f"{path}: not a readable image")
-    if img.dtype != np.uint8:
-        img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(img)
 
 
 def _r(v: float) -> float:

@@ -1,4 +1,4 @@
-"""The `edge-mtl` command: a thin layer over library functions (DESIGN §7).
+"""The `edge-mtl` command: a thin layer over library functions (docs/architecture.md, rule 2).
 
 Exit codes: 0 ok, 2 bad input or config (one-line reason on stderr), 1 internal error. Heavy modules are imported
 inside the handlers, so `edge-mtl --help` and the runtime commands never import torch.
@@ -170,10 +170,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge_mtl.commands.run import run_options
     from edge_mtl.daemon.service import run_service
 
     # SIGHUP re-reads the config file with the same command-line overrides
-    return run_service(args, _app_config(args), reload_config=lambda: _app_config(args))
+    return run_service(run_options(args), _app_config(args), reload_config=lambda: _app_config(args))
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -226,9 +227,10 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from edge_mtl.eval import suites as eval_cli
+    from edge_mtl.commands.eval import eval_options
+    from edge_mtl.eval import suites
 
-    result = eval_cli.run(args, _app_config(args))
+    result = suites.run(eval_options(args), _app_config(args))
     if args.json:
         _emit(result)
     else:
@@ -239,9 +241,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_mtl.commands.bench import bench_options
     from edge_mtl.eval.bench import bench, format_bench
 
-    result = bench(args, _app_config(args))
+    result = bench(bench_options(args), _app_config(args))
     if args.json:
         _emit(result)
     else:
@@ -281,14 +284,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edge_mtl.export_tools.quantize import quantize_command
+    from edge_mtl.commands.export import quantize_options
+    from edge_mtl.export_tools.quantize import quantize_model
 
-    _emit(quantize_command(args))
+    _emit(quantize_model(quantize_options(args)))
     return 0
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
-    from edge_mtl.runtime.tensorrt_build import build_engine_command
+    from edge_mtl.commands.export import build_engine_command
 
     _emit(build_engine_command(args))
     return 0
@@ -297,7 +301,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge_mtl.commands.demo import demo
 
-    return demo(args)
+    return demo(args.out, args.frames)
 
 
 # ------------------------------------------------------------------ parser

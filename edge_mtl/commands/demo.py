@@ -8,7 +8,6 @@ a plain stretch with no face separates them. The demo enrols the astronaut from 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -64,14 +63,14 @@ def synthesize_clip(path: Path, frames: int = 150) -> Path:
     return path
 
 
-def demo(args: argparse.Namespace) -> int:
+def demo(out: Path, frames: int = 150) -> int:
+    """Synthesise a clip into `out`, enrol its astronaut, run the daemon on it; returns the exit code."""
     from edge_mtl.config import AppConfig
-    from edge_mtl.daemon.service import run_service
+    from edge_mtl.daemon.service import RunOptions, run_service
     from edge_mtl.identity.enroll import enroll_images
 
-    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    clip = synthesize_clip(out / "sample.mp4", args.frames)
+    clip = synthesize_clip(out / "sample.mp4", frames)
     still = out / "astronaut.png"
     cv2.imwrite(str(still), astronaut_bgr())
     gallery = out / "gallery.db"
@@ -83,12 +82,11 @@ def demo(args: argparse.Namespace) -> int:
     for p in (out / "events.db", out / "events.jsonl"):
         for q in p.parent.glob(p.name + "*"):
             q.unlink()
-    run_args = argparse.Namespace(
-        source=[str(clip)], camera=["demo"], events=out / "events.db", jsonl=out / "events.jsonl",
-        gallery=gallery, max_frames=None, annotate=out / "annotated.mp4", print_events=True, loop=False,
-        realtime=False,
+    opts = RunOptions(
+        sources=(str(clip),), camera_names=("demo",), events=out / "events.db", jsonl=out / "events.jsonl",
+        gallery=gallery, annotate=out / "annotated.mp4", print_events=True,
     )
-    rc = run_service(run_args, cfg)
+    rc = run_service(opts, cfg)
     sys.stderr.write(
         f"\ndemo: events in {out / 'events.jsonl'} (queue {out / 'events.db'}), "
         f"annotated video {out / 'annotated.mp4'}\n"

@@ -23,19 +23,14 @@ What systemd sees (Type=notify, docs/operations.md):
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import signal
-import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -43,345 +38,66 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_mtl.config import AppConfig, CameraConfig
+from edge_mtl.daemon.annotate import Annotator
 from edge_mtl.daemon.metrics import (
     CameraSnapshot,
     ForwarderSnapshot,
     Snapshot,
     StageSnapshot,
 )
+from edge_mtl.daemon.notify import SystemdNotifier
+from edge_mtl.daemon.progress import ProgressMonitor
+from edge_mtl.daemon.reload import config_changes, is_live
 from edge_mtl.errors import InputError
-from edge_mtl.types import Event
+from edge_mtl.events.sink import EventSink
 
 if TYPE_CHECKING:
     from edge_mtl.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
-#: Settings a SIGHUP applies to the running daemon (dotted prefixes); everything else needs a restart.
-LIVE_SETTINGS = (
-    "identity.threshold",
-    "identity.false_accept_rate",
-    "identity.margin",
-    "identity.min_observations",
-    "recognition.",
-    "attributes.",
-    "events.retention_days",
-    "events.retention_max_events",
-    "log_level",
-)
-PRUNE_INTERVAL_S = 600.0
 STATUS_INTERVAL_S = 5.0
 SNAPSHOT_INTERVAL_S = 1.0
 JSONL_SYNC_INTERVAL_S = 0.5
 
 
-class SystemdNotifier:
-    """sd_notify over $NOTIFY_SOCKET without a dependency; a no-op outside systemd.
+@dataclass(frozen=True)
+class RunOptions:
+    """What `edge-mtl run` adds to the config file: sources, event and gallery paths, and per-run switches."""
 
-    `watchdog_s` is the watchdog interval systemd asked for (WATCHDOG_USEC, for this process per WATCHDOG_PID),
-    or None when no watchdog is configured, in which case WATCHDOG=1 is never sent.
-    """
-
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
-        addr = env.get("NOTIFY_SOCKET", "")
-        self.sock: socket.socket | None = None
-        self.addr = ""
-        if addr and addr[0] in "@/":
-            self.addr = "\0" + addr[1:] if addr.startswith("@") else addr
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        elif addr:
-            log.warning("NOTIFY_SOCKET=%r is not a unix socket path; not notifying systemd", addr)
-        usec = env.get("WATCHDOG_USEC", "")
-        pid = env.get("WATCHDOG_PID", "")
-        for_us = not pid or (pid.isdigit() and int(pid) == os.getpid())
-        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and for_us else None
-
-    @property
-    def enabled(self) -> bool:
-        return self.sock is not None
-
-    def notify(self, msg: str) -> None:
-        if self.sock is None:
-            return
-        try:
-            self.sock.sendto(msg.encode(), self.addr)
-        except OSError as e:
-            log.debug("sd_notify %r failed: %s", msg.split("\n", 1)[0], e)
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+    sources: Sequence[str] = ()
+    camera_names: Sequence[str] = ()  # one per source; default cam0, cam1, ...
+    loop: bool = False  # loop file sources
+    realtime: bool = False  # pace file sources at their native frame rate
+    events: Path | None = None  # overrides events.db
+    jsonl: Path | None = None  # overrides events.jsonl
+    gallery: Path | None = None  # overrides identity.gallery (and must then exist)
+    max_frames: int | None = None  # per source
+    print_events: bool = False  # also write events to stdout as JSON lines
+    annotate: Path | None = None  # an annotated video (one per camera)
+    log_level_given: bool = False  # the log level was set on the command line: the config's log_level yields
 
 
-class EventSink:
-    """Durable queue first (an event exists once it is committed there), then the JSONL log and stdout.
-
-    Also applies retention (events.retention_days / retention_max_events) when opened and every 10 minutes.
-    """
-
-    def __init__(self, cfg: AppConfig, print_events: bool = False) -> None:
-        from edge_mtl.events.jsonl import JsonlLog
-        from edge_mtl.events.queue import EventQueue
-        from edge_mtl.events.snapshots import SnapshotStore
-
-        ev = cfg.events
-        self.cfg = cfg
-        self.queue = EventQueue(ev.db)
-        try:
-            self.jsonl = JsonlLog(self.queue, ev.jsonl, ev.jsonl_max_bytes, ev.jsonl_backups) if ev.jsonl else None
-            self.snapshots = SnapshotStore.from_config(ev)  # files before the events naming them (snapshots.py)
-        except BaseException:
-            self.queue.close()
-            raise
-        if self.snapshots is not None:
-            self.snapshots.sweep()
-        self.print_events = print_events
-        self.written = 0
-        self.by_type: dict[str, int] = {}
-        self.pruned = 0
-        self._last_prune = -float("inf")
-
-    def write(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        self.queue.append(list(events))
-        self.written += len(events)
-        for e in events:
-            self.by_type[e.type] = self.by_type.get(e.type, 0) + 1
-        if self.print_events:
-            from edge_mtl.events.schema import encode_event
-
-            for e in events:
-                sys.stdout.write(encode_event(e) + "\n")
-            sys.stdout.flush()
-
-    def flush(self) -> None:
-        """Bring the JSONL log up to the queue (whole lines, fsync'd)."""
-        if self.jsonl is not None:
-            self.jsonl.sync()
-
-    def prune(self, force: bool = False) -> int:
-        """Retention by age and count, at most every PRUNE_INTERVAL_S unless forced: the queue's events, and the
-        JSONL log's files by age (their size is bounded by rotation already)."""
-        now = time.monotonic()
-        if not force and now - self._last_prune < PRUNE_INTERVAL_S:
-            return 0
-        self._last_prune = now
-        ev = self.cfg.events
-        n = self.queue.prune(ev.retention_days * 86400.0, ev.retention_max_events)
-        self.pruned += n
-        if self.snapshots is not None:
-            self.snapshots.prune()
-        if self.jsonl is not None:
-            self._age_out_jsonl(ev.retention_days * 86400.0, ev.jsonl_backups)
-        return n
-
-    def _age_out_jsonl(self, max_age_s: float, backups: int) -> None:
-        """Whole files leave the JSONL log by age: a rotated file once its newest line (its mtime) is older than
-        `max_age_s`; the active file is rotated once its oldest line is older than max_age_s / (backups + 1), so no
-        file spans more than that. A line is thus gone at most max_age_s * (1 + 1 / (backups + 1)) after it was
-        written (docs/privacy.md), or sooner when rotation by size pushes it out."""
-        assert self.jsonl is not None
-        path = self.jsonl.path
-        cutoff = time.time() - max_age_s
-        oldest = _first_line_time(path)
-        if oldest is not None and oldest < time.time() - max_age_s / (backups + 1):
-            log.info("%s: oldest line is from %s; rotating (events.retention_days)", path,
-                     time.strftime("%Y-%m-%d %H:%M", time.gmtime(oldest)))
-            self.jsonl.rotate()
-        for p in path.parent.glob(path.name + ".*"):
-            if not p.name[len(path.name) + 1 :].isdigit():
-                continue
-            try:
-                if p.stat().st_mtime < cutoff:
-                    p.unlink()
-                    log.info("deleted %s: every line in it is older than events.retention_days", p)
-            except FileNotFoundError:
-                continue
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            if self.jsonl is not None:
-                self.jsonl.close()
-            if self.snapshots is not None:
-                self.snapshots.close()
-            self.queue.close()
-
-
-def _first_line_time(path: Path) -> float | None:
-    """Capture time (epoch seconds) of the first event in a JSONL file; None if empty or unreadable."""
-    try:
-        with path.open("rb") as f:
-            line = f.readline(65536)
-        ts = json.loads(line)["ts"]
-        return datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def cameras_from_args(args: argparse.Namespace, cfg: AppConfig) -> list[CameraConfig]:
-    sources = getattr(args, "source", None) or []
-    if not sources:
+def cameras_for(opts: RunOptions, cfg: AppConfig) -> list[CameraConfig]:
+    """The cameras to run: the options' sources, else the config's [[cameras]]."""
+    if not opts.sources:
         if not cfg.cameras:
             raise InputError("no source: give --source FILE|rtsp://...|/dev/videoN or [[cameras]] in --config")
-        cams = list(cfg.cameras)
-    else:
-        names = getattr(args, "camera", None) or []
-        cams = [
-            CameraConfig(
-                name=names[i] if i < len(names) else f"cam{i}",
-                source=s,
-                loop=bool(getattr(args, "loop", False)),
-                realtime=bool(getattr(args, "realtime", False)),
-            )
-            for i, s in enumerate(sources)
-        ]
-    return cams
+        return list(cfg.cameras)
+    names = list(opts.camera_names)
+    return [
+        CameraConfig(name=names[i] if i < len(names) else f"cam{i}", source=s, loop=opts.loop,
+                     realtime=opts.realtime)
+        for i, s in enumerate(opts.sources)
+    ]
 
 
-def apply_run_args(args: argparse.Namespace, cfg: AppConfig) -> AppConfig:
-    """`edge-mtl run` options that override the config file (the CLI applies the model options itself)."""
-    if getattr(args, "events", None):
-        cfg.events.db = args.events
-    if getattr(args, "jsonl", None):
-        cfg.events.jsonl = args.jsonl
-    if getattr(args, "gallery", None):
-        cfg.identity.gallery = args.gallery
+def apply_overrides(opts: RunOptions, cfg: AppConfig) -> AppConfig:
+    """The options that override the config file (the command applies the model options itself)."""
+    cfg.events.db = opts.events or cfg.events.db
+    cfg.events.jsonl = opts.jsonl or cfg.events.jsonl
+    cfg.identity.gallery = opts.gallery or cfg.identity.gallery
     return cfg
-
-
-class Annotator:
-    """Writes one annotated video per camera (`--annotate out.mp4`; more cameras: out.<camera>.mp4)."""
-
-    def __init__(self, path: Path, cameras: Sequence[str]) -> None:
-        self.path = path
-        self.multi = len(cameras) > 1
-        self.writers: dict[str, Any] = {}
-
-    def write(self, camera: str, image: Any, labels: Any, fps: float, header: str) -> None:
-        import cv2
-
-        from edge_mtl.vision.draw import draw_labels
-
-        w = self.writers.get(camera)
-        if w is None:
-            p = self.path.with_name(f"{self.path.stem}.{camera}{self.path.suffix}") if self.multi else self.path
-            p.parent.mkdir(parents=True, exist_ok=True)
-            h, wd = image.shape[:2]
-            w = cv2.VideoWriter(str(p), cv2.VideoWriter.fourcc(*"mp4v"), fps or 25.0, (wd, h))
-            if not w.isOpened():
-                raise InputError(f"{p}: cannot write video")
-            self.writers[camera] = w
-        w.write(draw_labels(image, labels, header))
-
-    def close(self) -> None:
-        for w in self.writers.values():
-            w.release()
-
-
-# ------------------------------------------------------------------ progress (watchdog policy)
-@dataclass
-class _SourceSeen:
-    frames_read: int
-    attempts: int
-    connected: bool
-    changed: float  # monotonic time of the last change of any of the above
-
-
-class ProgressMonitor:
-    """Decides whether the daemon is making progress, i.e. whether to pet the systemd watchdog.
-
-    Per camera, from its capture stats: `delivering` (open, a frame within `stall_s`), `reconnecting` (closed and
-    retrying: its attempt counter moves at least every backoff cap + open timeout), `stalled` (open but silent for
-    `stall_s`, or a reconnect loop that stopped moving: the capture thread is wedged in a call that cannot be
-    interrupted), `failed` (the capture thread died), `finished` (a file ended). Progress means no camera is stalled
-    or failed, and a frame was processed within `stall_s` unless every unfinished camera is reconnecting.
-
-    Keep each camera's `watchdog_s` (capture read timeout) below `stall_s`, or an outage looks like a stall until
-    the capture gives up on the connection.
-    """
-
-    def __init__(self, stall_s: float, cameras: Sequence[CameraConfig], now: float) -> None:
-        self.stall_s = float(stall_s)
-        self.cams = {c.name: c for c in cameras}
-        self.seen: dict[str, _SourceSeen] = {}
-        self.frames = -1
-        self.last_processed = now
-        self.states: dict[str, str] = {}
-        self.problems: list[str] = []
-        self.progressing = True
-
-    def _grace(self, name: str) -> float:
-        cam = self.cams.get(name)
-        if cam is None:
-            return self.stall_s
-        return self.stall_s + 1.1 * cam.reconnect_max_s + cam.watchdog_s
-
-    def update(self, now: float, frames_processed: int, stats: Sequence[Mapping[str, Any]]) -> bool:
-        if frames_processed != self.frames:
-            self.frames = frames_processed
-            self.last_processed = now
-        states: dict[str, str] = {}
-        problems: list[str] = []
-        for st in stats:
-            name = str(st["name"])
-            reads, attempts, conn = int(st["frames_read"]), int(st["reconnect_attempts"]), bool(st["connected"])
-            prev = self.seen.get(name)
-            if prev is None or (prev.frames_read, prev.attempts, prev.connected) != (reads, attempts, conn):
-                self.seen[name] = prev = _SourceSeen(reads, attempts, conn, now)
-            quiet = now - prev.changed
-            age = st.get("last_frame_age_s")
-            if st.get("finished"):
-                if st.get("error"):
-                    states[name] = "failed"
-                    problems.append(f"{name}: capture failed: {st['error']}")
-                else:
-                    states[name] = "finished"
-            elif conn:
-                if (age is not None and age < self.stall_s) or quiet < self.stall_s:
-                    states[name] = "delivering"
-                else:
-                    states[name] = "stalled"
-                    problems.append(f"{name}: stalled: open but no frame for {quiet:.0f} s")
-            elif quiet < self._grace(name):
-                states[name] = "reconnecting"
-                since = f" (no frame for {age:.0f} s)" if age is not None else ""
-                problems.append(f"{name}: reconnecting{since}")
-            else:
-                states[name] = "stalled"
-                problems.append(f"{name}: stalled: reconnect loop silent for {quiet:.0f} s")
-        self.states = states
-        idle = now - self.last_processed
-        waiting = all(s in ("reconnecting", "finished") for s in states.values())
-        bad = any(s in ("stalled", "failed") for s in states.values())
-        if idle >= self.stall_s and not waiting:
-            problems.append(f"no frame processed for {idle:.0f} s")
-        self.problems = problems
-        self.progressing = not bad and (idle < self.stall_s or waiting)
-        return self.progressing
-
-
-# ------------------------------------------------------------------ config reload
-def _flatten(d: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(d, dict):
-        for k, v in d.items():
-            yield from _flatten(v, f"{prefix}{k}.")
-    else:
-        yield prefix[:-1], d
-
-
-def config_changes(old: AppConfig, new: AppConfig) -> dict[str, tuple[Any, Any]]:
-    """Dotted setting -> (old, new) for every difference; lists (cameras, forwarders) compare as a whole."""
-    a, b = dict(_flatten(old.model_dump(mode="json"))), dict(_flatten(new.model_dump(mode="json")))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def is_live(key: str) -> bool:
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in LIVE_SETTINGS)
 
 
 # ------------------------------------------------------------------ the service
@@ -390,14 +106,14 @@ class Service:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        opts: RunOptions,
         cfg: AppConfig,
         reload_config: Callable[[], AppConfig] | None = None,
     ) -> None:
-        self.args = args
-        self.cfg = apply_run_args(args, cfg)
+        self.opts = opts
+        self.cfg = apply_overrides(opts, cfg)
         self.reload_config = reload_config
-        self.cams = cameras_from_args(args, self.cfg)
+        self.cams = cameras_for(opts, self.cfg)
         self.notifier = SystemdNotifier()
         self.stop_event = threading.Event()
         self.reload_flag = threading.Event()
@@ -456,7 +172,7 @@ class Service:
         from edge_mtl.pipeline import Pipeline
         from edge_mtl.runtime.registry import load_detector, load_recognizer
 
-        cfg = self.cfg
+        cfg, opts = self.cfg, self.opts
         self._apply_log_level()
         svc = cfg.service
         api_token = None
@@ -479,11 +195,11 @@ class Service:
             return
         gallery = cfg.identity.gallery
         if gallery is not None and not Path(gallery).exists():
-            if getattr(self.args, "gallery", None):  # named on the command line: most likely a typo
+            if opts.gallery:  # named on the command line: most likely a typo
                 raise InputError(f"{gallery}: no such gallery (enrol people with 'edge-mtl enroll')")
             log.warning("gallery %s does not exist yet: everyone is unknown until people are enrolled (it is "
                         "picked up without a restart)", gallery)
-        max_frames = getattr(self.args, "max_frames", None)
+        max_frames = opts.max_frames
         # Sources before event files: a missing or unreadable video fails (InputError) before the queue or the
         # JSONL log is touched. Until the pipeline runs, frames wait in the sources' small buffers.
         self.notifier.notify("STATUS=starting sources")
@@ -491,15 +207,15 @@ class Service:
             s.add_waker(self.wake)
             self.sources.append(s)
             s.start()
-        self.sink = EventSink(cfg, print_events=bool(getattr(self.args, "print_events", False)))
+        self.sink = EventSink(cfg, print_events=opts.print_events)
         self.sink.prune(force=True)
         for fw in cfg.forwarders:
             from edge_mtl.events.mqtt import MqttForwarder
 
             self.forwarders.append(MqttForwarder(Path(cfg.events.db), fw))
         self.pipeline = Pipeline(cfg, detector, recognizer, snapshots=self.sink.snapshots)
-        if getattr(self.args, "annotate", None):
-            self.annotate = Annotator(self.args.annotate, [c.name for c in self.cams])
+        if opts.annotate:
+            self.annotate = Annotator(opts.annotate, [c.name for c in self.cams])
         if svc.metrics_port is not None:
             from edge_mtl.web.server import WebServer
 
@@ -518,7 +234,7 @@ class Service:
                  f", metrics on {svc.metrics_host}:{self.metrics.port}" if self.metrics else "")
 
     def _apply_log_level(self) -> None:
-        if getattr(self.args, "log_level", None) is None:
+        if not self.opts.log_level_given:
             logging.getLogger().setLevel(self.cfg.log_level)
 
     # -- main loop -----------------------------------------------------------------------------------------
@@ -597,13 +313,13 @@ class Service:
                 self.reloads += 1
                 return
             try:
-                new = apply_run_args(self.args, self.reload_config())
+                new = apply_overrides(self.opts, self.reload_config())
             except InputError as e:
                 self.reload_errors += 1
                 log.error("SIGHUP: config not reloaded, still running on the previous one: %s", e)
                 return
             changes = config_changes(self.cfg, new)
-            if getattr(self.args, "source", None):
+            if self.opts.sources:
                 changes = {k: v for k, v in changes.items() if k != "cameras"}
             live = {k: v for k, v in changes.items() if is_live(k)}
             later = sorted(k for k in changes if not is_live(k))
@@ -819,11 +535,11 @@ def limit_malloc_arenas(n: int) -> bool:
 
 
 def run_service(
-    args: argparse.Namespace, cfg: AppConfig, reload_config: Callable[[], AppConfig] | None = None
+    opts: RunOptions, cfg: AppConfig, reload_config: Callable[[], AppConfig] | None = None
 ) -> int:
     """`edge-mtl run`: process sources until they end (files) or until SIGTERM; returns the exit code.
 
     `reload_config` re-reads the configuration (with the command line's overrides) on SIGHUP; without it a
     SIGHUP reloads the gallery only.
     """
-    return Service(args, cfg, reload_config).run()
+    return Service(opts, cfg, reload_config).run()

@@ -23,10 +23,10 @@ import numpy.typing as npt
 
 from edge_mtl.data.sources import FaceRecord
 from edge_mtl.errors import InputError
-from edge_mtl.eval.detection import iou_matrix
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.types import Detections
 from edge_mtl.vision.align import align_faces
+from edge_mtl.vision.boxes import iou_matrix
 
 log = logging.getLogger(__name__)
 SIZE = 112

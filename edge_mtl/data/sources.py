@@ -266,3 +266,27 @@ def maskon_voc(images: str | Path, annotations: str | Path) -> dict[str, list[Fa
             )
         out[fname] = recs
     return out
+
+
+# ------------------------------------------------------------------ per-image view (detector training, evaluation)
+@dataclass
+class DetImage:
+    """One training image and its annotated faces. Landmarks are NaN for faces (or sources) without them."""
+
+    path: str
+    boxes: npt.NDArray[np.float32]
+    landmarks: npt.NDArray[np.float32]
+
+
+def to_det_images(by_image: dict[str, list[FaceRecord]], points: int = 4) -> list[DetImage]:
+    out = []
+    for recs in by_image.values():
+        if not recs:
+            continue
+        boxes = np.stack([r.box for r in recs if r.box is not None]).astype(np.float32)
+        lms = np.full((len(recs), points, 2), np.nan, np.float32)
+        for i, r in enumerate(recs):
+            if r.landmarks is not None and r.landmarks.shape == (points, 2):
+                lms[i] = r.landmarks
+        out.append(DetImage(recs[0].path, boxes, lms))
+    return out

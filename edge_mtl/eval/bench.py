@@ -3,12 +3,12 @@ the figures compare side by side. Speed targets are checked here, never in unit 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,14 @@ from edge_mtl.errors import InputError
 from edge_mtl.paths import data_root
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    video: Path | None = None  # default: the pedestrians clip of the data folder
+    frames: int = 100  # frames of the clip to decode and process
+    batches: tuple[int, ...] = (1, 8, 32)  # recognizer batch sizes
+    precisions: tuple[str, ...] = ("fp32",)
 
 
 def _pct(samples: list[float]) -> dict[str, float]:
@@ -93,21 +101,21 @@ def bench_recognizer(rec: Any, crops: npt.NDArray[np.uint8], batches: list[int],
     return out
 
 
-def bench(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
+def bench(opts: BenchOptions, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.events.queue import EventQueue
     from edge_mtl.pipeline import Pipeline
     from edge_mtl.runtime.registry import load_detector, load_recognizer
     from edge_mtl.vision.align import align_faces
 
-    video = args.video
+    video = opts.video
     if video is None:
         root = data_root()
         if root is None:
             raise InputError("bench needs --video (or ../shared/data for the default clip)")
         video = root / "videos" / "pedestrians_1080p.mp4"
-    frames, decode_t, fps = _frames(Path(video), args.frames)
-    batches: list[int] = args.batches
-    precisions: list[str] = args.precisions
+    frames, decode_t, fps = _frames(Path(video), opts.frames)
+    batches = list(opts.batches)
+    precisions = list(opts.precisions)
     result: dict[str, Any] = {"machine": _machine(), "video": Path(video).name,
                               "frame_size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
                               "frames": len(frames), "detector_input": cfg.detector.input_size,

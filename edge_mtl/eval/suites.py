@@ -1,11 +1,11 @@
-"""`edge-mtl eval verification|attributes|detection`: accuracy through the runtime path (detector, alignment,
-recognizer, exactly as the daemon runs them) on ../shared/data."""
+"""Evaluation suites (verification, attributes, detection): accuracy through the runtime path (detector, alignment,
+recognizer, exactly as the daemon runs them) on ../shared/data. `edge-mtl eval` is their command."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,23 @@ from edge_mtl.vision.align import align_faces
 log = logging.getLogger(__name__)
 
 
-def _root(args: argparse.Namespace) -> Path:
-    root = data_root(getattr(args, "data", None))
+@dataclass(frozen=True)
+class EvalOptions:
+    """One evaluation: which suite, on which data, and its suite-specific settings."""
+
+    what: str  # verification, attributes or detection
+    data: Path | None = None  # default: $EDGE_MTL_DATA or ../shared/data
+    limit: int = 0  # at most this many pairs / images (0: all)
+    split: str = "val"  # attributes: val, all, reserved or a folder; detection: val
+    utkface_full: Path | None = None  # attributes --split reserved: folder of the full UTKFace
+    pairs: str = "pairs.txt"  # verification: LFW pairs file
+    video: Path | None = None  # detection: video for false detections per frame
+    quality_bins: int = 0  # verification: error by pair-quality bins (0: none)
+    stamp: bool = False  # verification: write the measured thresholds into the recognizer file
+
+
+def _root(opts: EvalOptions) -> Path:
+    root = data_root(opts.data)
     if root is None:
         raise InputError("no data folder: pass --data ../shared/data or set EDGE_MTL_DATA")
     return root
@@ -48,7 +63,7 @@ def crops_for_images(
 ) -> tuple[npt.NDArray[np.uint8], int, float]:
     """Aligned crop of the central face of each image; images without a detection use the median landmarks of the
     others (counted). Returns crops, the number of fallbacks and the mean detection time per image (s)."""
-    from edge_mtl.commands.analyze import read_image
+    from edge_mtl.data.images import read_image
 
     crops = np.zeros((len(paths), size, size, 3), np.uint8)
     lms: list[npt.NDArray[np.float32] | None] = []
@@ -91,19 +106,19 @@ def _models(det: FaceDetector, rec: FaceRecognizer) -> dict[str, Any]:
             "recognizer_flip": rec.flip}
 
 
-def eval_verification(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
+def eval_verification(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.eval.verification import error_by_quality, read_pairs, verification_metrics
     from edge_mtl.runtime.registry import load_detector, load_recognizer
 
-    root = _root(args)
-    pairs_file = root / "lfw" / args.pairs
+    root = _root(opts)
+    pairs_file = root / "lfw" / opts.pairs
     if not pairs_file.is_file():
         raise InputError(f"--pairs: no {pairs_file} (LFW pairs files: pairs.txt, pairsDevTrain.txt, pairsDevTest.txt)")
     pairs = read_pairs(pairs_file)
-    if args.limit:
+    if opts.limit:
         # keep whole folds balanced: take the first `limit` pairs of each class
-        same = [p for p in pairs if p.same][: args.limit // 2]
-        diff = [p for p in pairs if not p.same][: args.limit // 2]
+        same = [p for p in pairs if p.same][: opts.limit // 2]
+        diff = [p for p in pairs if not p.same][: opts.limit // 2]
         pairs = same + diff
     names = sorted({p.a for p in pairs} | {p.b for p in pairs})
     base = root / "lfw" / "images_deepfunneled"
@@ -119,33 +134,33 @@ def eval_verification(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any
     sims = (res.embeddings[a] * res.embeddings[b]).sum(1).astype(np.float64)
     same_arr = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
-    out: dict[str, Any] = {"pairs_file": args.pairs, **verification_metrics(sims, same_arr, folds)}
+    out: dict[str, Any] = {"pairs_file": opts.pairs, **verification_metrics(sims, same_arr, folds)}
     out["images"] = len(names)
     out["images_without_face"] = missing
     out["ms_per_image_detect"] = round(1000 * t_det, 2)
     out["ms_per_face_recognize"] = round(1000 * t_rec, 2)
     out["seconds"] = round(time.time() - t0, 1)
-    if args.quality_bins:
+    if opts.quality_bins:
         pq = np.minimum(res.quality[a], res.quality[b]).astype(np.float64)
-        out["error_by_pair_quality"] = error_by_quality(sims, same_arr, pq, args.quality_bins, out["threshold"])
+        out["error_by_pair_quality"] = error_by_quality(sims, same_arr, pq, opts.quality_bins, out["threshold"])
     out["models"] = _models(det, rec)
-    if getattr(args, "stamp", False):
-        out["stamped"] = stamp_operating_points(args, cfg, rec, out)
+    if opts.stamp:
+        out["stamped"] = stamp_operating_points(opts, cfg, rec, out)
     return out
 
 
-def check_stamp_args(args: argparse.Namespace, cfg: AppConfig) -> None:
+def check_stamp_args(opts: EvalOptions, cfg: AppConfig) -> None:
     """What `--stamp` needs, checked before the evaluation runs (not after minutes of it)."""
-    if args.what != "verification":
+    if opts.what != "verification":
         raise InputError("--stamp goes with 'eval verification' (it writes the measured identity thresholds)")
-    if args.limit or args.pairs != "pairs.txt":
+    if opts.limit or opts.pairs != "pairs.txt":
         raise InputError("--stamp needs the whole of LFW View 2 (pairs.txt, no --limit)")
     if cfg.recognizer.backend.type != "onnxruntime":
         raise InputError("--stamp writes into an ONNX file: run it with the onnxruntime backend")
 
 
 def stamp_operating_points(
-    args: argparse.Namespace, cfg: AppConfig, rec: FaceRecognizer, result: dict[str, Any]
+    opts: EvalOptions, cfg: AppConfig, rec: FaceRecognizer, result: dict[str, Any]
 ) -> dict[str, Any]:
     """Write the thresholds just measured into the recognizer file's metadata (`operating_points`), where an unset
     `identity.threshold` finds them. Only a full View 2 run of an ONNX file counts."""
@@ -156,7 +171,7 @@ def stamp_operating_points(
     from edge_mtl.runtime.engine import far_key
     from edge_mtl.runtime.registry import model_path
 
-    check_stamp_args(args, cfg)
+    check_stamp_args(opts, cfg)
     r = cfg.recognizer
     path = model_path(r.model, "recognizer.onnx", r.backend.precision)
     model = load_model(path)
@@ -204,26 +219,26 @@ def reserved_utkface(root: Path, full: Path | None) -> tuple[Path, list[str]]:
     return Path(full), names
 
 
-def eval_attributes(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
+def eval_attributes(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.data import sources as S
     from edge_mtl.eval.attributes import attribute_metrics
     from edge_mtl.runtime.registry import load_detector, load_recognizer
 
-    root = _root(args)
+    root = _root(opts)
     folder = root / "utkface"
-    if args.split == "val":
+    if opts.split == "val":
         _, names = S.utkface_split(folder)
-    elif args.split == "all":
+    elif opts.split == "all":
         names = [Path(r.path).name for r in S.utkface(folder)]
-    elif args.split == "reserved":
-        folder, names = reserved_utkface(root, getattr(args, "utkface_full", None))
+    elif opts.split == "reserved":
+        folder, names = reserved_utkface(root, opts.utkface_full)
     else:  # a folder of UTKFace-named images (e.g. a held-out set)
-        folder = Path(args.split)
+        folder = Path(opts.split)
         if not folder.is_dir():
-            raise InputError(f"--split: expected 'val', 'all' or a folder of UTKFace images, got {args.split}")
+            raise InputError(f"--split: expected 'val', 'all' or a folder of UTKFace images, got {opts.split}")
         names = [Path(r.path).name for r in S.utkface(folder)]
-    if args.limit:
-        names = names[: args.limit]
+    if opts.limit:
+        names = names[: opts.limit]
     labels = [S.parse_utkface_name(n) for n in names]
     det, rec = load_detector(cfg), load_recognizer(cfg)
     t0 = time.time()
@@ -234,32 +249,32 @@ def eval_attributes(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
         [lb[0] for lb in labels if lb], res.age_years, [lb[1] for lb in labels if lb], res.female_prob, res.age_std,
         res.quality,
     )
-    out["split"] = args.split
+    out["split"] = opts.split
     out["images_without_face"] = missing
     out["seconds"] = round(time.time() - t0, 1)
     out["models"] = _models(det, rec)
     return out
 
 
-def eval_detection(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
+def eval_detection(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.data import sources as S
+    from edge_mtl.data.sources import to_det_images
     from edge_mtl.eval.detection import GroundTruth, evaluate, false_detections_per_frame
     from edge_mtl.runtime.registry import load_detector
-    from edge_mtl.train.data.detector import to_det_images
 
-    if args.video is not None and not Path(args.video).is_file():
-        raise InputError(f"--video: no such file: {args.video}")
-    root = _root(args)
+    if opts.video is not None and not Path(opts.video).is_file():
+        raise InputError(f"--video: no such file: {opts.video}")
+    root = _root(opts)
     by_image = S.caltech(root / "caltech_webfaces")
     _, val = S.split_images(by_image, 0.1, 0)
-    if args.limit:
-        val = val[: args.limit]
+    if opts.limit:
+        val = val[: opts.limit]
     items = to_det_images({n: by_image[n] for n in val})
     det = load_detector(cfg)
     thr = det.score_threshold
     det.score_threshold = min(0.05, thr)  # AP needs low-score detections too; recall/precision use `thr`
     preds, gts, times = [], [], []
-    from edge_mtl.commands.analyze import read_image
+    from edge_mtl.data.images import read_image
 
     for it in items:
         img = read_image(Path(it.path))
@@ -272,7 +287,7 @@ def eval_detection(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
                            **evaluate(preds, gts, score_threshold=thr)}
     out["ms_per_image"] = round(1000 * float(np.median(times)), 2)
     det.score_threshold = thr
-    video = args.video or root / "videos" / "cctv_overhead_no_faces.mp4"
+    video = opts.video or root / "videos" / "cctv_overhead_no_faces.mp4"
     if Path(video).exists():
         cap = cv2.VideoCapture(str(video))
 
@@ -280,7 +295,7 @@ def eval_detection(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
             n = 0
             while True:
                 ok, f = cap.read()
-                if not ok or (args.limit and n >= args.limit):
+                if not ok or (opts.limit and n >= opts.limit):
                     break
                 n += 1
                 yield f
@@ -290,11 +305,11 @@ def eval_detection(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace, cfg: AppConfig) -> dict[str, Any]:
-    if getattr(args, "stamp", False):
-        check_stamp_args(args, cfg)
-    if args.what == "verification":
-        return eval_verification(args, cfg)
-    if args.what == "attributes":
-        return eval_attributes(args, cfg)
-    return eval_detection(args, cfg)
+def run(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
+    if opts.stamp:
+        check_stamp_args(opts, cfg)
+    if opts.what == "verification":
+        return eval_verification(opts, cfg)
+    if opts.what == "attributes":
+        return eval_attributes(opts, cfg)
+    return eval_detection(opts, cfg)

@@ -1,4 +1,5 @@
-"""Checkpoint -> ONNX with metadata, structural check and a per-head parity check against PyTorch (DESIGN §4).
+"""Checkpoint -> ONNX with metadata, structural check and a per-head parity check against PyTorch (adding a model:
+docs/architecture.md).
 
 The exported graph is the deploy form: RepVGG branches fused into single 3x3 convolutions, BatchNorm folded by the
 exporter's constant folding, heads read out (unit-norm embedding, age years and std, gender and quality

@@ -1,4 +1,4 @@
-"""FP32 ONNX -> FP16 ONNX with numerically sensitive operations kept in FP32 (DESIGN §5).
+"""FP32 ONNX -> FP16 ONNX with numerically sensitive operations kept in FP32 (docs/acceleration.md).
 
 TensorRT 10.12 deprecated (and 11 removed) the FP16 builder flag: networks are strongly typed, so the FP16 engine
 is whatever the ONNX says. This pass decides each node's precision and writes exactly that into the graph:

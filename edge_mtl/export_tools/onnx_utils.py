@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.errors import MissingExtraError, ModelError
+from edge_mtl.paths import file_sha256 as file_sha256  # re-exported for the export tools
 from edge_mtl.runtime.engine import META_PREFIX, ModelMetadata
 
 if TYPE_CHECKING:
@@ -29,14 +30,6 @@ def import_onnx() -> Any:
     except ImportError:
         raise MissingExtraError("onnx", "build") from None
     return onnx
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def graph_sha256(model: onnx.ModelProto) -> str:
@@ -113,7 +106,7 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
 def onnx_precision(model: onnx.ModelProto) -> str:
     """What the graph itself says its compute precision is: int8 (Q/DQ nodes), fp16 (FP16 weights), else fp32.
 
-    Used to refuse files whose metadata claims another precision than the graph (DESIGN §5: a TensorRT
+    Used to refuse files whose metadata claims another precision than the graph (docs/acceleration.md: a TensorRT
     network is strongly typed, so the precision it builds is exactly what the ONNX holds).
     """
     onnx = import_onnx()

@@ -1,4 +1,4 @@
-"""INT8 by explicit quantization: a Q/DQ ONNX calibrated on real faces, plus the accuracy gate (DESIGN §5).
+"""INT8 by explicit quantization: a Q/DQ ONNX calibrated on real faces, plus the accuracy gate (docs/acceleration.md).
 
 TensorRT 10.1 deprecated and 11 removed implicit INT8 calibration, so INT8 lives in the ONNX as
 QuantizeLinear/DequantizeLinear pairs that TensorRT builds strongly typed and ONNX Runtime runs on the CPU. Choices:
@@ -35,6 +35,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,6 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.errors import EdgeMtlError, InputError, ModelError
-from edge_mtl.eval.detection import iou_matrix
 from edge_mtl.export_tools.onnx_utils import (
     file_sha256,
     graph_sha256,
@@ -57,6 +57,7 @@ from edge_mtl.export_tools.onnx_utils import (
     set_metadata,
 )
 from edge_mtl.runtime.engine import ModelMetadata
+from edge_mtl.vision.boxes import iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -642,7 +643,23 @@ def layer_errors(
     return sorted(rows, key=lambda r: -r["added"])
 
 
-# ------------------------------------------------------------------ command
+# ------------------------------------------------------------------ a model file in, its variant out
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """One `edge-mtl quantize` run: an FP16 or INT8 (Q/DQ) variant of `model`, gated against it on real faces."""
+
+    model: Path
+    output: Path
+    precision: str  # fp16 or int8
+    calib: Path | None = None  # a .json calibration file or a .npy array (default: the recipe on `data`)
+    data: Path | None = None  # default: $EDGE_MTL_DATA or ../shared/data
+    no_gate: bool = False  # skip the accuracy gate
+    detector: Path | None = None  # crops faces for recognizer calibration (default: the shipped detector)
+    method: str = "minmax"  # minmax, entropy, percentile or auto
+    layout: str = "shared"  # shared or tensorrt
+    exclude: tuple[str, ...] = ()  # nodes kept in float
+    auto_exclude: int = 0  # keep up to this many more of the most sensitive nodes in float until the gate passes
+    save_calib: Path | None = None  # write the calibration ranges (JSON) here
 def _default_detector() -> Path:
     from edge_mtl.paths import default_model
 
@@ -650,12 +667,12 @@ def _default_detector() -> Path:
 
 
 def _calibration_inputs(
-    args: Any, meta: ModelMetadata
+    opts: QuantizeOptions, meta: ModelMetadata
 ) -> tuple[npt.NDArray[np.float32] | None, Path | None, dict[str, Any]]:
     """(array, calibration file, info) from --calib (.npy array or .json ranges) or the recipe on --data."""
     from edge_mtl.export_tools import calibration as cal
 
-    calib = getattr(args, "calib", None)
+    calib = opts.calib
     if calib is not None:
         calib = Path(calib)
         if not calib.is_file():
@@ -667,24 +684,24 @@ def _calibration_inputs(
             return arr, None, {"calibration_array": str(calib), "inputs": len(arr)}
         raise InputError(f"--calib {calib}: expected a .json calibration file or a .npy array")
     if meta.kind == "recognizer":
-        det = Path(getattr(args, "detector", None) or _default_detector())
+        det = Path(opts.detector or _default_detector())
         if not det.is_file():
             raise InputError(f"recognizer calibration needs the detector to crop faces: {det} not found (--detector)")
-        cs = cal.recognizer_calibration(det, meta, data=getattr(args, "data", None))
+        cs = cal.recognizer_calibration(det, meta, data=opts.data)
     else:
-        cs = cal.detector_calibration(meta, data=getattr(args, "data", None))
+        cs = cal.detector_calibration(meta, data=opts.data)
     return cs.inputs, None, {"recipe": "calib/README.md", **cs.info, "images": cs.manifest}
 
 
-def _eval_inputs(args: Any, meta: ModelMetadata) -> npt.NDArray[np.float32]:
+def _eval_inputs(opts: QuantizeOptions, meta: ModelMetadata) -> npt.NDArray[np.float32]:
     from edge_mtl.export_tools import calibration as cal
 
     if meta.kind == "recognizer":
-        det = Path(getattr(args, "detector", None) or _default_detector())
+        det = Path(opts.detector or _default_detector())
         if not det.is_file():
             raise InputError(f"the recognizer gate needs the detector to crop faces: {det} not found (--detector)")
-        return cal.recognizer_eval_set(det, meta, data=getattr(args, "data", None)).inputs
-    return cal.detector_eval_set(meta, data=getattr(args, "data", None)).inputs
+        return cal.recognizer_eval_set(det, meta, data=opts.data).inputs
+    return cal.detector_eval_set(meta, data=opts.data).inputs
 
 
 def quantize_with_gate(
@@ -769,38 +786,37 @@ def quantize_with_gate(
     return report
 
 
-def quantize_command(args: Any) -> dict[str, Any]:
-    """`edge-mtl quantize MODEL -o OUT --precision int8|fp16 [--calib FILE] [--data DIR] [--no-gate] ...`."""
-    src, dst = Path(args.model), Path(args.output)
+def quantize_model(opts: QuantizeOptions) -> dict[str, Any]:
+    """The FP16 or INT8 variant of a model, gated (GateError when it fails); returns the report."""
+    src, dst = Path(opts.model), Path(opts.output)
     meta = read_metadata(src)
-    no_gate = bool(getattr(args, "no_gate", False))
-    exclude = list(getattr(args, "exclude", None) or [])
-    if args.precision == "fp16":
+    no_gate = opts.no_gate
+    exclude = list(opts.exclude)
+    if opts.precision == "fp16":
         from edge_mtl.export_tools.fp16 import to_fp16
 
         report = to_fp16(src, dst, exclude_nodes=exclude)
         if not no_gate:
-            result = gate(src, dst, _eval_inputs(args, meta))
+            result = gate(src, dst, _eval_inputs(opts, meta))
             report["gate"] = result
             if not result["passed"]:
                 dst.unlink(missing_ok=True)
                 raise GateError(f"FP16 gate failed for {src.name}: {result['failed']}", report)
         return report
-    if args.precision != "int8":
-        raise InputError(f"--precision must be fp16 or int8, got {args.precision!r}")
-    calibration, calib_file, info = _calibration_inputs(args, meta)
-    eval_inputs = None if no_gate else _eval_inputs(args, meta)
-    save = getattr(args, "save_calib", None)
+    if opts.precision != "int8":
+        raise InputError(f"--precision must be fp16 or int8, got {opts.precision!r}")
+    calibration, calib_file, info = _calibration_inputs(opts, meta)
+    eval_inputs = None if no_gate else _eval_inputs(opts, meta)
     return quantize_with_gate(
         src,
         dst,
         calibration,
         eval_inputs,
-        method=getattr(args, "method", None) or "minmax",
-        layout=getattr(args, "layout", None) or "shared",
+        method=opts.method,
+        layout=opts.layout,
         exclude_nodes=exclude,
-        auto_exclude=int(getattr(args, "auto_exclude", 0) or 0),
+        auto_exclude=opts.auto_exclude,
         calibration_file=calib_file,
-        save_calibration=Path(save) if save else None,
+        save_calibration=opts.save_calib,
         calibration_info=info,
     )

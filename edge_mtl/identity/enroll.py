@@ -45,7 +45,7 @@ class Enroller:
 
     def embed(self, images: Sequence[Path]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """(embeddings N x D, qualities N) of the images' faces; InputError naming the first unusable file."""
-        from edge_mtl.commands.analyze import read_image
+        from edge_mtl.data.images import read_image
 
         if not images:
             raise InputError("enrol: give at least one image")

@@ -1,4 +1,5 @@
-"""The metadata each exported model carries (DESIGN §4): preprocessing, outputs, template, provenance.
+"""The metadata each exported model carries: preprocessing, outputs, template, provenance (docs/architecture.md,
+rule 4).
 
 Kept free of torch so the runtime and the build tools share one definition.
 """

@@ -1,4 +1,4 @@
-"""TensorRT engine cache: keys, profiles, entries and the checks made before an engine is used (DESIGN §5).
+"""TensorRT engine cache: keys, profiles, entries and the checks made before an engine is used (docs/acceleration.md).
 
 A serialized engine only runs on the GPU architecture and the exact TensorRT version that built it, for the input
 shapes of its optimisation profile and in the precision its ONNX had. So each engine file (`.plan`) sits next to a

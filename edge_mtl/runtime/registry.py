@@ -8,6 +8,7 @@ matching variant (`detector.int8.onnx`, `recognizer.fp16.onnx`) next to the conf
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_mtl.config import AppConfig, BackendConfig
@@ -20,6 +21,9 @@ from edge_mtl.runtime.landmarks import LandmarkRefiner
 from edge_mtl.runtime.recognizer import FaceRecognizer
 
 log = logging.getLogger(__name__)
+
+#: Entry point group of the backends outside the runtime path (pyproject.toml names the torch backend there).
+BACKEND_PLUGINS = "edge_mtl.backends"
 
 
 def model_path(configured: Path | None, default_name: str, precision: str) -> Path:
@@ -47,38 +51,21 @@ def load_engine(path: Path, backend: BackendConfig) -> Engine:
 
         return TensorRTEngine(path, cache_dir=backend.engine_cache or path.parent / "engines")
     if backend.type == "torch":
-        return torch_engine_from_onnx_or_checkpoint(path, backend)
+        return backend_plugin("torch")(path, backend)
     raise InputError(f"unknown backend {backend.type!r}")
 
 
-def torch_engine_from_onnx_or_checkpoint(path: Path, backend: BackendConfig) -> Engine:
-    """The torch backend runs a training checkpoint (.pt) with the model's export wrapper."""
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise MissingExtraError("torch", "train") from e
-    if path.suffix != ".pt":
-        raise InputError(f"{path}: the torch backend needs a training checkpoint (.pt), not {path.suffix}")
-    from edge_mtl.models.checkpoint import load_checkpoint
-    from edge_mtl.models.metadata import detector_metadata, recognizer_metadata
-    from edge_mtl.runtime.torch_engine import TorchEngine
+def backend_plugin(name: str) -> Callable[[Path, BackendConfig], Engine]:
+    """A backend that lives outside the runtime path (the torch backend runs training checkpoints and so needs the
+    model definitions): found through the `edge_mtl.backends` entry points, so the runtime never imports it."""
+    from importlib.metadata import entry_points
 
-    st = load_checkpoint(path)
-    device = "cuda" if backend.device in ("cuda", "tensorrt") else "cpu"
-    half = backend.precision == "fp16"
-    if "detector" in st["model_args"]:
-        from edge_mtl.models.detector import Detector, DetectorArgs, DetectorExport
-
-        dargs = DetectorArgs.from_dict(st["model_args"]["detector"])
-        dm = Detector(dargs)
-        dm.load_state_dict(st["model"])
-        return TorchEngine(DetectorExport(dm), detector_metadata(dargs.to_dict()), device, half)
-    from edge_mtl.models.recognizer import Recognizer, RecognizerArgs, RecognizerExport, deploy_copy
-
-    rargs = RecognizerArgs.from_dict(st["model_args"]["recognizer"])
-    rm = Recognizer(rargs)
-    rm.load_state_dict(st["model"])
-    return TorchEngine(RecognizerExport(deploy_copy(rm)), recognizer_metadata(rargs.to_dict()), device, half)
+    found = list(entry_points(group=BACKEND_PLUGINS, name=name))
+    if not found:
+        raise InputError(f"backend {name!r}: no such plugin installed (entry point group {BACKEND_PLUGINS}; "
+                         "reinstall edge-mtl: pip install -e .)")
+    loader: Callable[[Path, BackendConfig], Engine] = found[0].load()
+    return loader
 
 
 def load_refiner(cfg: AppConfig) -> LandmarkRefiner | None:

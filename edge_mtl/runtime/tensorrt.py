@@ -73,7 +73,7 @@ def resolve_engine(
         return model, entry
     onnx = Path(entry.model_path)
     if rebuild and onnx.is_file():
-        from edge_mtl.export_tools.onnx_utils import file_sha256
+        from edge_mtl.paths import file_sha256
 
         if file_sha256(onnx) == entry.model_sha256:
             log.warning("%s: %s; rebuilding from %s", model, why, onnx)

@@ -1,4 +1,5 @@
-"""Compile an ONNX model into a TensorRT engine, strongly typed, cached per GPU and TensorRT version (DESIGN §5).
+"""Compile an ONNX model into a TensorRT engine, strongly typed, cached per GPU and TensorRT version
+(docs/acceleration.md).
 
 TensorRT 10.12 deprecated and 11 removed the FP16/INT8 builder flags (and 10.1/11 the implicit INT8 calibrators),
 so the network is created STRONGLY_TYPED and the precision comes from the ONNX itself: an FP16 ONNX
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mtl.errors import BackendUnavailableError, EdgeMtlError, MissingExtraError, ModelError
-from edge_mtl.export_tools.onnx_utils import file_sha256
+from edge_mtl.paths import file_sha256
 from edge_mtl.runtime.engine import ModelMetadata
 from edge_mtl.runtime.engine_cache import (
     BuildTarget,
@@ -107,19 +108,16 @@ def current_target(device: int = 0) -> BuildTarget:
 
 
 def read_onnx_metadata(path: Path) -> ModelMetadata:
-    """Metadata from the ONNX file: with `onnx` when installed, else through ONNX Runtime (a core dependency)."""
+    """Metadata from the ONNX file, through ONNX Runtime (a core dependency; the runtime path needs no `onnx`)."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: no such model file")
     try:
-        from edge_mtl.export_tools.onnx_utils import read_metadata
-
-        return read_metadata(path)
-    except MissingExtraError:
-        import onnxruntime as ort
-
-        try:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ModelError(f"{path}: cannot read the model ({str(e).splitlines()[0][:200]})") from None
-        return ModelMetadata.from_props(dict(sess.get_modelmeta().custom_metadata_map), str(path))
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ModelError(f"{path}: cannot read the model ({str(e).splitlines()[0][:200]})") from None
+    return ModelMetadata.from_props(dict(sess.get_modelmeta().custom_metadata_map), str(path))
 
 
 def _network_census(trt: Any, network: Any) -> tuple[int, int]:
@@ -242,32 +240,6 @@ def build_engine(
     write_entry(entry_path, entry)
     log.info("built %s in %.1f s (%d bytes)", plan, entry.build_seconds, len(data))
     return plan
-
-
-def build_engine_command(args: Any) -> dict[str, Any]:
-    """`edge-mtl build-engine MODEL [--cache DIR] [--max-batch N] [--workspace-mb MB] [--max-side PX]`."""
-    plan = build_engine(
-        args.model,
-        args.cache,
-        max_batch=int(args.max_batch) if getattr(args, "max_batch", None) else None,
-        workspace_mb=int(args.workspace_mb),
-        max_side=getattr(args, "max_side", None),
-        force=bool(getattr(args, "force", False)),
-    )
-    entry = read_entry(plan.with_suffix(".json"))
-    return {
-        "engine": str(plan),
-        "bytes": plan.stat().st_size,
-        "key": entry.key,
-        "kind": entry.kind,
-        "precision": entry.precision,
-        "gpu": entry.target.arch,
-        "gpu_name": entry.gpu_name,
-        "tensorrt": entry.tensorrt,
-        "profile": entry.profile.to_dict(),
-        "build_seconds": entry.build_seconds,
-        "layers": entry.layers,
-    }
 
 
 def profile_for(onnx_path: str | Path, max_batch: int | None, max_side: int | None = None) -> Profile:

@@ -1,5 +1,5 @@
 """Latency stays bounded when the camera is faster than processing: a real-time source keeps only its newest frame
-(DESIGN §2, latest-frame policy), so the frames processed are always fresh and the surplus is counted as dropped,
+(docs/pipeline.md, latest-frame policy), so the frames processed are always fresh and the surplus is counted as dropped,
 instead of a backlog whose age grows without bound."""
 
 from __future__ import annotations

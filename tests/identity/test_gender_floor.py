@@ -18,7 +18,7 @@ from edge_mtl.events.schema import decode_event
 
 
 def test_floor_is_validated_and_live() -> None:
-    from edge_mtl.daemon.service import is_live
+    from edge_mtl.daemon.reload import is_live
 
     assert AttributesConfig().gender_min_confidence == D.GENDER_MIN_CONFIDENCE == 0.6
     for bad in (0.4, 1.01):
@@ -76,7 +76,7 @@ def test_still_image_analysis_follows_the_floor() -> None:
 
 # ------------------------------------------------------------------ attributes.gender_min_age
 def test_age_floor_is_validated_and_live() -> None:
-    from edge_mtl.daemon.service import is_live
+    from edge_mtl.daemon.reload import is_live
 
     assert AttributesConfig().gender_min_age == D.GENDER_MIN_AGE == 3.0
     for bad in (-1.0, 18.5):

@@ -4,7 +4,6 @@ hold, the pipeline and a SIGHUP-style settings change use them, and a quantized 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 from pathlib import Path
@@ -99,13 +98,13 @@ def rec_copy(repo_root: Path, tmp_path: Path) -> Path:
 
 
 def _stamp(path: Path, result: dict, flip: bool = False, **kw: object) -> dict:
-    from edge_mtl.eval.suites import stamp_operating_points
+    from edge_mtl.eval.suites import EvalOptions, stamp_operating_points
     from edge_mtl.runtime.registry import open_recognizer
 
     cfg = AppConfig()
     cfg.recognizer.model = path
-    args = argparse.Namespace(**({"what": "verification", "limit": 0, "pairs": "pairs.txt"} | kw))
-    return stamp_operating_points(args, cfg, open_recognizer(path, flip=flip), result)
+    opts = EvalOptions(**({"what": "verification", "limit": 0, "pairs": "pairs.txt"} | kw))
+    return stamp_operating_points(opts, cfg, open_recognizer(path, flip=flip), result)
 
 
 def _result(th2: float, th3: float) -> dict:
@@ -196,9 +195,9 @@ def test_pipeline_follows_the_loaded_model_and_live_changes(rec_copy: Path) -> N
 def test_cli_refuses_stamp_with_other_evaluations() -> None:
     from edge_mtl.eval import suites as eval_cli
 
-    args = argparse.Namespace(what="attributes", stamp=True, limit=0, pairs="pairs.txt")
+    opts = eval_cli.EvalOptions(what="attributes", stamp=True, limit=0, pairs="pairs.txt")
     with pytest.raises(InputError, match="goes with 'eval verification'"):
-        eval_cli.run(args, AppConfig())
+        eval_cli.run(opts, AppConfig())
 
 
 def test_cli_refuses_a_partial_stamp_before_evaluating(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,6 +208,6 @@ def test_cli_refuses_a_partial_stamp_before_evaluating(monkeypatch: pytest.Monke
         raise AssertionError("evaluated before refusing")
 
     monkeypatch.setattr(eval_cli, "eval_verification", must_not_run)
-    args = argparse.Namespace(what="verification", stamp=True, limit=600, pairs="pairs.txt")
+    opts = eval_cli.EvalOptions(what="verification", stamp=True, limit=600, pairs="pairs.txt")
     with pytest.raises(InputError, match="whole of LFW View 2"):
-        eval_cli.run(args, AppConfig())
+        eval_cli.run(opts, AppConfig())

@@ -76,7 +76,7 @@ def corrupt_middle(src: Path, dst: Path, start: float = 0.4, length: float = 0.1
 
 
 def export_models(folder: Path) -> dict[str, Path]:
-    """Tiny random-weight ONNX models with real metadata (DESIGN: runtime never guesses).
+    """Tiny random-weight ONNX models with real metadata (docs/architecture.md, rule 4: the runtime never guesses).
 
     'detector' scores every anchor near 0.5 (it 'detects' noise); 'quiet_detector' keeps the trained-from-scratch
     prior (p=0.01), so it finds no face anywhere.

@@ -17,9 +17,9 @@ import pytest
 
 from edge_mtl.config import AppConfig, load_config
 from edge_mtl.daemon.metrics import CameraSnapshot, Snapshot, StageSnapshot, render_prometheus
-from edge_mtl.daemon.service import EventSink
 from edge_mtl.errors import ConfigError, InputError
 from edge_mtl.events.schema import SCHEMA_KEYS, decode_event, encode_event
+from edge_mtl.events.sink import EventSink
 from edge_mtl.events.snapshots import SnapshotStore, snapshot_state
 from edge_mtl.types import Event
 from edge_mtl.web.auth import check_bind, resolve_token, token_matches
@@ -192,7 +192,7 @@ def test_cli_refuses_api_without_token_exit_2(tmp_path: Path, data_dir: Path) ->
     cfg = tmp_path / "c.toml"
     cfg.write_text("[service]\nmetrics_port = 9999\n[api]\nenabled = true\n")
     db = tmp_path / "events.db"
-    p = subprocess.run([sys.executable, "-m", "edge_mtl.commands.cli", "run", "--config", str(cfg), "--source",
+    p = subprocess.run([sys.executable, "-m", "edge_mtl", "run", "--config", str(cfg), "--source",
                         str(data_dir / PEDESTRIANS), "--events", str(db)], capture_output=True, text=True,
                        timeout=120, cwd=REPO, env=child_env())
     assert p.returncode == 2, p.stderr[-2000:]

@@ -4,49 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
-from edge_mtl.data.sources import FaceRecord
+from edge_mtl.data.images import read_rgb
+from edge_mtl.data.sources import DetImage
 from edge_mtl.train.data import augment as A
 
 log = logging.getLogger(__name__)
 MIN_FACE = 6.0  # px after resize: smaller faces become "ignore" regions, neither positive nor negative
-
-
-@dataclass
-class DetImage:
-    """One training image and its annotated faces. Landmarks are NaN for faces (or sources) without them."""
-
-    path: str
-    boxes: npt.NDArray[np.float32]
-    landmarks: npt.NDArray[np.float32]
-
-
-def to_det_images(by_image: dict[str, list[FaceRecord]], points: int = 4) -> list[DetImage]:
-    out = []
-    for recs in by_image.values():
-        if not recs:
-            continue
-        boxes = np.stack([r.box for r in recs if r.box is not None]).astype(np.float32)
-        lms = np.full((len(recs), points, 2), np.nan, np.float32)
-        for i, r in enumerate(recs):
-            if r.landmarks is not None and r.landmarks.shape == (points, 2):
-                lms[i] = r.landmarks
-        out.append(DetImage(recs[0].path, boxes, lms))
-    return out
-
-
-def read_rgb(path: str) -> npt.NDArray[np.uint8]:
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise OSError(f"cannot read image {path}")
-    return np.ascontiguousarray(img[:, :, ::-1])
 
 
 class DetectionDataset(Dataset[dict[str, torch.Tensor]]):

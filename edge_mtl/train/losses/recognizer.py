@@ -19,7 +19,7 @@ def _zero(ref: torch.Tensor) -> torch.Tensor:
 class MarginHead(nn.Module):
     """Training-only classifier with an additive margin: CosFace (cos θ - m) or ArcFace (cos(θ + m)), scale s.
 
-    Its class weights never enter the deploy model (DESIGN §8).
+    Its class weights never enter the deploy model (docs/architecture.md, adding a model).
     """
 
     def __init__(self, dim: int, classes: int, kind: str = "cosface", s: float = 32.0, m: float = 0.3) -> None:

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from edge_mtl.data import sources as S
+from edge_mtl.data.images import read_rgb
+from edge_mtl.data.sources import DetImage, to_det_images
 from edge_mtl.errors import InputError
 from edge_mtl.eval.detection import GroundTruth, evaluate
 from edge_mtl.models.detector import Detector, DetectorArgs, DetectorExport
@@ -20,7 +22,7 @@ from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.torch_engine import TorchEngine
 from edge_mtl.train.config import DetectorTrain, TrainConfig
-from edge_mtl.train.data.detector import DetectionDataset, DetImage, collate, read_rgb, to_det_images
+from edge_mtl.train.data.detector import DetectionDataset, collate
 from edge_mtl.train.losses.detector import detection_loss
 
 log = logging.getLogger(__name__)

@@ -101,7 +101,7 @@ class LandmarkTask:
         self.model = LandmarkRefiner(self.args)
         self.dataset = LandmarkDataset(faces, self.args, t.noise_min, t.noise_max, cfg.seed)
         self.collate = None
-        from edge_mtl.train.data.detector import to_det_images
+        from edge_mtl.data.sources import to_det_images
 
         self.val = to_det_images({n: by_image[n] for n in val_names})
         self._mean = torch.tensor(DET_MEAN).view(1, 3, 1, 1)
