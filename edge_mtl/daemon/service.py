@@ -17,8 +17,9 @@ What systemd sees (Type=notify, docs/operations.md):
   confidence floor, retention and the log level apply at once; every other changed setting is named in a warning
   and needs a restart. A config that no longer validates is logged and ignored (the daemon keeps running on the
   old one).
-- /metrics (Prometheus) and /health (JSON, 200/503) on 127.0.0.1:`service.metrics_port`, only when it is set;
-  otherwise the daemon opens no listening socket at all (edge_mtl.daemon.metrics).
+- /metrics (Prometheus) and /health (JSON, 200/503) on 127.0.0.1:`service.metrics_port`, only when it is set,
+  and with `api.enabled` the events API and live page on the same server (edge_mtl.web); otherwise the daemon
+  opens no listening socket at all.
 """
 
 from __future__ import annotations
