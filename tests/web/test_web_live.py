@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -331,7 +330,7 @@ def test_api_flood_does_not_hold_up_frames(live: Live) -> None:
     assert d1 == d0 == 0  # nothing dropped (the file source waits; a frame is never skipped)
 
 
-def test_live_page_in_headless_chromium(live: Live, tmp_path: Path) -> None:
+def test_live_page_in_headless_chromium(live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:
         pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/test.sh installs them)")
@@ -346,7 +345,7 @@ def test_live_page_in_headless_chromium(live: Live, tmp_path: Path) -> None:
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
         opts.add_argument(flag)
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for a driver online
+    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager look for a driver online
     browser = webdriver.Chrome(options=opts, service=Service(executable_path=driver))
     try:
         browser.set_page_load_timeout(30)
