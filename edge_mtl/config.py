@@ -242,14 +242,16 @@ class EventsConfig(Strict):
         None, gt=0, description="Delete snapshots older than this (none: with their events, events.retention_days)."
     )
     store_images: Literal[False] = Field(
-        False, description="Reserved: edge-mtl never stores face images; true is refused (not implemented)."
+        False, description="Reserved: storing frames or every face is not implemented; true is refused (one face "
+        "snapshot per track: events.snapshots)."
     )
 
     @field_validator("store_images", mode="before")
     @classmethod
     def _no_images(cls, v: Any) -> Any:
         if v is True:
-            raise ValueError("storing face images is not implemented; edge-mtl keeps no images (docs/privacy.md)")
+            raise ValueError("storing images is not implemented; one face snapshot per track is events.snapshots "
+                             "(docs/privacy.md)")
         return v
 
 
