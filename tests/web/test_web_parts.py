@@ -183,7 +183,7 @@ def test_token_and_bind_rules(tmp_path: Path) -> None:
         load_config(bad)
 
 
-def test_cli_refuses_api_without_token_exit_2(tmp_path: Path, data_dir: Path) -> None:
+def test_run_and_check_config_refuse_api_without_token_exit_2(tmp_path: Path, data_dir: Path) -> None:
     import subprocess
     import sys
 
@@ -199,6 +199,16 @@ def test_cli_refuses_api_without_token_exit_2(tmp_path: Path, data_dir: Path) ->
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("edge-mtl:")]
     assert len(lines) == 1 and "api.enabled needs a token" in lines[0] and "Traceback" not in p.stderr
     assert not db.exists()  # refused before anything was written
+    # check-config (the unit's ExecStartPre) says the same; with the systemd credential the config passes
+    p = subprocess.run([sys.executable, "-m", "edge_mtl", "check-config", str(cfg)], capture_output=True, text=True,
+                       timeout=120, cwd=REPO, env=child_env())
+    assert p.returncode == 2 and "api.enabled needs a token" in p.stderr, p.stderr[-2000:]
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    write_token(creds / "api-token")
+    p = subprocess.run([sys.executable, "-m", "edge_mtl", "check-config", str(cfg)], capture_output=True, text=True,
+                       timeout=120, cwd=REPO, env=child_env({"CREDENTIALS_DIRECTORY": str(creds)}))
+    assert p.returncode == 0, p.stderr[-2000:]
 
 
 def test_server_on_a_non_loopback_address_and_a_missing_snapshot(tmp_path: Path, frame: np.ndarray) -> None:
