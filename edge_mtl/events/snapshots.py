@@ -204,10 +204,11 @@ class SnapshotStore:
         if snap is None:
             return None
         if snap.face is not None:
+            files = [(self.path_of(snap.key, "face"), snap.face)]
+            if snap.context is not None:
+                files.insert(0, (self.path_of(snap.key, "context"), snap.context))
             try:
-                if snap.context is not None:
-                    self._write(self.path_of(snap.key, "context"), snap.context)
-                self._write(self.path_of(snap.key, "face"), snap.face)
+                self._write(files)
             except OSError as e:
                 self.failures += 1
                 log.warning("snapshot %s not written (%s): the event carries none", snap.key, e.strerror or e)
@@ -217,24 +218,28 @@ class SnapshotStore:
             self.written += 1
         return snap.key if snap.written else None
 
-    def _write(self, path: Path, data: bytes) -> None:
-        self._mkdir(path.parent)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    def _write(self, files: list[tuple[Path, bytes]]) -> None:
+        """Each file to a temporary name, fsynced, renamed into place; then their folder fsynced once (they share
+        it), so the names are durable too before the caller commits an event naming them."""
+        for path, data in files:
+            self._mkdir(path.parent)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        for folder in {path.parent for path, _ in files}:
+            dfd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     # -- retention ---------------------------------------------------------------------------------------------
     def referenced(self) -> set[str]:
