@@ -2,8 +2,11 @@
 
 The daemon's loop in-process on the first N frames of a real clip: `Pipeline.process` then `EventSink.write`
 (SQLite queue, fsync per commit), with snapshots off and on (face crop plus context frame, each written and fsynced
-before its event commits), alternating `--rounds` times so that both settings see the same machine load. Prints one
-JSON object: seconds per round for each setting, the ratio of the medians, events and snapshot files written.
+before its event commits), alternating `--rounds` times so that both settings see the same machine load; and the
+two operations on their own, 30 times on a frame of the clip: `offer` (crop and JPEG-encode a better face, with and
+without the context frame) and `reference` (write and fsync the files before the event commits). Prints one JSON
+object: seconds per round for each setting, the ratio of the medians, events and snapshot files written, and the
+median milliseconds of each operation.
 
     nice -n 10 python benchmarks/snapshots.py --data ../shared/data --frames 40 --rounds 2
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from edge_mtl.config import AppConfig
 from edge_mtl.events.sink import EventSink
@@ -62,6 +66,31 @@ def one_round(cfg: AppConfig, det: Any, rec: Any, frames: list[Frame], snapshots
     return out
 
 
+def micro(frame: Frame, folder: Path, n: int = 30) -> dict[str, float]:
+    """Median ms of offer and reference, face only and with the 640-wide context frame."""
+    from edge_mtl.events.queue import EventQueue
+    from edge_mtl.events.snapshots import SnapshotStore
+
+    db = folder / "micro.db"
+    EventQueue(db).close()
+    box = np.array([900, 600, 980, 690], np.float32)
+    out: dict[str, float] = {}
+    for name, width in (("face", None), ("face+context", 640)):
+        store = SnapshotStore(folder / f"micro-{name}", db, max_bytes=1 << 30, max_age_s=1e9, context_width=width)
+        offer, ref = [], []
+        for _ in range(n):
+            t = time.perf_counter()
+            snap = store.offer(None, frame.image, box, 0.5)
+            offer.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            store.reference(snap)
+            ref.append(time.perf_counter() - t)
+        store.close()
+        out[f"offer {name}"] = round(1000 * statistics.median(offer), 2)
+        out[f"write+fsync {name}"] = round(1000 * statistics.median(ref), 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -82,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for setting in ("off", "on"):
                 runs[setting].append(one_round(cfg, det, rec, frames, setting == "on", Path(tmp)))
+        ops = micro(frames[0], Path(tmp))
     med = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
     print(json.dumps({"clip": clip.name, "frames": len(frames), "rounds": runs,  # noqa: T201 - the report
-                      "on_over_off": round(med["on"] / med["off"], 3)}, indent=1))
+                      "on_over_off": round(med["on"] / med["off"], 3), "operations_ms": ops}, indent=1))
     return 0
 
 

