@@ -205,6 +205,12 @@ function main() {
   });
   $("f-camera").addEventListener("change", (e) => { state.camera = e.target.value; restart(); });
   $("f-identity").addEventListener("change", (e) => { state.identity = e.target.value; restart(); });
+  window.addEventListener("hashchange", () => {  // a link with #token= opened in this tab: no reload happens
+    if (!/token=/.test(location.hash)) return;
+    takeToken();
+    $("login").style.display = "none";
+    begin();
+  });
   if (!state.token) { needLogin(); return; }
   begin();
 }
