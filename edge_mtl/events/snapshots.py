@@ -134,9 +134,6 @@ class SnapshotStore:
         self.max_bytes = int(max_bytes)
         self.max_age_s = float(max_age_s)
         self.context_width = context_width
-        self.written = 0
-        self.deleted = 0
-        self.failures = 0
         self._made: set[Path] = set()
         self._mkdir(self.folder)
         ensure_queue_indexes(self.queue_db)
@@ -211,12 +208,10 @@ class SnapshotStore:
             try:
                 self._write(files)
             except OSError as e:
-                self.failures += 1
                 log.warning("snapshot %s not written (%s): the event carries none", snap.key, e.strerror or e)
                 return snap.key if snap.written else None
             snap.face = snap.context = None
             snap.written = True
-            self.written += 1
         return snap.key if snap.written else None
 
     def _write(self, files: list[tuple[Path, bytes]]) -> None:
@@ -269,12 +264,9 @@ class SnapshotStore:
                 out.append((key, p, st))
         return out
 
-    def _unlink(self, p: Path) -> None:
-        try:
-            p.unlink()
-            self.deleted += 1
-        except FileNotFoundError:
-            pass
+    @staticmethod
+    def _unlink(p: Path) -> None:
+        p.unlink(missing_ok=True)
 
     def sweep(self) -> int:
         """Delete every file no stored event refers to, and temporary leftovers (at start: crash orphans)."""
@@ -314,9 +306,6 @@ class SnapshotStore:
         if n:
             log.info("snapshots: deleted %d file(s) by retention", n)
         return n
-
-    def total_bytes(self) -> int:
-        return sum(st.st_size for _, _, st in self._files())
 
 
 def snapshot_folder(events: Any) -> Path:
