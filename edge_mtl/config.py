@@ -224,15 +224,34 @@ class EventsConfig(Strict):
     jsonl_backups: int = Field(5, ge=0, le=1000, description="Rotated JSONL files kept.")
     retention_days: float = Field(30.0, gt=0, description="Delete queued events older than this.")
     retention_max_events: int = Field(1_000_000, ge=1000, description="Keep at most this many events.")
+    snapshots: bool = Field(
+        False, description="Keep the best-quality face crop of each track as a JPEG (docs/privacy.md says what "
+        "that means); events then carry its key in `snapshot`.",
+    )
+    snapshot_dir: Path | None = Field(
+        None, description="Folder of the snapshots (owner-only); default: `snapshots` beside events.db."
+    )
+    snapshot_context: bool = Field(
+        False, description="Also keep a downscaled frame with the face's box drawn (the scene around the face)."
+    )
+    snapshot_context_width: int = Field(640, ge=64, le=4096, description="Width of the context frame in pixels.")
+    snapshot_max_mb: float = Field(
+        1024.0, gt=0, description="Total size of the snapshots; beyond it the oldest are deleted (their events stay)."
+    )
+    snapshot_retention_days: float | None = Field(
+        None, gt=0, description="Delete snapshots older than this (none: with their events, events.retention_days)."
+    )
     store_images: Literal[False] = Field(
-        False, description="Reserved: edge-mtl never stores face images; true is refused (not implemented)."
+        False, description="Reserved: storing frames or every face is not implemented; true is refused (one face "
+        "snapshot per track: events.snapshots)."
     )
 
     @field_validator("store_images", mode="before")
     @classmethod
     def _no_images(cls, v: Any) -> Any:
         if v is True:
-            raise ValueError("storing face images is not implemented; edge-mtl keeps no images (docs/privacy.md)")
+            raise ValueError("storing images is not implemented; one face snapshot per track is events.snapshots "
+                             "(docs/privacy.md)")
         return v
 
 
@@ -333,7 +352,10 @@ class ServiceConfig(Strict):
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve /metrics and /health on 127.0.0.1:PORT (none: no listener)."
     )
-    metrics_host: str = Field("127.0.0.1", description="Listen address for metrics (keep it on localhost).")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Listen address of /metrics, /health and the API (a non-loopback address needs the "
+        "API token, api.token_file, and then every request must carry it).",
+    )
     stop_timeout_s: float = Field(10.0, gt=0, le=600, description="Drain and flush within this on SIGTERM.")
     malloc_arenas: int = Field(
         2, ge=0, le=64,
@@ -342,6 +364,18 @@ class ServiceConfig(Strict):
     )
     watchdog_stall_s: float = Field(
         30.0, gt=0, description="Stop petting the systemd watchdog when no frame was processed for this long."
+    )
+
+
+class ApiConfig(Strict):
+    """The local HTTP API and live page on the metrics server (edge_mtl.web, docs/dashboards.md)."""
+
+    enabled: bool = Field(
+        False, description="Serve /api/... and the live page at / beside /metrics and /health (service.metrics_port)."
+    )
+    token_file: Path | None = Field(
+        None, description="File holding the bearer token; default: the systemd credential `api-token` "
+        "($CREDENTIALS_DIRECTORY/api-token). Needed for the API and for any non-loopback service.metrics_host.",
     )
 
 
@@ -359,6 +393,7 @@ class AppConfig(Strict):
     forwarders: list[Forwarder] = Field(default_factory=list)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -369,6 +404,8 @@ class AppConfig(Strict):
             raise ValueError(f"camera names must be unique, repeated: {sorted(dup)}")
         if self.fleet.gallery is not None and self.identity.gallery is None:
             raise ValueError("fleet.gallery needs identity.gallery: the file the fleet's gallery is kept in")
+        if self.api.enabled and self.service.metrics_port is None:
+            raise ValueError("api.enabled needs service.metrics_port: the API is served on the metrics server")
         return self
 
 

@@ -8,6 +8,7 @@ or every `every_n_frames` frames. Attributes and identity are aggregated over th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy.typing as npt
 
 from edge_mtl.config import AppConfig
 from edge_mtl.events.schema import utc_ts
+from edge_mtl.events.snapshots import SnapshotStore, TrackSnapshot
 from edge_mtl.identity.aggregate import IdentityDecider, TrackAggregate, resolve_threshold
 from edge_mtl.identity.gallery import Gallery, Matcher
 from edge_mtl.runtime.detector import FaceDetector
@@ -50,6 +52,7 @@ class TrackState:
     agg: TrackAggregate = field(default_factory=TrackAggregate)
     decider: IdentityDecider = field(default_factory=IdentityDecider)
     visible: bool = True
+    snap: TrackSnapshot | None = None
 
     @property
     def key(self) -> str:
@@ -107,8 +110,10 @@ class Pipeline:
         detector: FaceDetector,
         recognizer: FaceRecognizer,
         gallery: Path | None = None,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self.cfg = cfg
+        self.snapshots = snapshots
         self.detector = detector
         # The tracker's second (low-score) association stage needs the detections the detector's own threshold
         # would drop: detect down to the tracker's low threshold and let the tracker decide.
@@ -196,7 +201,12 @@ class Pipeline:
             bbox=xywh(st.box),
             quality=round(min(max(st.agg.best_quality, 0.0), 1.0), 4) if st.agg.observations else None,
             duration_s=round(max(st.last_ts - st.first_ts, 0.0), 3),
+            snapshot=self.snapshots.reference(st.snap) if self.snapshots is not None else None,
         )
+
+    def _offer_snapshot(self, st: TrackState, frame: Frame, quality: float) -> None:
+        if self.snapshots is not None:
+            st.snap = self.snapshots.offer(st.snap, frame.image, st.box, quality)
 
     def _gender(self, st: TrackState) -> dict[str, object] | None:
         """A track's gender as events and labels report it (read per call: a SIGHUP changes the floors live)."""
@@ -267,6 +277,8 @@ class Pipeline:
                 continue
             if not st.announced:
                 st.announced = True
+                if j >= 0:
+                    self._offer_snapshot(st, frame, -math.inf)
                 events.append(self._event("face.appeared", st, frame.index, frame.timestamp))
             if j < 0:
                 continue
@@ -306,6 +318,7 @@ class Pipeline:
             st.agg.add(res.embeddings[k], float(res.age_years[k]), float(res.age_std[k]),
                        float(res.female_prob[k]), float(res.quality[k]))
             st.analysed_frame = fr.index
+            self._offer_snapshot(st, fr, float(res.quality[k]))
             if self.matcher is not None and st.decider.decide(st.agg, self.matcher):
                 events.append(self._event("face.identified", st, fr.index, fr.timestamp))
         self.timer.add("aggregate", time.perf_counter() - t)

@@ -215,6 +215,7 @@ class Event:
     seq: int | None = None
     box: str | None = None  # fleet.box / fleet.site of the box that made it (optional keys, docs/events.md)
     site: str | None = None
+    snapshot: str | None = None  # key of the track's face snapshot (events.snapshots); optional on the wire
 
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:
@@ -223,8 +224,8 @@ class Event:
             raise ShapeError(f"Event.bbox: expected [x, y, w, h], got {self.bbox!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form: every key of the schema present, in schema order."""
-        return {
+        """The wire form: every key of the schema present, in schema order, then `box`, `site` and `snapshot` only when set."""
+        d = {
             "schema": EVENT_SCHEMA,
             "seq": self.seq,
             "id": self.id,
@@ -242,3 +243,6 @@ class Event:
             **({"box": self.box} if self.box is not None else {}),
             **({"site": self.site} if self.site is not None else {}),
         }
+        if self.snapshot is not None:
+            d["snapshot"] = self.snapshot
+        return d

@@ -133,6 +133,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if isinstance(cfg, AppConfig):
         from edge_mtl.identity.aggregate import resolve_threshold
         from edge_mtl.runtime.registry import check_models
+        from edge_mtl.web.auth import check_bind, resolve_token
+
+        if cfg.service.metrics_port is not None:  # the API's token and where the server may listen, as `run` does
+            check_bind(cfg, resolve_token(cfg))
 
         rec = check_models(cfg).get("recognizer")
         if rec is not None:  # what the daemon would run with (it logs the same line at start and on reload)

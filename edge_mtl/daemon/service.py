@@ -17,8 +17,9 @@ What systemd sees (Type=notify, docs/operations.md):
   confidence floor, retention and the log level apply at once; every other changed setting is named in a warning
   and needs a restart. A config that no longer validates is logged and ignored (the daemon keeps running on the
   old one).
-- /metrics (Prometheus) and /health (JSON, 200/503) on 127.0.0.1:`service.metrics_port`, only when it is set;
-  otherwise the daemon opens no listening socket at all (edge_mtl.daemon.metrics).
+- /metrics (Prometheus) and /health (JSON, 200/503) on 127.0.0.1:`service.metrics_port`, only when it is set,
+  and with `api.enabled` the events API and live page on the same server (edge_mtl.web); otherwise the daemon
+  opens no listening socket at all.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,16 +43,17 @@ from edge_mtl.daemon.annotate import Annotator
 from edge_mtl.daemon.metrics import (
     CameraSnapshot,
     ForwarderSnapshot,
-    MetricsServer,
     Snapshot,
     StageSnapshot,
-    check_loopback,
 )
 from edge_mtl.daemon.notify import SystemdNotifier
 from edge_mtl.daemon.progress import ProgressMonitor
 from edge_mtl.daemon.reload import config_changes, is_live
 from edge_mtl.errors import InputError
 from edge_mtl.events.sink import EventSink
+
+if TYPE_CHECKING:
+    from edge_mtl.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ class Service:
         self.gallery_sync: Any = None  # edge_mtl.fleet.gallery.GallerySync with [fleet.gallery]
         self.sink: EventSink | None = None
         self.pipeline: Any = None
-        self.metrics: MetricsServer | None = None
+        self.metrics: WebServer | None = None
         self.annotate: Annotator | None = None
         self.ready = False
         self.stopping = False
@@ -175,8 +177,12 @@ class Service:
         cfg, opts = self.cfg, self.opts
         self._apply_log_level()
         svc = cfg.service
+        api_token = None
         if svc.metrics_port is not None:
-            check_loopback(svc.metrics_host)
+            from edge_mtl.web.auth import check_bind, resolve_token
+
+            api_token = resolve_token(cfg)
+            check_bind(cfg, api_token)
         for c in self.cams:
             if c.watchdog_s >= svc.watchdog_stall_s:
                 log.warning("camera %s: watchdog_s %.0f >= service.watchdog_stall_s %.0f: an outage of this camera "
@@ -209,7 +215,7 @@ class Service:
             from edge_mtl.events.mqtt import MqttForwarder
 
             self.forwarders.append(MqttForwarder(Path(cfg.events.db), fw))
-        self.pipeline = Pipeline(cfg, detector, recognizer)
+        self.pipeline = Pipeline(cfg, detector, recognizer, snapshots=self.sink.snapshots)
         if cfg.fleet.gallery is not None:
             from edge_mtl.fleet.gallery import start_gallery_sync
 
@@ -217,7 +223,9 @@ class Service:
         if opts.annotate:
             self.annotate = Annotator(opts.annotate, [c.name for c in self.cams])
         if svc.metrics_port is not None:
-            self.metrics = MetricsServer(svc.metrics_host, svc.metrics_port)
+            from edge_mtl.web.server import WebServer
+
+            self.metrics = WebServer(cfg, api_token)
         for f in self.forwarders:
             f.start()
         if self.metrics is not None:

@@ -34,9 +34,13 @@ SCHEMA_KEYS: tuple[str, ...] = (
     "duration_s",
 )
 
-#: Keys an event may carry after those, in this order: the box and site that made it (fleet.box, fleet.site), set
-#: only on boxes configured with them. Events without them are exactly the v1 events of before (docs/events.md).
-OPTIONAL_KEYS: tuple[str, ...] = ("box", "site")
+#: Keys an event may carry after SCHEMA_KEYS, in this order, each only when it has a value: the box and site
+#: that made it (fleet.box, fleet.site) and `snapshot`, the key of the track's face snapshot when
+#: `events.snapshots` is on. Events without them are exactly the v1 events of before (docs/events.md).
+OPTIONAL_KEYS: tuple[str, ...] = ("box", "site", "snapshot")
+#: The optional keys that are names (validated as camera names are).
+_NAME_KEYS: tuple[str, ...] = ("box", "site")
+_SNAPSHOT_RE = re.compile(r"[0-9a-f]{32}")
 
 #: Largest seq/frame: SQLite's INTEGER range.
 MAX_INT = (1 << 63) - 1
@@ -192,8 +196,8 @@ def _check_id(v: object) -> str:
 
 
 def _validate(d: dict[str, Any]) -> dict[str, Any]:
-    keys = set(d)
-    if keys - set(OPTIONAL_KEYS) != set(SCHEMA_KEYS):
+    keys = set(d) - set(OPTIONAL_KEYS)
+    if keys != set(SCHEMA_KEYS):
         missing = [k for k in SCHEMA_KEYS if k not in keys]
         extra = sorted(keys - set(SCHEMA_KEYS) - set(OPTIONAL_KEYS), key=repr)
         if missing:
@@ -210,7 +214,7 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
         shown = repr(d["type"])[:60] if isinstance(d["type"], str) else _kind(d["type"])
         raise ValueError(f"type: expected one of {list(EVENT_TYPES)}, got {shown}")
     _check_ts(d["ts"])
-    for key in ("camera", *OPTIONAL_KEYS):
+    for key in ("camera", *_NAME_KEYS):
         if key not in d:
             continue
         name = d[key]
@@ -246,6 +250,11 @@ def _validate(d: dict[str, Any]) -> dict[str, Any]:
         _number("quality", d["quality"], 0.0, 1.0)
     if d["duration_s"] is not None:
         _number("duration_s", d["duration_s"], 0.0)
+    if "snapshot" in d:
+        snap = d["snapshot"]
+        if not isinstance(snap, str) or _SNAPSHOT_RE.fullmatch(snap) is None:
+            shown = repr(snap[:40]) if isinstance(snap, str) else _kind(snap)
+            raise ValueError(f"snapshot: expected 32 lowercase hex digits, got {shown}")
     return {k: d[k] for k in (*SCHEMA_KEYS, *OPTIONAL_KEYS) if k in d}
 
 

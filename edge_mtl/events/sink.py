@@ -28,15 +28,19 @@ class EventSink:
     def __init__(self, cfg: AppConfig, print_events: bool = False) -> None:
         from edge_mtl.events.jsonl import JsonlLog
         from edge_mtl.events.queue import EventQueue
+        from edge_mtl.events.snapshots import SnapshotStore
 
         ev = cfg.events
         self.cfg = cfg
         self.queue = EventQueue(ev.db)
         try:
             self.jsonl = JsonlLog(self.queue, ev.jsonl, ev.jsonl_max_bytes, ev.jsonl_backups) if ev.jsonl else None
+            self.snapshots = SnapshotStore.from_config(ev)  # files before the events naming them (snapshots.py)
         except BaseException:
             self.queue.close()
             raise
+        if self.snapshots is not None:
+            self.snapshots.sweep()
         self.print_events = print_events
         self.written = 0
         self.by_type: dict[str, int] = {}
@@ -74,6 +78,8 @@ class EventSink:
         ev = self.cfg.events
         n = self.queue.prune(ev.retention_days * 86400.0, ev.retention_max_events)
         self.pruned += n
+        if self.snapshots is not None:
+            self.snapshots.prune()
         if self.jsonl is not None:
             self._age_out_jsonl(ev.retention_days * 86400.0, ev.jsonl_backups)
         return n
@@ -107,6 +113,8 @@ class EventSink:
         finally:
             if self.jsonl is not None:
                 self.jsonl.close()
+            if self.snapshots is not None:
+                self.snapshots.close()
             self.queue.close()
 
 

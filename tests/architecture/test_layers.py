@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "edge_mtl"
 
 FOUNDATION = {"edge_mtl", "errors", "types", "defaults", "paths", "config", "vision"}
-RUNTIME_PATH = {"capture", "runtime", "track", "identity", "events", "pipeline", "daemon", "fleet"}
+RUNTIME_PATH = {"capture", "runtime", "track", "identity", "events", "pipeline", "daemon", "fleet", "web"}
 TOOLING = {"data", "models", "eval", "export_tools", "train"}
 COMMANDS = {"commands", "__main__"}
 
