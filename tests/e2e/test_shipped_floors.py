@@ -18,12 +18,12 @@ import numpy.typing as npt
 import pytest
 
 from edge_mtl.config import AppConfig
-from edge_mtl.eval.cli import crops_for_images
+from edge_mtl.data import sources as S
+from edge_mtl.eval.suites import crops_for_images
 from edge_mtl.eval.verification import read_pairs, verification_metrics
-from edge_mtl.models_registry import load_detector, open_recognizer
 from edge_mtl.paths import default_model
 from edge_mtl.runtime.recognizer import FaceRecognizer
-from edge_mtl.train import sources as S
+from edge_mtl.runtime.registry import load_detector, open_recognizer
 
 pytestmark = pytest.mark.data
 
@@ -149,7 +149,7 @@ def test_int8_detector_agrees_with_fp32(data_dir: Path) -> None:
     """The shipped INT8 detector finds the same face as the FP32 one on 60 real LFW images (box IoU)."""
     if not default_model("detector.int8.onnx").exists():
         pytest.skip("shipped detector.int8.onnx missing")
-    from edge_mtl.analyze import read_image
+    from edge_mtl.data.images import read_image
     from edge_mtl.vision.boxes import box_iou
 
     d32, d8 = load_detector(_detector_config()), load_detector(_detector_config("int8"))
@@ -166,7 +166,7 @@ def test_int8_detector_agrees_with_fp32(data_dir: Path) -> None:
 
 def measure(data_dir: Path) -> dict[str, object]:
     """Every figure the floors above stand under, on the same subsets (`python -m tests.e2e.test_shipped_floors`)."""
-    from edge_mtl.analyze import read_image
+    from edge_mtl.data.images import read_image
     from edge_mtl.vision.boxes import box_iou
 
     d_lfw, d_utk = lfw.__wrapped__(data_dir), utk.__wrapped__(data_dir)  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(bool(GPU_PROVIDERS & set(ort.get_available_provi
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_mtl.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edge_mtl", *args], capture_output=True, text=True,
                           timeout=300, cwd=REPO, env=child_env())
 
 

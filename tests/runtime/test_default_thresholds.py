@@ -13,9 +13,9 @@ import pytest
 
 from edge_mtl import defaults as D
 from edge_mtl.config import AppConfig, DetectorConfig, TrackerConfig
-from edge_mtl.models_registry import load_detector
 from edge_mtl.paths import default_model
 from edge_mtl.runtime.detector import FaceDetector
+from edge_mtl.runtime.registry import load_detector
 from edge_mtl.track.bytetrack import ByteTracker
 
 
@@ -56,8 +56,8 @@ def test_run_tracker_high_threshold_is_the_detector_threshold(
 def test_pipeline_detects_down_to_the_tracker_low_threshold() -> None:
     if not default_model("detector.int8.onnx").exists():
         pytest.skip("shipped detector variant missing")
-    from edge_mtl.models_registry import load_recognizer
     from edge_mtl.pipeline import Pipeline
+    from edge_mtl.runtime.registry import load_recognizer
 
     cfg = AppConfig.model_validate({"detector": {"backend": {"precision": "int8"}}})
     det = load_detector(cfg)
@@ -80,7 +80,7 @@ def test_low_threshold_above_the_detector_threshold_is_a_config_error(tmp_path: 
         load_config(cfg)
     # the same through a command-line override: one line, exit 2
     cfg.write_text("[tracker]\nlow_threshold = 0.2\n")
-    r = subprocess.run([sys.executable, "-m", "edge_mtl.cli", "run", "--config", str(cfg), "--threshold", "0.18",
+    r = subprocess.run([sys.executable, "-m", "edge_mtl", "run", "--config", str(cfg), "--threshold", "0.18",
                         "--source", str(tmp_path / "none.mp4")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "tracker.low_threshold 0.2 exceeds the detector's score threshold 0.18" in r.stderr
