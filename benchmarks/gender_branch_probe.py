@@ -11,7 +11,7 @@ split (the trainer's, 1,317 faces) is scored before training and after every epo
 gender capacity on the shared features is worth shipping; if not, the features are what limits it.
 About 3 minutes an epoch on 2 CPU cores.
 
-Usage: python benchmarks/gender_branch_probe.py --config configs/recognizer_stage11.toml \
+Usage: python benchmarks/gender_branch_probe.py --config configs/experiments/recognizer_stage11.toml \
            --checkpoint runs/recognizer10/epoch_5_q.pt [--width 96] [--epochs 6] [--lr 0.002]
 Prints one JSON object: the checkpoint's own figure and each epoch's (all faces, and by age band).
 """

@@ -1,4 +1,4 @@
-"""Multi-task evidence table: single-task vs multi-task runs of configs/mtl/, with the delta-m metric.
+"""Multi-task evidence table: single-task vs multi-task runs of configs/experiments/mtl/, with the delta-m metric.
 
 Reads each run's last validation record from runs/mtl/<name>/metrics.jsonl and prints a markdown table.
 Delta-m (Maninis et al. 2019; Vandenhende et al. 2021) is the mean over tasks of the relative change of a multi-task

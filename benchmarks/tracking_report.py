@@ -100,7 +100,7 @@ def run_pipeline(args: argparse.Namespace, video: Path, size: int, sampled: set[
     events += pipe.finish()
     pipe.close()
     return {"frames": index, "fps": fps, "seen": seen, "dets": dets, "events": events, "stages": pipe.timer.summary(),
-            "thresholds": (cfg.tracker.high_threshold, cfg.tracker.low_threshold)}
+            "thresholds": (cfg.track_high_threshold(), cfg.tracker.low_threshold)}
 
 
 def evaluate(gt: dict[str, Any], run: dict[str, Any], min_iou: float) -> dict[str, Any]:

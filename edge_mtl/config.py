@@ -107,8 +107,11 @@ class DetectorConfig(Strict):
     )
     score_threshold: float | None = Field(
         None, gt=0.0, lt=1.0,
-        description=f"Minimum face score kept; default {D.DETECTOR_SCORE_THRESHOLD}, "
-        f"{D.DETECTOR_SCORE_THRESHOLD_INT8} with the int8 detector (it scores false objects higher).",
+        description=f"Face score threshold; default {D.DETECTOR_SCORE_THRESHOLD}, "
+        f"{D.DETECTOR_SCORE_THRESHOLD_INT8} with the int8 detector (it scores false objects higher). "
+        "analyze and eval detection report the faces at or above it (eval's AP uses every score). In run it is "
+        "the tracker's high threshold unless tracker.high_threshold is set: faces at or above it match tracks first "
+        "and may open tracks; the detector itself runs down to tracker.low_threshold for the tracker's second stage.",
     )
     nms_threshold: float = Field(
         D.DETECTOR_NMS_THRESHOLD, gt=0.0, lt=1.0, description="IoU above which overlapping boxes merge."
@@ -122,6 +125,12 @@ class DetectorConfig(Strict):
     refine_iterations: int = Field(
         2, ge=0, le=5, description="Landmark refinement passes per face (0: use the detector's own landmarks)."
     )
+
+    def resolved_score_threshold(self) -> float:
+        """score_threshold, or the default for the configured precision."""
+        if self.score_threshold is not None:
+            return self.score_threshold
+        return D.detector_score_threshold(self.backend.precision)
 
 
 class RecognizerConfig(Strict):
@@ -137,9 +146,10 @@ class RecognizerConfig(Strict):
 class TrackerConfig(Strict):
     """ByteTrack-style tracker settings (see edge_mtl.track for what raising or lowering each does)."""
 
-    high_threshold: float = Field(
-        D.TRACK_HIGH_THRESHOLD, gt=0, lt=1,
-        description="Detections above this match tracks first (scores are IoU-calibrated)."
+    high_threshold: float | None = Field(
+        None, gt=0, lt=1,
+        description="Detections at or above this match tracks first (scores are IoU-calibrated); default: the "
+        "detector's score threshold (detector.score_threshold, else its per-precision default).",
     )
     low_threshold: float = Field(
         D.TRACK_LOW_THRESHOLD, gt=0, lt=1, description="Second-stage matches use detections above this."
@@ -157,9 +167,16 @@ class TrackerConfig(Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> TrackerConfig:
-        if self.low_threshold > self.high_threshold:
+        if self.high_threshold is not None and self.low_threshold > self.high_threshold:
             raise ValueError("low_threshold must not exceed high_threshold")
         return self
+
+    def tracker_options(self, detector_threshold: float) -> dict[str, Any]:
+        """ByteTracker's keyword arguments, the high threshold resolved (`detector_threshold` when unset)."""
+        opts = self.model_dump()
+        if opts["high_threshold"] is None:
+            opts["high_threshold"] = detector_threshold
+        return opts
 
 
 class RecognitionConfig(Strict):
@@ -407,6 +424,28 @@ class AppConfig(Strict):
         if self.api.enabled and self.service.metrics_port is None:
             raise ValueError("api.enabled needs service.metrics_port: the API is served on the metrics server")
         return self
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> AppConfig:
+        problem = threshold_conflict(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def track_high_threshold(self) -> float:
+        """The tracker's high threshold in run: tracker.high_threshold, else the detector's score threshold."""
+        t = self.tracker.high_threshold
+        return t if t is not None else self.detector.resolved_score_threshold()
+
+
+def threshold_conflict(cfg: AppConfig) -> str | None:
+    """Why the tracker's thresholds, with the high one resolved from the detector's, are out of order (or None).
+    Also for configs changed after validation (command-line overrides)."""
+    if cfg.tracker.high_threshold is not None or cfg.tracker.low_threshold <= cfg.track_high_threshold():
+        return None
+    return (f"tracker.low_threshold {cfg.tracker.low_threshold} exceeds the detector's score threshold "
+            f"{cfg.track_high_threshold()}, which is the tracker's high threshold while tracker.high_threshold is "
+            "unset: lower tracker.low_threshold or set tracker.high_threshold")
 
 
 M = TypeVar("M", bound=BaseModel)

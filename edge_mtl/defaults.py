@@ -1,5 +1,6 @@
 """Operating-point defaults, written once: the config models (`edge_mtl.config`) and the runtime classes
 (`FaceDetector`, `ByteTracker`) both take them from here, so a re-tuned default cannot drift between the two.
+Each default is defined here and nowhere else.
 
 Where each figure comes from: export/detector.md (detector thresholds, measured on Caltech validation and the CCTV
 clip), docs/pipeline.md (tracker thresholds), docs/acceleration.md (the INT8 detector's threshold).
@@ -7,6 +8,9 @@ clip), docs/pipeline.md (tracker thresholds), docs/acceleration.md (the INT8 det
 
 from __future__ import annotations
 
+#: The detector's score threshold; where it acts: `edge-mtl analyze` and `eval detection` report the faces at or above
+#: it, and in `edge-mtl run` it is the tracker's high threshold (tracker.high_threshold left unset): detections at or
+#: above it match tracks first and may open them, those between tracker.low_threshold and it only keep tracks alive.
 DETECTOR_SCORE_THRESHOLD = 0.3
 # The INT8 detector scores the CCTV clip's recurring false object higher than FP32 does: 0.106 false detections per
 # frame at 0.3, 0.023 at 0.35 (recall IOD >= 10: 98.37% -> 98.10%); its default is 0.35.
@@ -35,7 +39,6 @@ GENDER_MIN_CONFIDENCE = 0.6
 GENDER_MIN_AGE = 3.0
 IDENTITY_MIN_OBSERVATIONS = 2
 
-TRACK_HIGH_THRESHOLD = 0.3
 TRACK_LOW_THRESHOLD = 0.15
 TRACK_NEW_THRESHOLD = 0.4
 TRACK_MATCH_IOU = 0.3

@@ -27,6 +27,11 @@ class BackendUnavailableError(EdgeMtlError):
     """The requested inference backend or execution provider is not active (never silently replaced)."""
 
 
+class ProviderUnavailableError(BackendUnavailableError, InputError):
+    """The device asked for (cuda, tensorrt) has no execution provider in this installation, or the runtime would
+    run on another one: a configuration this box cannot run, never a silent fallback to the CPU. Exit code 2."""
+
+
 class MissingExtraError(InputError):
     """An optional dependency is missing; the message names the extra to install."""
 

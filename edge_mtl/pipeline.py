@@ -90,7 +90,7 @@ class StageTimer:
 class CameraState:
     def __init__(self, name: str, cfg: AppConfig) -> None:
         self.name = name
-        self.tracker = ByteTracker(**cfg.tracker.model_dump())
+        self.tracker = ByteTracker(**cfg.tracker.tracker_options(cfg.track_high_threshold()))
         self.tracks: dict[int, TrackState] = {}
         self.frames = 0
         self.faces = 0
@@ -116,7 +116,8 @@ class Pipeline:
         self.snapshots = snapshots
         self.detector = detector
         # The tracker's second (low-score) association stage needs the detections the detector's own threshold
-        # would drop: detect down to the tracker's low threshold and let the tracker decide.
+        # would drop: detect down to the tracker's low threshold and let the tracker decide. The detector's
+        # threshold itself is the tracker's high threshold (AppConfig.track_high_threshold).
         detector.score_threshold = min(detector.score_threshold, cfg.tracker.low_threshold)
         self.recognizer = recognizer
         self.cameras: dict[str, CameraState] = {}

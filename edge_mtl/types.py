@@ -224,7 +224,7 @@ class Event:
             raise ShapeError(f"Event.bbox: expected [x, y, w, h], got {self.bbox!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form: every key of the schema present, in schema order, then `box`, `site` and `snapshot` only when set."""
+        """The wire form: every schema key, in schema order, then `box`, `site` and `snapshot` only when set."""
         d = {
             "schema": EVENT_SCHEMA,
             "seq": self.seq,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from edge_mtl import defaults as D
-from edge_mtl.config import AppConfig, TrackerConfig, load_config, parse_toml
+from edge_mtl.config import AppConfig, DetectorConfig, TrackerConfig, load_config, parse_toml
 from edge_mtl.errors import ConfigError
 
 SRC = "edge-mtl.toml"
@@ -287,12 +287,15 @@ def strategy_for(ann: Any, metadata: list[Any], owner: str = "", name: str = "")
 
 def _fix(model: type[BaseModel], d: dict[str, Any]) -> dict[str, Any]:
     """Satisfy the model validators that relate several fields."""
-    if model is TrackerConfig and "low_threshold" in d and "high_threshold" in d:
+    if model is TrackerConfig and "low_threshold" in d and d.get("high_threshold") is not None:
         lo, hi = sorted((d["low_threshold"], d["high_threshold"]))
         d["low_threshold"], d["high_threshold"] = lo, hi
     elif model is TrackerConfig:
         d.pop("low_threshold", None)
         d.pop("high_threshold", None)
+    if model is DetectorConfig and d.get("score_threshold") is not None:
+        # unset tracker.high_threshold follows it, and must not fall below the default tracker.low_threshold
+        d["score_threshold"] = max(d["score_threshold"], D.TRACK_LOW_THRESHOLD)
     elif model.__name__ == "FleetConfig" and d.get("box") is None:
         d.pop("site", None)  # a site needs a box
     elif model is AppConfig and d.get("fleet", {}).get("gallery") and not d.get("identity", {}).get("gallery"):

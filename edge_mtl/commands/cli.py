@@ -117,6 +117,11 @@ def _app_config(args: argparse.Namespace) -> Any:
             section.precision = args.precision
         if getattr(args, "threads", None) is not None:
             section.threads = args.threads
+    from edge_mtl.config import threshold_conflict
+
+    problem = threshold_conflict(cfg)  # overrides may break what the file satisfied
+    if problem:
+        raise InputError(problem)
     return cfg
 
 

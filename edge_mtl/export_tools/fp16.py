@@ -18,8 +18,12 @@ is whatever the ONNX says. This pass decides each node's precision and writes ex
 
 Inputs and outputs stay FP32 (keep_io_types) so every runtime feeds and reads float32; Casts are inserted only at
 precision boundaries, each tensor cast at most once per direction. Constant inputs (weights, Constant nodes) are
-stored in the precision of the node that consumes them (duplicated when consumers disagree). Written by this
-project instead of onnxconverter-common so the policy above is explicit and tested.
+stored in the precision of the node that consumes them (duplicated when consumers disagree).
+
+Why not onnxconverter-common's converter with these FP32 ops as its block list: it casts every blocked node's
+outputs back to FP16, so graph outputs of FP32 ops come out FP16 despite keep_io_types, and an FP32 result that is
+both an output and read by another FP32 op (the age expectation, the embedding norm) yields a graph ONNX Runtime
+refuses (tests/export_tools/test_build_fp16.py::test_onnxconverter_common_block_list_cannot_express_the_policy).
 """
 
 from __future__ import annotations

@@ -26,14 +26,18 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
 
-from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, _Writer, check_loopback
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector as PromCollector
+
+from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, check_loopback, exposition
 from edge_mtl.errors import InputError
 from edge_mtl.events.schema import decode_event
 from edge_mtl.fleet.broker import make_client, properties
@@ -309,30 +313,46 @@ class Collector:
 
     # -- metrics -----------------------------------------------------------------------------------------------
     def render_metrics(self) -> str:
+        """The collector's metrics in the Prometheus text format (prometheus-client, a registry of its own)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_CollectorMetrics(self))
+        return exposition(registry).decode()
+
+    def metric_families(self) -> list[Metric]:
         with self._lock:
             s = self.stats
             boxes = sorted(s.boxes.items())
-            w = _Writer()
-            w.family("edge_mtl_collector_broker_connected", "gauge", "1 while connected to the broker.",
-                     [({}, s.connected)])
-            w.family("edge_mtl_collector_database_up", "gauge", "1 while the database connection works.",
-                     [({}, s.db_up)])
-            w.family("edge_mtl_collector_received_total", "counter", "Messages received.", [({}, s.received)])
-            w.family("edge_mtl_collector_rejected_total", "counter", "Messages that are not events (not stored).",
-                     [({}, s.rejected)])
-            w.family("edge_mtl_collector_batches_total", "counter", "Transactions committed.", [({}, s.batches)])
-            w.family("edge_mtl_collector_pruned_total", "counter", "Events deleted by retention.", [({}, s.pruned)])
+            out: list[Metric] = []
 
-            def per_box(attr: str) -> list[tuple[Mapping[str, str], float]]:
-                return [({"box": b, "site": st.site or ""}, getattr(st, attr)) for b, st in boxes]
+            def fam(kind: str, name: str, help_text: str, rows: list[tuple[list[str], float]],
+                    labels: tuple[str, ...] = ()) -> None:
+                f = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help_text,
+                                                                                     labels=list(labels))
+                for values, v in rows:
+                    f.add_metric(values, float(v))
+                out.append(f)
 
-            w.family("edge_mtl_collector_stored_total", "counter", "Events stored, by box.", per_box("stored"))
-            w.family("edge_mtl_collector_lag_seconds", "gauge",
-                     "Commit time less the capture time of the newest event of the box's last batch.", per_box("lag_s"))
-            w.family("edge_mtl_collector_last_seq", "gauge", "Highest seq of the box stored.", per_box("last_seq"))
-            w.family("edge_mtl_collector_duplicates_total", "counter",
-                     "Redelivered events skipped (already stored).", [({}, s.duplicates)])
-        return w.text()
+            fam("gauge", "edge_mtl_collector_broker_connected", "1 while connected to the broker.",
+                [([], s.connected)])
+            fam("gauge", "edge_mtl_collector_database_up", "1 while the database connection works.", [([], s.db_up)])
+            fam("counter", "edge_mtl_collector_received_total", "Messages received.", [([], s.received)])
+            fam("counter", "edge_mtl_collector_rejected_total", "Messages that are not events (not stored).",
+                [([], s.rejected)])
+            fam("counter", "edge_mtl_collector_batches_total", "Transactions committed.", [([], s.batches)])
+            fam("counter", "edge_mtl_collector_pruned_total", "Events deleted by retention.", [([], s.pruned)])
+
+            def per_box(attr: str) -> list[tuple[list[str], float]]:
+                return [([b, st.site or ""], getattr(st, attr)) for b, st in boxes]
+
+            box = ("box", "site")
+            fam("counter", "edge_mtl_collector_stored_total", "Events stored, by box.", per_box("stored"), box)
+            fam("gauge", "edge_mtl_collector_lag_seconds",
+                "Commit time less the capture time of the newest event of the box's last batch.", per_box("lag_s"),
+                box)
+            fam("gauge", "edge_mtl_collector_last_seq", "Highest seq of the box stored.", per_box("last_seq"), box)
+            fam("counter", "edge_mtl_collector_duplicates_total", "Redelivered events skipped (already stored).",
+                [([], s.duplicates)])
+        return out
 
     def _start_metrics(self) -> None:
         if self.cfg.metrics_port is None:
@@ -364,6 +384,14 @@ class Collector:
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="collector-metrics", daemon=True).start()
         log.info("collector metrics on http://%s:%d/metrics", self.cfg.metrics_host, self._http.server_address[1])
+
+
+class _CollectorMetrics(PromCollector):
+    def __init__(self, owner: Collector) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._owner.metric_families()
 
 
 def _box_name(box: str, site: str | None) -> str:

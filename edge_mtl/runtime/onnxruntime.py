@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.errors import BackendUnavailableError, ModelError
+from edge_mtl.errors import ModelError, ProviderUnavailableError
 from edge_mtl.runtime.engine import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,11 @@ class OnnxRuntimeEngine:
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
         if device not in PROVIDERS:
-            raise BackendUnavailableError(f"unknown onnxruntime device {device!r}; use one of {sorted(PROVIDERS)}")
+            raise ProviderUnavailableError(f"unknown onnxruntime device {device!r}; use one of {sorted(PROVIDERS)}")
         wanted = PROVIDERS[device]
         available = ort.get_available_providers()
         if wanted not in available:
-            raise BackendUnavailableError(
+            raise ProviderUnavailableError(
                 f"onnxruntime provider {wanted} is not available here (available: {', '.join(available)}); "
                 f"install onnxruntime-gpu with matching CUDA/TensorRT libraries or use device='cpu'"
             )
@@ -66,7 +66,7 @@ class OnnxRuntimeEngine:
             raise ModelError(f"{path}: cannot load model ({str(e).splitlines()[0][:200]})") from None
         active = self.session.get_providers()
         if not active or active[0] != wanted:
-            raise BackendUnavailableError(
+            raise ProviderUnavailableError(
                 f"{path}: asked for {wanted} but onnxruntime runs {active[0] if active else 'nothing'}"
             )
         self.provider = active[0]

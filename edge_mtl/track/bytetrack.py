@@ -116,7 +116,7 @@ class ByteTracker:
     def __init__(
         self,
         *,
-        high_threshold: float = D.TRACK_HIGH_THRESHOLD,
+        high_threshold: float = D.DETECTOR_SCORE_THRESHOLD,
         low_threshold: float = D.TRACK_LOW_THRESHOLD,
         new_track_threshold: float = D.TRACK_NEW_THRESHOLD,
         match_iou: float = D.TRACK_MATCH_IOU,

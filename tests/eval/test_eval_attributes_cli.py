@@ -24,7 +24,9 @@ def _eval(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict, st
 def test_val_split_limited(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, res, _ = _eval(capsys, "--data", str(data_dir), "--limit", "12")
     assert rc == 0 and res["images"] == 12 and res["split"] == "val"
-    assert 0 <= res["age_mae"] < 30 and 0.5 <= res["gender_accuracy"] <= 1
+    # recognizer-1.5 on these 12 faces (eleven aged 10, one 100): MAE 1.96 years, 11 of 12 genders right; the
+    # floors on a representative subset are in tests/e2e/test_shipped_floors.py
+    assert res["age_mae"] < 2.5 and res["gender_accuracy"] >= 10 / 12, res
     rows = res["gender_selective"]
     assert [r["min_confidence"] for r in rows] == [0.6, 0.7, 0.8, 0.9]
     assert [r["coverage"] for r in rows] == sorted((r["coverage"] for r in rows), reverse=True)

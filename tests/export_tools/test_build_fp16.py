@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_mtl.commands.cli import main
 from edge_mtl.errors import ModelError
-from edge_mtl.export_tools.fp16 import convert_fp16_model, to_fp16
+from edge_mtl.export_tools.fp16 import FP32_OPS, convert_fp16_model, to_fp16
 from edge_mtl.export_tools.onnx_utils import onnx_precision, read_metadata
 from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
 
@@ -128,3 +128,50 @@ def test_cli_quantize_fp16(rec_export, tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["quantize", str(src), "-o", str(out), "--precision", "fp16", "--no-gate"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["precision"] == "fp16" and read_metadata(out).precision == "fp16"
+
+
+def _sum_and_mean_model() -> onnx.ModelProto:
+    """x -> Relu -> Mul(1000) -> ReduceSum = total (an output, and read by) -> Div(128) = mean: two FP32 ops in a
+    row, the first one's result (128,000) beyond FP16's 65504."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 128])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 1]) for n in ("total", "mean")]
+    inits = [numpy_helper.from_array(np.array(1000.0, np.float32), "k"),
+             numpy_helper.from_array(np.array(128.0, np.float32), "d"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "k"], ["m"], name="mul"),
+        helper.make_node("ReduceSum", ["m", "axes"], ["total"], name="sum", keepdims=1),
+        helper.make_node("Div", ["total", "d"], ["mean"], name="div"),
+    ]
+    graph = helper.make_graph(nodes, "sum_mean", [x], outs, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnxconverter_common_block_list_cannot_express_the_policy() -> None:
+    """Why edge_mtl keeps its own FP16 pass: onnxconverter-common's converter (1.16) with the FP32 ops as its block
+    list casts every blocked node's outputs back to FP16. The graph outputs of blocked nodes come out FP16 although
+    keep_io_types asks for FP32 I/O, and an FP32 result read by another FP32 node (the age expectation feeding the
+    variance, the embedding norm feeding the division) breaks the graph. This pass types the same graph FP32 end to
+    end and computes 128,000 exactly."""
+    import onnxruntime as ort
+
+    converter = pytest.importorskip("onnxconverter_common.float16")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = converter.convert_float_to_float16(
+            _sum_and_mean_model(), keep_io_types=True, op_block_list=sorted(FP32_OPS), max_finite_val=65504.0
+        )
+    # keep_io_types not honoured for the outputs of blocked nodes
+    assert {o.type.tensor_type.elem_type for o in theirs.graph.output} == {TensorProto.FLOAT16}
+    with pytest.raises(Exception, match="bound to different types"):
+        ort.InferenceSession(theirs.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    ours, summary = convert_fp16_model(_sum_and_mean_model())
+    assert _io_types(ours) == {TensorProto.FLOAT}
+    assert summary["fp32_ops"] == {"Div": 1, "ReduceSum": 1} and summary["fp16_ops"] == {"Mul": 1, "Relu": 1}
+    sess = ort.InferenceSession(ours.SerializeToString(), providers=["CPUExecutionProvider"])
+    total, mean = sess.run(None, {"x": np.ones((2, 128), np.float32)})
+    assert np.allclose(total, 128000.0) and np.allclose(mean, 1000.0)

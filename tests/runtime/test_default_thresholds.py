@@ -4,6 +4,10 @@ default follows the loaded variant's precision (the INT8 detector needs 0.35) un
 from __future__ import annotations
 
 import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +26,65 @@ def _ctor_defaults(cls: type) -> dict[str, object]:
 
 def test_tracker_constructor_defaults_are_the_config_defaults() -> None:
     ctor = _ctor_defaults(ByteTracker)
-    for name, value in TrackerConfig().model_dump().items():
+    assert TrackerConfig().high_threshold is None  # follows the detector's threshold
+    for name, value in TrackerConfig().tracker_options(D.DETECTOR_SCORE_THRESHOLD).items():
         assert ctor[name] == value, name
+
+
+@pytest.mark.parametrize(
+    ("precision", "score", "high", "want"),
+    [
+        ("fp32", None, None, D.DETECTOR_SCORE_THRESHOLD),
+        ("fp16", None, None, D.DETECTOR_SCORE_THRESHOLD),
+        ("int8", None, None, D.DETECTOR_SCORE_THRESHOLD_INT8),  # the INT8 detector's default applies in run too
+        ("int8", 0.5, None, 0.5),  # detector.score_threshold is the tracker's high threshold
+        ("int8", 0.5, 0.25, 0.25),  # unless tracker.high_threshold is set
+    ],
+)
+def test_run_tracker_high_threshold_is_the_detector_threshold(
+    precision: str, score: float | None, high: float | None, want: float
+) -> None:
+    from edge_mtl.pipeline import CameraState
+
+    cfg = AppConfig.model_validate({"detector": {"score_threshold": score, "backend": {"precision": precision}},
+                                    "tracker": {"high_threshold": high}})
+    cam = CameraState("c", cfg)
+    assert cfg.track_high_threshold() == cam.tracker.high_threshold == want
+    assert cam.tracker.low_threshold == D.TRACK_LOW_THRESHOLD
+
+
+def test_pipeline_detects_down_to_the_tracker_low_threshold() -> None:
+    if not default_model("detector.int8.onnx").exists():
+        pytest.skip("shipped detector variant missing")
+    from edge_mtl.pipeline import Pipeline
+    from edge_mtl.runtime.registry import load_recognizer
+
+    cfg = AppConfig.model_validate({"detector": {"backend": {"precision": "int8"}}})
+    det = load_detector(cfg)
+    assert det.score_threshold == D.DETECTOR_SCORE_THRESHOLD_INT8
+    pipe = Pipeline(cfg, det, load_recognizer(cfg))
+    assert det.score_threshold == D.TRACK_LOW_THRESHOLD  # the tracker's second stage sees the doubtful boxes
+    pipe.close()
+
+
+def test_low_threshold_above_the_detector_threshold_is_a_config_error(tmp_path: Path) -> None:
+    from edge_mtl.config import load_config
+    from edge_mtl.errors import ConfigError
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[tracker]\nlow_threshold = 0.32\n[detector.backend]\nprecision = "int8"\n')
+    assert load_config(cfg).track_high_threshold() == D.DETECTOR_SCORE_THRESHOLD_INT8  # 0.32 <= 0.35: fine
+    cfg.write_text("[tracker]\nlow_threshold = 0.32\n")
+    msg = re.escape("tracker.low_threshold 0.32 exceeds the detector's score threshold 0.3,")
+    with pytest.raises(ConfigError, match=msg):
+        load_config(cfg)
+    # the same through a command-line override: one line, exit 2
+    cfg.write_text("[tracker]\nlow_threshold = 0.2\n")
+    r = subprocess.run([sys.executable, "-m", "edge_mtl", "run", "--config", str(cfg), "--threshold", "0.18",
+                        "--source", str(tmp_path / "none.mp4")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "tracker.low_threshold 0.2 exceeds the detector's score threshold 0.18" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_detector_constructor_defaults_are_the_config_defaults() -> None:

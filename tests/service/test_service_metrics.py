@@ -13,13 +13,16 @@ from pathlib import Path
 import numpy as np
 from service_helpers import EVENTFUL, Daemon, NotifySocket, child_env, free_port, listening_sockets, wait_until
 
-from edge_mtl.daemon.metrics import CameraSnapshot, Snapshot, health_body, render_prometheus
+from edge_mtl.daemon.metrics import CameraSnapshot, Snapshot, StageSnapshot, health_body, render_prometheus
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
-    """A strict reader of the text format: every sample belongs to a family announced by HELP and TYPE."""
+    """A strict reader of the text format: every sample belongs to a family announced by HELP and TYPE.
+
+    Keys are `name{labels}` with the labels in name order (the exposition library sorts them)."""
     assert text.endswith("\n")
     families: set[str] = set()
     samples: dict[str, float] = {}
@@ -36,7 +39,9 @@ def parse_prometheus(text: str) -> dict[str, float]:
         name = m.group(1)
         base = re.sub(r"_(sum|count)$", "", name)
         assert name in families or base in families, f"sample without TYPE: {line!r}"
-        samples[name + (m.group(2) or "")] = float(m.group(3))
+        labels = sorted(LABEL.findall(m.group(2) or ""))
+        key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else "")
+        samples[key] = float(m.group(3))
     return samples
 
 
@@ -81,12 +86,12 @@ def test_metrics_health_and_sighup_reload(
 
         wait_until(scraped, 30, "frames and events in /metrics")
         assert metrics["edge_mtl_ready"] == 1 and metrics["edge_mtl_queue_last_seq"] > 0
-        assert metrics['edge_mtl_stage_latency_seconds{stage="detect",quantile="0.5"}'] > 0
+        assert metrics['edge_mtl_stage_latency_seconds{quantile="0.5",stage="detect"}'] > 0
         assert metrics['edge_mtl_stage_latency_seconds_count{stage="detect"}'] > 0
         assert 'edge_mtl_last_frame_age_seconds{camera="cam0"}' in metrics
         assert 'edge_mtl_frames_dropped_total{camera="cam0"}' in metrics
         assert 'edge_mtl_reconnects_total{camera="cam0"}' in metrics
-        assert metrics['edge_mtl_model_info{kind="recognizer",version="tiny-test",precision="fp32"}'] == 1
+        assert metrics['edge_mtl_model_info{kind="recognizer",precision="fp32",version="tiny-test"}'] == 1
         assert sum(1 for k in metrics if k.startswith('edge_mtl_model_info{kind="detector"')) == 1
         assert metrics["edge_mtl_identity_threshold"] == 0.53  # as configured
         code, body = _get(base + "/health")
@@ -145,6 +150,12 @@ def test_health_is_503_unless_ready_and_progressing() -> None:
     assert health_body(no_input)[0] == 503 and health_body(no_input)[1]["status"] == "no_input"
     stopping = Snapshot(ready=True, stopping=True, progressing=True, serving=True, cameras=[cam])
     assert health_body(stopping)[0] == 503
-    # label values are escaped; the output parses
-    odd = Snapshot(ready=True, cameras=[CameraSnapshot(name='we"ird\\cam', kind="file")])
-    parse_prometheus(render_prometheus(odd))
+    # label values are escaped; the output parses, with this reader and with prometheus-client's own parser
+    odd = Snapshot(ready=True, cameras=[CameraSnapshot(name='we"ird\\cam\nx', kind="file")],
+                   stages={"detect": StageSnapshot(p50_s=0.01, p95_s=0.02, sum_s=1.5, count=100)})
+    text = render_prometheus(odd)
+    assert parse_prometheus(text)['edge_mtl_stage_latency_seconds_count{stage="detect"}'] == 100
+    from prometheus_client.parser import text_string_to_metric_families
+
+    cams = {s.labels["camera"] for f in text_string_to_metric_families(text) for s in f.samples if "camera" in s.labels}
+    assert cams == {'we"ird\\cam\nx'}

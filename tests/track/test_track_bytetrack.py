@@ -44,10 +44,11 @@ def test_min_cost_matching_prefers_one_strong_pair_to_two_weak_ones() -> None:
 
 def test_constructible_from_config() -> None:
     cfg = TrackerConfig()
-    t = ByteTracker(**cfg.model_dump())
-    assert t.high_threshold == cfg.high_threshold and t.lost_frames == cfg.lost_frames
+    t = ByteTracker(**cfg.tracker_options(0.35))
+    assert t.high_threshold == 0.35 and t.lost_frames == cfg.lost_frames  # unset: the detector's threshold
+    assert ByteTracker(**TrackerConfig(high_threshold=0.5).tracker_options(0.35)).high_threshold == 0.5
     cfg2 = TrackerConfig(lost_frames=5, confirm_frames=1, match_iou=0.5)
-    t2 = ByteTracker(**cfg2.model_dump())
+    t2 = ByteTracker(**cfg2.tracker_options(0.3))
     assert (t2.lost_frames, t2.confirm_frames, t2.match_iou) == (5, 1, 0.5)
 
 
