@@ -298,9 +298,9 @@ def _fix(model: type[BaseModel], d: dict[str, Any]) -> dict[str, Any]:
         d["score_threshold"] = max(d["score_threshold"], D.TRACK_LOW_THRESHOLD)
     elif model.__name__ == "FleetConfig" and d.get("box") is None:
         d.pop("site", None)  # a site needs a box
-    elif model is AppConfig and d.get("fleet", {}).get("gallery") and not d.get("identity", {}).get("gallery"):
+    if model is AppConfig and d.get("fleet", {}).get("gallery") and not d.get("identity", {}).get("gallery"):
         d["fleet"].pop("gallery")  # the fleet's gallery needs identity.gallery to keep it in
-    elif model is AppConfig and (d.get("api") or {}).get("enabled") and \
+    if model is AppConfig and (d.get("api") or {}).get("enabled") and \
             (d.get("service") or {}).get("metrics_port") is None:
         d["api"] = {**d["api"], "enabled": False}  # the API is served on the metrics port
     return d
