@@ -193,6 +193,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
+    from edge_mtl.dbfaults import db_guard
     from edge_mtl.identity.gallery import Gallery
 
     if args.action == "reenroll":
@@ -210,7 +211,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                              f"{len(res['failed']) + len(res['reenrolled'])} people not re-enrolled "
                              f"(enrol them again from new photos), first {first[0]}: {first[1]}")
         return 0
-    with Gallery(args.gallery, create=False) as g:
+    with db_guard(args.gallery, "gallery"), Gallery(args.gallery, create=False) as g:
         if args.action == "list":
             for row in g.people():
                 line = f"{row['name']}\t{row['embeddings']}\t{','.join(row['models'])}\n"

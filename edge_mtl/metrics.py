@@ -97,6 +97,9 @@ class Snapshot:
     pruned: int = 0
     models: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, version, precision) of loaded models
     identity_threshold: float | None = None  # the cosine threshold in use (config or the model's measured point)
+    gallery_people: int | None = None  # people matched against (None: no gallery configured)
+    gallery_ok: bool = True  # False while the gallery file cannot be used (the last good one is in use)
+    gallery_errors: int = 0  # episodes of an unusable gallery since start
 
     @property
     def queue_stored(self) -> int:
@@ -226,6 +229,12 @@ def render_prometheus(s: Snapshot) -> str:
     w.family("edge_mtl_identity_threshold", "gauge",
              "Cosine similarity a gallery match needs (identity.threshold, or the recognizer's measured point).",
              [({}, s.identity_threshold)] if s.identity_threshold is not None else [])
+    w.family("edge_mtl_gallery_people", "gauge", "People in the gallery in use (the last good one while damaged).",
+             [({}, s.gallery_people)] if s.gallery_people is not None else [])
+    w.family("edge_mtl_gallery_ok", "gauge", "0 while the gallery file cannot be used (damaged, unreadable, gone).",
+             [({}, s.gallery_ok)])
+    w.family("edge_mtl_gallery_errors_total", "counter", "Times the gallery file became unusable.",
+             [({}, s.gallery_errors)])
     return w.text()
 
 
@@ -256,6 +265,7 @@ def health_body(s: Snapshot) -> tuple[int, dict[str, Any]]:
             for c in s.cameras
         },
         "forwarders": [asdict(f) for f in s.forwarders],
+        "gallery": {"ok": s.gallery_ok, "people": s.gallery_people, "errors": s.gallery_errors},
     }
     return (200 if s.healthy else 503), body
 

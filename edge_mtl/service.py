@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from edge_mtl.config import AppConfig, CameraConfig
+from edge_mtl.dbfaults import db_guard, write_guard
 from edge_mtl.errors import InputError
 from edge_mtl.metrics import (
     CameraSnapshot,
@@ -141,7 +142,8 @@ class EventSink:
     def write(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        self.queue.append(list(events))
+        with db_guard(self.queue.path, "event queue"):  # damaged or full: exit 2 naming the file
+            self.queue.append(list(events))
         self.written += len(events)
         for e in events:
             self.by_type[e.type] = self.by_type.get(e.type, 0) + 1
@@ -155,7 +157,8 @@ class EventSink:
     def flush(self) -> None:
         """Bring the JSONL log up to the queue (whole lines, fsync'd)."""
         if self.jsonl is not None:
-            self.jsonl.sync()
+            with db_guard(self.queue.path, "event queue"), write_guard(self.jsonl.path, "JSONL log"):
+                self.jsonl.sync()
 
     def prune(self, force: bool = False) -> int:
         """Retention by age and count, at most every PRUNE_INTERVAL_S unless forced: the queue's events, and the
@@ -165,7 +168,8 @@ class EventSink:
             return 0
         self._last_prune = now
         ev = self.cfg.events
-        n = self.queue.prune(ev.retention_days * 86400.0, ev.retention_max_events)
+        with db_guard(self.queue.path, "event queue"):
+            n = self.queue.prune(ev.retention_days * 86400.0, ev.retention_max_events)
         self.pruned += n
         if self.jsonl is not None:
             self._age_out_jsonl(ev.retention_days * 86400.0, ev.jsonl_backups)
@@ -656,9 +660,13 @@ class Service:
                                                   int(p.timer.counts.get(stage, 0)))
         last_seq, first_seq, consumers = 0, 1, {}
         if sink is not None:
-            last_seq, first_seq, consumers = sink.queue.last_seq(), sink.queue.first_seq(), sink.queue.cursors()
+            with db_guard(sink.queue.path, "event queue"):
+                last_seq, first_seq, consumers = sink.queue.last_seq(), sink.queue.first_seq(), sink.queue.cursors()
         serving = any(c.state == "delivering" for c in cams)
         problems = list(self.monitor.problems)
+        gallery = p.gallery if p is not None else None  # a damaged gallery costs identification only: degraded
+        if gallery is not None and gallery.problem:
+            problems.append(gallery.problem)
         if self.ready and cams and not serving and not problems:
             problems.append("no camera is delivering frames")
         return Snapshot(
@@ -674,6 +682,9 @@ class Service:
             pruned=sink.pruned if sink is not None else 0,
             models=[(m.kind, m.version, m.precision) for m in (p.detector.meta, p.recognizer.meta)] if p else [],
             identity_threshold=p.identity_threshold if p is not None else None,
+            gallery_people=gallery.people if gallery is not None and gallery.path is not None else None,
+            gallery_ok=gallery is None or gallery.problem is None,
+            gallery_errors=gallery.errors if gallery is not None else 0,
         )
 
     def _status_line(self) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.config import AppConfig
+from edge_mtl.dbfaults import db_guard
 from edge_mtl.errors import InputError
 from edge_mtl.identity.gallery import Gallery
 from edge_mtl.vision.align import align_faces
@@ -90,7 +91,7 @@ def enroll_images(
         raise InputError("enrol: give at least one image")
     enroller = Enroller(cfg)
     emb, quality = enroller.embed(images)
-    with Gallery(gallery_path) as g:
+    with db_guard(gallery_path, "gallery"), Gallery(gallery_path) as g:
         total = g.add(name, emb, [float(q) for q in quality], [str(Path(p).absolute()) for p in images],
                       model=enroller.model, replace=replace)
     return {"name": name, "images": len(images), "total": total,
@@ -105,7 +106,7 @@ def reenroll(gallery_path: str | Path, cfg: AppConfig, names: Sequence[str] = ()
     enroller = Enroller(cfg)
     done: list[str] = []
     failed: dict[str, str] = {}
-    with Gallery(gallery_path, create=False) as g:
+    with db_guard(gallery_path, "gallery"), Gallery(gallery_path, create=False) as g:
         todo = g.sources_to_reembed(enroller.model, list(names))
         for name, paths in todo.items():
             if not paths:
