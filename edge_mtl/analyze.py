@@ -11,12 +11,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.config import AppConfig
+from edge_mtl.config import AppConfig, ImagesConfig
 from edge_mtl.errors import InputError
 from edge_mtl.models_registry import load_detector, load_recognizer
 from edge_mtl.vision.align import align_faces
+from edge_mtl.vision.image_header import header_size
 
 log = logging.getLogger(__name__)
+DEFAULT_MAX_PIXELS = ImagesConfig().max_pixels
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 
 
@@ -33,12 +35,21 @@ def iter_images(paths: Sequence[Path]) -> Iterator[Path]:
             raise InputError(f"{p}: no such file or folder")
 
 
-def read_image(path: Path) -> npt.NDArray[np.uint8]:
-    """BGR uint8; grayscale and 16-bit images are converted. Not an image -> InputError naming the file."""
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> npt.NDArray[np.uint8]:
+    """BGR uint8; grayscale and 16-bit images are converted. Not an image, or one over `max_pixels` (from its header
+    before decoding where the format tells: edge_mtl.vision.image_header) -> InputError naming the file."""
+    size = header_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise InputError(_too_large(path, size, max_pixels))
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as e:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS) and decoder failures
+        raise InputError(f"{path}: not a readable image ({str(e).strip().splitlines()[-1][:120]})") from None
     if img is None:
         raise InputError(f"{path}: not a readable image")
+    if img.shape[0] * img.shape[1] > max_pixels:
+        raise InputError(_too_large(path, (img.shape[1], img.shape[0]), max_pixels))
     if img.dtype != np.uint8:
         img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
     if img.ndim == 2:
@@ -46,6 +57,11 @@ def read_image(path: Path) -> npt.NDArray[np.uint8]:
     elif img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
     return np.ascontiguousarray(img)
+
+
+def _too_large(path: Path, size: tuple[int, int], max_pixels: int) -> str:
+    return (f"{path}: {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.0f} MP) is over images.max_pixels "
+            f"({max_pixels / 1e6:g} MP); scale it down")
 
 
 def _r(v: float) -> float:
@@ -63,11 +79,13 @@ def _faces_json(det: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _readable(paths: Sequence[Path], errors: list[str] | None) -> Iterator[tuple[Path, npt.NDArray[np.uint8]]]:
+def _readable(
+    paths: Sequence[Path], errors: list[str] | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[tuple[Path, npt.NDArray[np.uint8]]]:
     """Images that decode; unreadable ones go to `errors` (the caller exits 2 at the end) or raise."""
     for p in iter_images(paths):
         try:
-            yield p, read_image(p)
+            yield p, read_image(p, max_pixels)
         except InputError as e:
             if errors is None:
                 raise
@@ -79,7 +97,7 @@ def detect_paths(
     paths: Sequence[Path], cfg: AppConfig, errors: list[str] | None = None
 ) -> Iterator[dict[str, Any]]:
     det = load_detector(cfg)
-    for p, img in _readable(paths, errors):
+    for p, img in _readable(paths, errors, cfg.images.max_pixels):
         yield {"image": str(p), "faces": _faces_json(det.detect(img))}
 
 
@@ -88,7 +106,7 @@ def analyze_paths(
 ) -> Iterator[dict[str, Any]]:
     det = load_detector(cfg)
     rec = load_recognizer(cfg)
-    for p, img in _readable(paths, errors):
+    for p, img in _readable(paths, errors, cfg.images.max_pixels):
         d = det.detect(img)
         faces = _faces_json(d)
         if len(d):

@@ -95,9 +95,18 @@ def _add_model_args(p: argparse.ArgumentParser, recognizer: bool = True) -> None
 
 def _app_config(args: argparse.Namespace) -> Any:
     """The config file (if any) with command-line overrides applied."""
-    from edge_mtl.config import AppConfig, load_config
+    from pydantic import ValidationError
+
+    from edge_mtl.config import AppConfig, load_config, override_error
 
     cfg = load_config(args.config) if getattr(args, "config", None) else AppConfig()
+    try:
+        return _apply_model_args(args, cfg)
+    except ValidationError as e:
+        raise override_error(e) from None
+
+
+def _apply_model_args(args: argparse.Namespace, cfg: Any) -> Any:
     if getattr(args, "detector", None):
         cfg.detector.model = args.detector
     if getattr(args, "recognizer", None):
@@ -132,6 +141,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if isinstance(cfg, AppConfig):
         from edge_mtl.identity.aggregate import resolve_threshold
         from edge_mtl.models_registry import check_models
+        from edge_mtl.preflight import check_run_config
+
+        check_run_config(cfg)  # what run checks before opening cameras and models
 
         rec = check_models(cfg).get("recognizer")
         if rec is not None:  # what the daemon would run with (it logs the same line at start and on reload)

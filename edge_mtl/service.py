@@ -51,8 +51,8 @@ from edge_mtl.metrics import (
     MetricsServer,
     Snapshot,
     StageSnapshot,
-    check_loopback,
 )
+from edge_mtl.preflight import check_run_config
 from edge_mtl.types import Event
 
 log = logging.getLogger(__name__)
@@ -454,8 +454,7 @@ class Service:
         cfg = self.cfg
         self._apply_log_level()
         svc = cfg.service
-        if svc.metrics_port is not None:
-            check_loopback(svc.metrics_host)
+        check_run_config(cfg, self.cams)  # the checks check-config makes too (edge_mtl.preflight)
         for c in self.cams:
             if c.watchdog_s >= svc.watchdog_stall_s:
                 log.warning("camera %s: watchdog_s %.0f >= service.watchdog_stall_s %.0f: an outage of this camera "

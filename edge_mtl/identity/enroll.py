@@ -39,6 +39,7 @@ class Enroller:
 
         self.det = load_detector(cfg)
         self.rec = load_recognizer(cfg)
+        self.max_pixels = cfg.images.max_pixels
 
     @property
     def model(self) -> str:
@@ -56,7 +57,7 @@ class Enroller:
             p = Path(p)
             if not p.is_file():
                 raise InputError(f"{p}: no such file")
-            img = read_image(p)
+            img = read_image(p, self.max_pixels)
             d = det.detect(img)
             if len(d) == 0:
                 raise InputError(f"{p}: no face found")
