@@ -5,9 +5,9 @@ the gallery changed (an enrolment or removal by another process, or a new file r
 checks the file with SQLite's `quick_check` on every reload. When the file cannot be used (damaged while the
 daemon runs, truncated, overwritten, removed, unreadable), the daemon keeps matching against the **last good
 gallery** held in memory: detection, tracking, attributes and events go on. The problem is logged once when it
-starts and once when it ends, and shown in /health (status `degraded`, a problem line) and in /metrics
-(`edge_mtl_gallery_ok 0`, `edge_mtl_gallery_errors_total`). The file is retried every `interval_s`; once it is
-fixed or replaced, the new gallery is loaded and the problem clears, without a restart.
+starts and once when it ends (not at every retry), and shown in /health (status `degraded`, a problem line) and
+in /metrics (`edge_mtl_gallery_ok 0`, `edge_mtl_gallery_errors_total`). The file is retried every `interval_s`;
+once it is fixed or replaced, the new gallery is loaded and the problem clears, without a restart.
 
 At start-up a damaged gallery does not stop the daemon either: it starts with no one enrolled (everyone
 unknown) and the same degraded health, and picks the gallery up once it is readable. Only a gallery that can
@@ -130,7 +130,7 @@ class GalleryWatch:
         return True
 
     def _fail(self, reason: str) -> None:
-        """Keep the last good matcher; say so once per episode (and again if the reason changes)."""
+        """Keep the last good matcher; say so once per episode (health shows the latest reason)."""
         self._close()
         kept = (f"identifying with the last good gallery ({self.people} people)" if self.matcher is not None
                 else "no one is identified until it is readable")
@@ -139,8 +139,8 @@ class GalleryWatch:
             self.errors += 1
             self._since = time.monotonic()
             log.error("%s (retried every %.0f s)", line, self.interval_s)
-        elif reason != self.problem.split("; ", 1)[0]:
-            log.error("%s", line)
+        else:
+            log.debug("%s", line)  # still unusable: said once when it started
         self.problem = line
 
     def _close(self) -> None:
