@@ -33,11 +33,22 @@ def is_disk_full(e: BaseException) -> bool:
     return False
 
 
+def nearly_full(path: str | os.PathLike[str]) -> bool:
+    """The filesystem holding `path` has less than 1 MiB (or 0.5%) left: SQLite reports a write into a full tmpfs
+    or into its memory-mapped WAL index as "disk I/O error", not as SQLITE_FULL."""
+    try:
+        st = os.statvfs(Path(path).parent)
+    except OSError:
+        return False
+    free = st.f_bavail * st.f_frsize
+    return free < max(1 << 20, st.f_blocks * st.f_frsize // 200)
+
+
 def describe_db_error(path: str | os.PathLike[str], what: str, e: sqlite3.Error) -> str:
     """The one line for a failed SQLite operation on `path` (`what`: "gallery", "event queue", ...)."""
     p = Path(path)
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if is_disk_full(e):
+    if is_disk_full(e) or ("I/O error" in msg and nearly_full(p)):
         return f"{p}: {what}: disk full ({msg}); free space on {p.parent} and start again"
     if isinstance(e, sqlite3.OperationalError) and "locked" in msg:
         return f"{p}: {what}: busy ({msg}); another process holds it"

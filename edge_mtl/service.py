@@ -127,9 +127,11 @@ class EventSink:
 
         ev = cfg.events
         self.cfg = cfg
-        self.queue = EventQueue(ev.db)
+        with db_guard(ev.db, "event queue"):
+            self.queue = EventQueue(ev.db)
         try:
-            self.jsonl = JsonlLog(self.queue, ev.jsonl, ev.jsonl_max_bytes, ev.jsonl_backups) if ev.jsonl else None
+            with db_guard(ev.db, "event queue"), write_guard(ev.jsonl or ev.db, "JSONL log"):
+                self.jsonl = JsonlLog(self.queue, ev.jsonl, ev.jsonl_max_bytes, ev.jsonl_backups) if ev.jsonl else None
         except BaseException:
             self.queue.close()
             raise

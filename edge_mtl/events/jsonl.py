@@ -230,8 +230,11 @@ class JsonlLog:
         if self._fd < 0:
             raise ValueError(f"{self.path}: JSONL log is closed")
         total = 0
-        # Lines already written whose cursor commit failed (the queue's disk is full) are not written again.
-        cursor = max(self.queue.get_cursor(self.cursor_name), self._written)
+        cursor = self.queue.get_cursor(self.cursor_name)
+        if self._written > cursor:
+            # Lines already written whose cursor commit failed (the queue's disk was full): commit, never rewrite.
+            self.queue.set_cursor(self.cursor_name, self._written)
+            cursor = self._written
         while True:
             rows = self.queue.read_raw(cursor + 1, _BATCH)
             if not rows:
