@@ -275,7 +275,7 @@ class CameraConfig(Strict):
 
 class ImagesConfig(Strict):
     max_pixels: int = Field(
-        50_000_000, ge=1, le=1 << 30,
+        D.MAX_IMAGE_PIXELS, ge=1, le=1 << 30,
         description="Still images (analyze, detect, enroll) larger than this many pixels are refused, from the file "
         "header where it tells the size (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM), before decoding.",
     )

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from edge_mtl.dbfaults import db_guard
 from edge_mtl.errors import InputError
+from edge_mtl.events.dbfaults import db_guard
 from edge_mtl.events.queue import EventQueue
 
 log = logging.getLogger(__name__)

@@ -103,7 +103,7 @@ def test_jsonl_never_writes_a_seq_twice_when_the_queue_cannot_commit_its_cursor(
     """The queue on a full filesystem, the JSONL log on another: lines get written but the cursor commit fails.
     Retried syncs (the daemon flushes every 0.5 s and once more while stopping) must not repeat those lines, and a
     restart after space is freed resumes exactly after them."""
-    from edge_mtl.dbfaults import StorageError, db_guard
+    from edge_mtl.events.dbfaults import StorageError, db_guard
     from edge_mtl.events.jsonl import JsonlLog
     from edge_mtl.events.queue import EventQueue
 
