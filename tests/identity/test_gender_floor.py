@@ -42,7 +42,7 @@ def test_events_and_labels_follow_the_floor() -> None:
     sure.agg.add(emb, 30.0, 3.0, 0.05, 0.8)  # male at 0.95
 
     def genders() -> tuple[object, object]:
-        a, b = (pipe._event("face.left", st, 3, 0.1, final=True) for st in (unsure, sure))
+        a, b = (pipe._event("face.left", st, 3, 0.1) for st in (unsure, sure))
         for e in (a, b):
             e.seq = 1  # as the queue assigns it
             decode_event(e.to_dict())  # null gender is valid schema
@@ -110,7 +110,7 @@ def test_events_withhold_an_infants_gender() -> None:
     baby.agg.add(emb, 4.0, 1.0, 0.02, 0.4)  # a poorer frame says 4: quality-weighted mean 2.0
 
     def event() -> tuple[object, object]:
-        e = pipe._event("face.left", baby, 3, 0.1, final=True)
+        e = pipe._event("face.left", baby, 3, 0.1)
         e.seq = 1
         decode_event(e.to_dict())
         return e.gender, e.age
