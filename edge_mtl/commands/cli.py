@@ -143,9 +143,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from edge_mtl.identity.aggregate import resolve_threshold
         from edge_mtl.runtime.registry import check_models
 
-        check_run_config(cfg)  # what run checks before opening cameras and models
-
         rec = check_models(cfg).get("recognizer")
+        check_run_config(cfg)  # what run checks before opening cameras and models
         if rec is not None:  # what the daemon would run with (it logs the same line at start and on reload)
             i = cfg.identity
             th, source = resolve_threshold(i.threshold, i.false_accept_rate, rec, cfg.recognizer.flip)

@@ -5,7 +5,7 @@ restart: it must refuse every config that `run` would refuse, with the same one 
 `check_run_config`; it touches no camera, model, queue or network, and raises InputError (exit 2) on the first
 problem:
 
-* at least one camera, each with a source that can work (scheme, host, device node, file present);
+* at least one camera, each with a source that can work (scheme, host, device node present, file present);
 * `service.metrics_port`: not a privileged port (the daemon runs as an unprivileged user and could not bind it),
   on a loopback `service.metrics_host`;
 * each forwarder: its client library installed, its password file readable, a username beside it, a topic
@@ -36,7 +36,7 @@ def check_run_config(cfg: AppConfig, cameras: Sequence[CameraConfig] | None = No
 
     cams = list(cfg.cameras if cameras is None else cameras)
     if not cams:
-        raise InputError("no cameras: add a [[cameras]] section to the config (or give run --source FILE|URL)")
+        raise InputError("no source: give --source FILE|rtsp://...|/dev/videoN or [[cameras]] in --config")
     for c in cams:
         try:
             open_source(c)  # built, not started: validates the source without opening it
