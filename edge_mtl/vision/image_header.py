@@ -19,7 +19,11 @@ def header_size(path: str | Path) -> tuple[int, int] | None:
     try:
         with open(path, "rb") as f:
             head = f.read(HEAD_BYTES)
-    except OSError:
+            if head[:4] in (b"II*\x00", b"MM\x00*"):  # TIFF: the first IFD may sit anywhere (often at the end)
+                end = "<" if head[:2] == b"II" else ">"
+                f.seek(struct.unpack(end + "I", head[4:8])[0])
+                return _tiff(end, f.read(2 + 12 * 64))
+    except (OSError, struct.error, ValueError):
         return None
     try:
         return _size(head)
@@ -41,8 +45,6 @@ def _size(b: bytes) -> tuple[int, int] | None:
         return int(w), int(h)
     if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
         return _webp(b)
-    if b[:4] in (b"II*\x00", b"MM\x00*"):
-        return _tiff(b)
     if b[:1] == b"P" and b[1:2] in b"123456":
         return _pnm(b)
     return None
@@ -83,17 +85,16 @@ def _webp(b: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _tiff(b: bytes) -> tuple[int, int] | None:
-    end = "<" if b[:2] == b"II" else ">"
-    (ifd,) = struct.unpack(end + "I", b[4:8])
-    (n,) = struct.unpack(end + "H", b[ifd : ifd + 2])
+def _tiff(end: str, ifd: bytes) -> tuple[int, int] | None:
+    """Width and height (tags 256, 257) from the first IFD (`ifd`: its bytes; `end`: the byte order)."""
+    (n,) = struct.unpack(end + "H", ifd[:2])
     dims: dict[int, int] = {}
-    for k in range(n):
-        e = ifd + 2 + 12 * k
-        tag, typ = struct.unpack(end + "HH", b[e : e + 4])
+    for k in range(min(n, 64)):
+        e = 2 + 12 * k
+        tag, typ = struct.unpack(end + "HH", ifd[e : e + 4])
         if tag in (256, 257):
             fmt = end + ("H" if typ == 3 else "I")
-            (v,) = struct.unpack(fmt, b[e + 8 : e + 8 + struct.calcsize(fmt)])
+            (v,) = struct.unpack(fmt, ifd[e + 8 : e + 8 + struct.calcsize(fmt)])
             dims[tag] = int(v)
     if 256 in dims and 257 in dims:
         return dims[256], dims[257]
