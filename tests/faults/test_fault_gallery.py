@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from fault_helpers import check_nothing_lost, health, make_gallery, metric
+from fault_helpers import check_nothing_lost, corrupt_page, health, make_gallery, metric
 
 from tests.service.service_helpers import EVENTFUL, Daemon, edge_mtl, free_port, one_line_error, wait_until
 
@@ -86,7 +86,8 @@ def test_damaged_gallery_at_start_starts_with_nobody_enrolled(
     tmp_path: Path, models: dict[str, Path], clips: dict[str, Path]
 ) -> None:
     gallery, port = tmp_path / "gallery.db", free_port()
-    gallery.write_bytes(os.urandom(8192))  # not a database at all
+    make_gallery(gallery, 20)
+    corrupt_page(gallery)  # one page of garbage: the file still opens, its embeddings cannot be read
     cfg = _config(tmp_path, models, clips["loop"], gallery, port)
     with Daemon(["--config", str(cfg)]) as d:
         d.wait_log(r"ready: 1 camera", 60)
