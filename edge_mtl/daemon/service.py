@@ -415,8 +415,11 @@ class Service:
         events = sink.written if sink is not None else 0
         line = (f"frames={frames} fps={self._fps:.1f} events={events} drops={drops} corrupt={corrupt} "
                 f"cameras={len(self.sources)}")
-        if self.monitor.problems:
-            line += " problems: " + "; ".join(self.monitor.problems[:3])
+        problems = list(self.monitor.problems)
+        if p is not None and p.gallery.problem:
+            problems.append("gallery unusable, last good one in use")
+        if problems:
+            line += " problems: " + "; ".join(problems[:3])
         return line
 
     # -- stop ----------------------------------------------------------------------------------------------

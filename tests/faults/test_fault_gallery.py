@@ -3,6 +3,7 @@ never match the recognizer refuses to start (case 3)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -10,7 +11,16 @@ from pathlib import Path
 
 from fault_helpers import check_nothing_lost, corrupt_page, health, make_gallery, metric
 
-from tests.service.service_helpers import EVENTFUL, Daemon, edge_mtl, free_port, one_line_error, wait_until
+from tests.service.service_helpers import (
+    EVENTFUL,
+    Daemon,
+    NotifySocket,
+    child_env,
+    edge_mtl,
+    free_port,
+    one_line_error,
+    wait_until,
+)
 
 
 def _config(tmp_path: Path, models: dict[str, Path], clip: Path, gallery: Path, port: int) -> Path:
@@ -48,7 +58,8 @@ def test_gallery_damaged_while_running_keeps_the_last_good_one_and_recovers(
     gallery, port = tmp_path / "gallery.db", free_port()
     make_gallery(gallery, 3)
     cfg = _config(tmp_path, models, clips["loop"], gallery, port)
-    with Daemon(["--config", str(cfg)]) as d:
+    notify = NotifySocket()
+    with contextlib.closing(notify), Daemon(["--config", str(cfg)], env=child_env(notify.env())) as d:
         d.wait_log(r"ready: 1 camera", 60)
         wait_until(lambda: metric(port, "edge_mtl_gallery_people") == 3, 10, "3 people in the gallery")
         assert metric(port, "edge_mtl_gallery_ok") == 1
@@ -59,6 +70,7 @@ def test_gallery_damaged_while_running_keeps_the_last_good_one_and_recovers(
         with open(gallery, "r+b") as f:
             f.write(bytes(data))
         wait_until(lambda: metric(port, "edge_mtl_gallery_ok") == 0, 10, "edge_mtl_gallery_ok 0")
+        damaged = time.monotonic()
         frames = health(port)[1]["frames"]
         time.sleep(3)  # a few more polls of the damaged file: still one log line, frames still flow
         code, h = health(port)
@@ -70,6 +82,11 @@ def test_gallery_damaged_while_running_keeps_the_last_good_one_and_recovers(
         assert metric(port, "edge_mtl_gallery_people") == 3
         assert metric(port, "edge_mtl_gallery_errors_total") == 1
         assert len(re.findall(r"ERROR .*gallery", d.stderr)) == 1, d.stderr[-3000:]
+        status = notify.messages("STATUS=frames=", since=damaged)  # `systemctl status` shows it too (every 5 s)
+        if not status:
+            notify.wait_for("STATUS=frames=", 10, since=damaged, daemon=d)
+            status = notify.messages("STATUS=frames=", since=damaged)
+        assert "gallery unusable, last good one in use" in status[-1][1], status
         d.check_alive()
 
         _replace_with_good(gallery, 2)
