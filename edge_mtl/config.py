@@ -6,6 +6,7 @@ and its line in the file, which is what `edge-mtl check-config` prints before ex
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -364,6 +365,13 @@ class FleetConfig(Strict):
             raise ValueError("site needs box")
         return self
 
+class ImagesConfig(Strict):
+    max_pixels: int = Field(
+        D.MAX_IMAGE_PIXELS, ge=1, le=1 << 30,
+        description="Still images (analyze, detect, enroll) larger than this many pixels are refused, from the file "
+        "header where it tells the size (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM), before decoding.",
+    )
+
 
 class ServiceConfig(Strict):
     metrics_port: int | None = Field(
@@ -411,6 +419,7 @@ class AppConfig(Strict):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -532,16 +541,60 @@ def parse_toml(text: str, source: str, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        errors = e.errors()
+        # A misspelt key also makes the key it stood for "missing": report the unknown key, which names the typo.
+        err = next((x for x in errors if x.get("type") == "extra_forbidden"), errors[0])
         loc = _data_loc(data, tuple(err.get("loc", ())))
         key = _one_line(".".join(str(p) for p in loc)) or "(top level)"
         line = _key_line(text, loc)
         where = f"{source}:{line}" if line else source
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        if err.get("type") == "extra_forbidden" and loc:
+            parent = _one_line(".".join(str(p) for p in loc[:-1]))
+            near = difflib.get_close_matches(str(loc[-1]), sorted(_fields_at(model, loc[:-1])), n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            name = _one_line(str(loc[-1]))
+            raise ConfigError(f"{where}: unknown key {name!r}{' in ' + parent if parent else ''}{hint}{more}") from None
         msg = _one_line(err.get("msg", "invalid value"))
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown key"
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise ConfigError(f"{where}: {key}: {msg}{more}") from None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> set[str]:
+    """The keys the model nested at `loc` accepts (all alternatives' keys where `loc` passes a union)."""
+    models: list[type[BaseModel]] = [model]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        nxt: list[type[BaseModel]] = []
+        for m in models:
+            f = m.model_fields.get(str(part))
+            if f is not None:
+                nxt += _models_in(f.annotation)
+        models = nxt
+    return {name for m in models for name in m.model_fields}
+
+
+def _models_in(tp: Any) -> list[type[BaseModel]]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    return [m for a in get_args(tp) for m in _models_in(a)]
+
+
+#: Settings the command line overrides (field name -> flag), to name the flag in a one-line error.
+OVERRIDE_FLAGS = {"input_size": "--input-size", "score_threshold": "--threshold", "threads": "--threads",
+                  "precision": "--precision", "device": "--device", "type": "--backend", "model": "--detector or "
+                  "--recognizer", "flip": "--flip"}
+
+
+def override_error(e: ValidationError) -> ConfigError:
+    """A command-line value the config model refuses, as one line naming the flag (not pydantic's report)."""
+    err = e.errors()[0]
+    loc = err.get("loc") or ("value",)
+    field = str(loc[-1])
+    flag = OVERRIDE_FLAGS.get(field, field)
+    value = err.get("input")
+    shown = f" {value}" if isinstance(value, (int, float, str)) else ""
+    return ConfigError(f"{flag}{shown}: {_one_line(err.get('msg', 'invalid value'))}")
 
 
 def load_toml(path: str | Path, model: type[M]) -> M:

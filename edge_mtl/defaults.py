@@ -54,3 +54,8 @@ def detector_score_threshold(precision: str) -> float:
 def identity_threshold(false_accept_rate: float) -> float:
     """The fallback identity threshold for a false-accept rate (0.01 or 0.001), when the model carries none."""
     return IDENTITY_THRESHOLD_FAR_1E3 if false_accept_rate <= 0.001 else IDENTITY_THRESHOLD
+
+
+#: Still images above this many pixels are refused before decoding (images.max_pixels): 50 MP is a 8660 x 5773
+#: photo, more than any camera a face is enrolled from; OpenCV's own limit (2^30) decodes to 3.2 GB.
+MAX_IMAGE_PIXELS = 50_000_000

@@ -22,7 +22,8 @@ from edge_mtl.config import AppConfig
 from edge_mtl.events.schema import utc_ts
 from edge_mtl.events.snapshots import SnapshotStore, TrackSnapshot
 from edge_mtl.identity.aggregate import IdentityDecider, TrackAggregate, resolve_threshold
-from edge_mtl.identity.gallery import Gallery, Matcher
+from edge_mtl.identity.gallery import Matcher
+from edge_mtl.identity.gallery_watch import GalleryWatch
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.recognizer import FaceRecognizer
 from edge_mtl.track.bytetrack import ByteTracker
@@ -124,14 +125,13 @@ class Pipeline:
         self.timer = StageTimer()
         self.gallery_path = gallery or cfg.identity.gallery
         self.matcher: Matcher | None = None
-        self._gallery: Gallery | None = None
-        self._gallery_version: tuple[int, int] | None = None
-        self._gallery_checked = 0.0
+        meta = recognizer.meta
+        self.gallery = GalleryWatch(self.gallery_path, meta.version, meta.compatible, recognizer.embedding_dim)
         self.counters: dict[str, int] = {"frames": 0, "faces": 0, "analyses": 0, "events": 0}
         #: recognizer batch size -> number of calls: shows whether faces of several cameras share a batch
         self.batch_sizes: Counter[int] = Counter()
         self.identity_threshold = self.resolve_identity_threshold()
-        self.reload_gallery(force=True)
+        self.reload_gallery(force=True, strict=True)  # a gallery that can never match this recognizer: exit 2
 
     def resolve_identity_threshold(self) -> float:
         """The identity threshold from the config and the loaded recognizer (`resolve_threshold`), logged."""
@@ -151,38 +151,20 @@ class Pipeline:
                 st.decider.min_observations = i.min_observations
 
     # ------------------------------------------------------------ gallery
-    def reload_gallery(self, force: bool = False) -> bool:
-        """Pick up enrolments and removals made while running (checked at most every 2 s)."""
-        if self.gallery_path is None:
-            return False
-        now = time.monotonic()
-        if not force and now - self._gallery_checked < 2.0:
-            return False
-        self._gallery_checked = now
-        if self._gallery is None:
-            if not Path(self.gallery_path).exists():
-                return False
-            self._gallery = Gallery(self.gallery_path, create=False)
-        v = self._gallery.version()
-        if v == self._gallery_version and not force:
-            return False
-        self._gallery_version = v
-        meta = self.recognizer.meta
-        self.matcher = Matcher.load(self._gallery, meta.version, meta.compatible)
-        log.info("gallery %s: %d people", self.gallery_path, len(self.matcher))
-        return True
+    def reload_gallery(self, force: bool = False, strict: bool = False) -> bool:
+        """Pick up enrolments and removals made while running (checked at most every 2 s); a damaged gallery keeps
+        the last good one in use (edge_mtl.identity.gallery_watch)."""
+        changed = self.gallery.poll(force=force, strict=strict)
+        self.matcher = self.gallery.matcher
+        return changed
 
     def reopen_gallery(self) -> None:
-        """The gallery file was replaced by a new one (a fleet gallery renamed into place): load that one."""
-        if self._gallery is not None:
-            self._gallery.close()
-            self._gallery = None
+        """The gallery file was replaced by a new one (a fleet gallery renamed into place): load that one (the
+        watch sees the new file by its inode and reads it)."""
         self.reload_gallery(force=True)
 
     def close(self) -> None:
-        if self._gallery is not None:
-            self._gallery.close()
-            self._gallery = None
+        self.gallery.close()
 
     # ------------------------------------------------------------ events
     def _event(self, kind: str, st: TrackState, frame: int, ts: float) -> Event:

@@ -73,7 +73,7 @@ def test_check_config_bad_key(tmp_path: Path, models: tuple[Path, Path], capsys:
     cfg.write_text('[detector]\ninput_size = 640\n\n[tracker]\nlost_frame = 3\n', encoding="utf-8")
     assert main(["check-config", str(cfg)]) == 2
     line = _one_line_error(capsys.readouterr().err)
-    assert f"{cfg}:5:" in line and "tracker.lost_frame" in line and "unknown key" in line
+    assert f"{cfg}:5:" in line and "unknown key 'lost_frame' in tracker" in line
 
 
 def test_check_config_bad_value_and_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,12 +63,12 @@ def test_load_config_file(tmp_path: Path) -> None:
 def test_unknown_key_names_key_and_line() -> None:
     text = '# edge-mtl\nlog_level = "INFO"\n\n[detector]\ninput_size = 640\n  scor_threshold = 0.5  # typo\n'
     msg = _err(text)
-    assert msg == f"{SRC}:6: detector.scor_threshold: unknown key"
+    assert msg == f"{SRC}:6: unknown key 'scor_threshold' in detector; did you mean 'score_threshold'?"
 
 
 def test_unknown_top_level_key_line() -> None:
     text = '[detector]\ninput_size = 640\n\n[trackr]\nlost_frames = 3\n'
-    assert _err(text) == f"{SRC}:4: trackr: unknown key"
+    assert _err(text) == f"{SRC}:4: unknown key 'trackr'; did you mean 'tracker'?"
 
 
 def test_out_of_range_names_key_and_line() -> None:
@@ -123,7 +123,7 @@ def test_duplicate_camera_names_rejected() -> None:
 
 def test_forwarder_errors_name_key_without_discriminator() -> None:
     text = '[[forwarders]]\ntype = "mqtt"\nhost = "broker"\nprot = 1883\n'
-    assert _err(text) == f"{SRC}:4: forwarders.0.prot: unknown key"
+    assert _err(text) == f"{SRC}:4: unknown key 'prot' in forwarders.0; did you mean 'port'?"
     text = '[[forwarders]]\ntype = "mqtt"\nport = 0\n'
     assert _err(text).startswith(f"{SRC}:3: forwarders.0.port: ")
 
@@ -454,7 +454,8 @@ def config_with_unknown_key(draw: st.DrawFn) -> tuple[str, int, str]:
 @example(('# \u2028 \x85\n[detector]\nzz_unknown = 1\n', 3, "detector.zz_unknown"))
 def test_property_unknown_key_exact_line(case: tuple[str, int, str]) -> None:
     text, line, key = case
-    assert _err(text) == f"{SRC}:{line}: {key}: unknown key"
+    parent, _, name = key.rpartition(".")
+    assert _err(text) == f"{SRC}:{line}: unknown key {name!r}" + (f" in {parent}" if parent else "")
 
 
 @pytest.mark.parametrize(

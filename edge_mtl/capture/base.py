@@ -263,6 +263,10 @@ class ThreadedSource(FrameSource):
     def _before_grab(self) -> None:
         """Called before each frame is grabbed (realtime files pace themselves here)."""
 
+    def _end_pass(self) -> None:
+        """A file's pass ended: release its capture (a looping file may keep it to seek back instead)."""
+        self._release()
+
     # ---- public API --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -406,7 +410,7 @@ class ThreadedSource(FrameSource):
                 at_end = self._frame_count is not None and pass_frames >= self._frame_count
                 if not at_end and failures < FILE_GRAB_RETRIES:
                     continue
-                self._release()
+                self._end_pass()
                 if pass_frames == 0:
                     log.warning("%s: %s: no decodable frame in this pass; stopping", self.name, self.display)
                     return

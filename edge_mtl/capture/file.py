@@ -64,6 +64,7 @@ class FileSource(ThreadedSource):
         self._period = 1.0 / DEFAULT_FPS
         self._media_period = 1.0 / DEFAULT_FPS
         self._t0: float | None = None
+        self._spent: cv2.VideoCapture | None = None  # the last pass's capture, kept to seek back when looping
 
     def _prepare(self) -> None:
         cap = open_video_file(self.path)
@@ -88,17 +89,50 @@ class FileSource(ThreadedSource):
             self._t0 = time.time()
         return self._t0 + self._next_index * self._media_period
 
+    def _end_pass(self) -> None:
+        if not self.loop:
+            self._release()
+            return
+        cap, self._cap = self._cap, None
+        with self._lock:
+            self._connected = False
+        self._spent = cap
+
+    def _release(self) -> None:
+        spent, self._spent = self._spent, None
+        if spent is not None:
+            spent.release()
+        super()._release()
+
     def _end_of_stream(self) -> bool:
         if not self.loop:
             log.info("%s: end of %s", self.name, self.path)
             return False
-        try:
-            cap = open_video_file(self.path)
-        except InputError as e:
-            log.error("%s: cannot reopen to loop: %s", self.name, e)
-            return False
+        cap = self._rewind()
+        if cap is None:
+            try:
+                cap = open_video_file(self.path)
+            except InputError as e:
+                log.error("%s: cannot reopen to loop: %s", self.name, e)
+                return False
         self._adopt(cap)
         return True
+
+    def _rewind(self) -> cv2.VideoCapture | None:
+        """The file's capture seeked back to its first frame, or None (then it is reopened). Seeking does not take
+        the process-wide lock OpenCV holds while opening any FFmpeg capture, so a network camera stuck in its open
+        cannot stall a looping file (edge_mtl.capture.probe)."""
+        cap = self._spent
+        self._spent = None
+        if cap is None:
+            return None
+        try:
+            if cap.set(cv2.CAP_PROP_POS_FRAMES, 0) and cap.get(cv2.CAP_PROP_POS_FRAMES) == 0:
+                return cap
+        except cv2.error as e:
+            log.debug("%s: cannot seek %s to its start: %s", self.name, self.path, e)
+        cap.release()
+        return None
 
     def _before_grab(self) -> None:
         """Realtime pacing: frame n is grabbed at start + n / fps, as a camera would deliver it. A reader that fell

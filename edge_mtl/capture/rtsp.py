@@ -12,7 +12,9 @@ them for an MP4 with its index at the end), so do not add it to a user override 
 
 Timeouts: ``CAP_PROP_OPEN_TIMEOUT_MSEC`` and ``CAP_PROP_READ_TIMEOUT_MSEC`` are passed at open (OpenCV's FFmpeg
 interrupt callback enforces them), both equal to the camera's ``watchdog_s``: a dead stream makes ``read`` fail
-after that long instead of blocking forever, and the reader reconnects.
+after that long instead of blocking forever, and the reader reconnects. Before OpenCV sees the URL, the server
+must answer an RTSP OPTIONS/DESCRIBE (or HTTP GET) within the same time (`edge_mtl.capture.probe`): OpenCV opens
+captures one at a time, and a server that accepts and never answers would otherwise hold up every other camera.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 
 from edge_mtl.capture.base import CaptureOpenError, ThreadedSource
+from edge_mtl.capture.probe import probe_stream
 from edge_mtl.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,9 @@ class NetworkSource(ThreadedSource):
         ensure_ffmpeg_options()
 
     def _open_capture(self) -> cv2.VideoCapture:
+        # OpenCV opens every FFmpeg capture under one process-wide lock: only a server that answers may hold it
+        # (edge_mtl.capture.probe).
+        probe_stream(self.url, self.watchdog_s)
         timeout_ms = max(100, int(self.watchdog_s * 1000))
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
         try:

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.config import AppConfig
-from edge_mtl.data.images import read_image
+from edge_mtl.data.images import DEFAULT_MAX_PIXELS, read_image
 from edge_mtl.errors import InputError
 from edge_mtl.runtime.registry import load_detector, load_recognizer
 from edge_mtl.vision.align import align_faces
@@ -48,11 +48,13 @@ def _faces_json(det: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _readable(paths: Sequence[Path], errors: list[str] | None) -> Iterator[tuple[Path, npt.NDArray[np.uint8]]]:
+def _readable(
+    paths: Sequence[Path], errors: list[str] | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Iterator[tuple[Path, npt.NDArray[np.uint8]]]:
     """Images that decode; unreadable ones go to `errors` (the caller exits 2 at the end) or raise."""
     for p in iter_images(paths):
         try:
-            yield p, read_image(p)
+            yield p, read_image(p, max_pixels)
         except InputError as e:
             if errors is None:
                 raise
@@ -64,7 +66,7 @@ def detect_paths(
     paths: Sequence[Path], cfg: AppConfig, errors: list[str] | None = None
 ) -> Iterator[dict[str, Any]]:
     det = load_detector(cfg)
-    for p, img in _readable(paths, errors):
+    for p, img in _readable(paths, errors, cfg.images.max_pixels):
         yield {"image": str(p), "faces": _faces_json(det.detect(img))}
 
 
@@ -73,7 +75,7 @@ def analyze_paths(
 ) -> Iterator[dict[str, Any]]:
     det = load_detector(cfg)
     rec = load_recognizer(cfg)
-    for p, img in _readable(paths, errors):
+    for p, img in _readable(paths, errors, cfg.images.max_pixels):
         d = det.detect(img)
         faces = _faces_json(d)
         if len(d):

@@ -95,9 +95,18 @@ def _add_model_args(p: argparse.ArgumentParser, recognizer: bool = True) -> None
 
 def _app_config(args: argparse.Namespace) -> Any:
     """The config file (if any) with command-line overrides applied."""
-    from edge_mtl.config import AppConfig, load_config
+    from pydantic import ValidationError
+
+    from edge_mtl.config import AppConfig, load_config, override_error
 
     cfg = load_config(args.config) if getattr(args, "config", None) else AppConfig()
+    try:
+        return _apply_model_args(args, cfg)
+    except ValidationError as e:
+        raise override_error(e) from None
+
+
+def _apply_model_args(args: argparse.Namespace, cfg: Any) -> Any:
     if getattr(args, "detector", None):
         cfg.detector.model = args.detector
     if getattr(args, "recognizer", None):
@@ -136,14 +145,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_toml(args.file, model)
     notes: list[str] = []
     if isinstance(cfg, AppConfig):
+        from edge_mtl.daemon.preflight import check_run_config
         from edge_mtl.identity.aggregate import resolve_threshold
         from edge_mtl.runtime.registry import check_models
-        from edge_mtl.web.auth import check_bind, resolve_token
-
-        if cfg.service.metrics_port is not None:  # the API's token and where the server may listen, as `run` does
-            check_bind(cfg, resolve_token(cfg))
 
         rec = check_models(cfg).get("recognizer")
+        check_run_config(cfg)  # what run checks before opening cameras and models
         if rec is not None:  # what the daemon would run with (it logs the same line at start and on reload)
             i = cfg.identity
             th, source = resolve_threshold(i.threshold, i.false_accept_rate, rec, cfg.recognizer.flip)
@@ -204,6 +211,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
+    from edge_mtl.events.dbfaults import db_guard
     from edge_mtl.identity.gallery import Gallery
 
     if args.action == "publish":
@@ -223,7 +231,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                              f"{len(res['failed']) + len(res['reenrolled'])} people not re-enrolled "
                              f"(enrol them again from new photos), first {first[0]}: {first[1]}")
         return 0
-    with Gallery(args.gallery, create=False) as g:
+    with db_guard(args.gallery, "gallery"), Gallery(args.gallery, create=False) as g:
         if args.action == "list":
             for row in g.people():
                 line = f"{row['name']}\t{row['embeddings']}\t{','.join(row['models'])}\n"

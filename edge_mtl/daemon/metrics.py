@@ -99,6 +99,9 @@ class Snapshot:
     models: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, version, precision) of loaded models
     identity_threshold: float | None = None  # the cosine threshold in use (config or the model's measured point)
     gallery: dict[str, Any] | None = None  # the fleet gallery running ([fleet.gallery]; GallerySync.state())
+    gallery_people: int | None = None  # people matched against (None: no gallery configured)
+    gallery_ok: bool = True  # False while the gallery file cannot be used (the last good one is in use)
+    gallery_errors: int = 0  # episodes of an unusable gallery since start
 
     @property
     def queue_stored(self) -> int:
@@ -199,6 +202,11 @@ def metric_families(s: Snapshot) -> list[Metric]:
     gauge("edge_mtl_identity_threshold",
           "Cosine similarity a gallery match needs (identity.threshold, or the recognizer's measured point).",
           [((), s.identity_threshold)] if s.identity_threshold is not None else [])
+    gauge("edge_mtl_gallery_people", "People in the gallery in use (the last good one while damaged).",
+          [((), s.gallery_people)] if s.gallery_people is not None else [])
+    gauge("edge_mtl_gallery_ok", "0 while the gallery file cannot be used (damaged, unreadable, gone).",
+          [((), s.gallery_ok)])
+    counter("edge_mtl_gallery_errors_total", "Times the gallery file became unusable.", [((), s.gallery_errors)])
     if s.gallery is not None:
         gauge("edge_mtl_gallery_version", "Version of the fleet gallery in use (0: none yet).",
               [((s.gallery.get("recognizer") or "",), s.gallery.get("version") or 0)], ("recognizer",))
@@ -263,7 +271,8 @@ def health_body(s: Snapshot) -> tuple[int, dict[str, Any]]:
             for c in s.cameras
         },
         "forwarders": [asdict(f) for f in s.forwarders],
-        **({"gallery": dict(s.gallery)} if s.gallery is not None else {}),
+        "gallery": {"ok": s.gallery_ok, "people": s.gallery_people, "errors": s.gallery_errors},
+        **({"fleet_gallery": dict(s.gallery)} if s.gallery is not None else {}),
     }
     return (200 if s.healthy else 503), body
 

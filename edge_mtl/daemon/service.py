@@ -47,9 +47,11 @@ from edge_mtl.daemon.metrics import (
     StageSnapshot,
 )
 from edge_mtl.daemon.notify import SystemdNotifier
+from edge_mtl.daemon.preflight import check_run_config
 from edge_mtl.daemon.progress import ProgressMonitor
 from edge_mtl.daemon.reload import config_changes, is_live
 from edge_mtl.errors import InputError
+from edge_mtl.events.dbfaults import db_guard
 from edge_mtl.events.sink import EventSink
 
 if TYPE_CHECKING:
@@ -177,12 +179,12 @@ class Service:
         cfg, opts = self.cfg, self.opts
         self._apply_log_level()
         svc = cfg.service
+        check_run_config(cfg, self.cams)  # the checks check-config makes too (edge_mtl.daemon.preflight)
         api_token = None
-        if svc.metrics_port is not None:
-            from edge_mtl.web.auth import check_bind, resolve_token
+        if svc.metrics_port is not None:  # checked by check_run_config: the API's token, where it may listen
+            from edge_mtl.web.auth import resolve_token
 
             api_token = resolve_token(cfg)
-            check_bind(cfg, api_token)
         for c in self.cams:
             if c.watchdog_s >= svc.watchdog_stall_s:
                 log.warning("camera %s: watchdog_s %.0f >= service.watchdog_stall_s %.0f: an outage of this camera "
@@ -395,9 +397,13 @@ class Service:
                                                   int(p.timer.counts.get(stage, 0)))
         last_seq, first_seq, consumers = 0, 1, {}
         if sink is not None:
-            last_seq, first_seq, consumers = sink.queue.last_seq(), sink.queue.first_seq(), sink.queue.cursors()
+            with db_guard(sink.queue.path, "event queue"):
+                last_seq, first_seq, consumers = sink.queue.last_seq(), sink.queue.first_seq(), sink.queue.cursors()
         serving = any(c.state == "delivering" for c in cams)
         problems = list(self.monitor.problems)
+        gallery = p.gallery if p is not None else None  # a damaged gallery costs identification only: degraded
+        if gallery is not None and gallery.problem:
+            problems.append(gallery.problem)
         if self.ready and cams and not serving and not problems:
             problems.append("no camera is delivering frames")
         return Snapshot(
@@ -414,6 +420,9 @@ class Service:
             models=[(m.kind, m.version, m.precision) for m in (p.detector.meta, p.recognizer.meta)] if p else [],
             identity_threshold=p.identity_threshold if p is not None else None,
             gallery=self.gallery_sync.state() if self.gallery_sync is not None else None,
+            gallery_people=gallery.people if gallery is not None and gallery.path is not None else None,
+            gallery_ok=gallery is None or gallery.problem is None,
+            gallery_errors=gallery.errors if gallery is not None else 0,
         )
 
     def _status_line(self) -> str:
@@ -424,8 +433,11 @@ class Service:
         events = sink.written if sink is not None else 0
         line = (f"frames={frames} fps={self._fps:.1f} events={events} drops={drops} corrupt={corrupt} "
                 f"cameras={len(self.sources)}")
-        if self.monitor.problems:
-            line += " problems: " + "; ".join(self.monitor.problems[:3])
+        problems = list(self.monitor.problems)
+        if p is not None and p.gallery.problem:
+            problems.append("gallery unusable, last good one in use")
+        if problems:
+            line += " problems: " + "; ".join(problems[:3])
         return line
 
     # -- stop ----------------------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ class JsonlLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = -1
         self._size = 0
+        self._written = 0  # highest seq written and fsync'd by this object (the cursor commit may have failed)
         self._lock = threading.Lock()
         self._open()
         _fsync_dir(self.path.parent)  # the file's creation survives a power cut
@@ -193,10 +194,19 @@ class JsonlLog:
         log.info("rotated %s", self.path)
 
     def _write(self, data: bytes) -> None:
+        """Append whole lines or nothing: a write that fails part way (disk full) is cut back off the file."""
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            if len(view) < len(data):
+                try:
+                    os.ftruncate(self._fd, self._size)
+                except OSError as e:  # the next open cuts the torn line (see _recover)
+                    log.error("%s: cannot cut a partly written batch: %s", self.path, e.strerror)
+            raise
         self._size += len(data)
 
     def rotate(self) -> None:
@@ -221,6 +231,10 @@ class JsonlLog:
             raise ValueError(f"{self.path}: JSONL log is closed")
         total = 0
         cursor = self.queue.get_cursor(self.cursor_name)
+        if self._written > cursor:
+            # Lines already written whose cursor commit failed (the queue's disk was full): commit, never rewrite.
+            self.queue.set_cursor(self.cursor_name, self._written)
+            cursor = self._written
         while True:
             rows = self.queue.read_raw(cursor + 1, _BATCH)
             if not rows:
@@ -228,16 +242,19 @@ class JsonlLog:
             if rows[0][0] > cursor + 1 and cursor > 0:
                 log.warning("%s: events %d..%d were pruned before being logged", self.path, cursor + 1, rows[0][0] - 1)
             pending = bytearray()
-            for _, body in rows:
+            pending_last = cursor
+            for seq, body in rows:
                 line = body.encode("utf-8") + b"\n"
                 if self._size + len(pending) > 0 and self._size + len(pending) + len(line) > self.max_bytes:
                     self._write(bytes(pending))
                     pending.clear()
                     os.fsync(self._fd)
+                    self._written = max(self._written, pending_last)
                     self._rotate()
                 pending += line
+                pending_last = seq
             self._write(bytes(pending))
             os.fsync(self._fd)
-            cursor = rows[-1][0]
+            cursor = self._written = rows[-1][0]
             self.queue.set_cursor(self.cursor_name, cursor)
             total += len(rows)

@@ -71,6 +71,17 @@ def event_topic(base: str, event: dict[str, Any]) -> str:
     return "/".join([base, *levels, event["camera"]])
 
 
+def check_mqtt_config(cfg: MqttConfig) -> str | None:
+    """What a forwarder needs before it starts (`edge-mtl check-config` runs it too): the password file readable,
+    a username beside it, a topic without wildcards. Returns the password (None: no password_file)."""
+    password = _read_password(cfg.password_file) if cfg.password_file is not None else None
+    if password is not None and cfg.username is None:
+        raise InputError("MQTT forwarder: password_file is set but username is not")
+    if any(c in cfg.topic for c in "+#\0"):
+        raise InputError(f"MQTT forwarder: topic {cfg.topic!r} must not contain '+', '#' or NUL")
+    return password
+
+
 class _Link:
     """What paho's callbacks report about one connection (they run in the forwarder's thread)."""
 
@@ -131,11 +142,7 @@ class MqttForwarder:
         self.cfg = cfg
         self.queue_path = Path(queue_path)
         self.cursor_name = cursor_name or f"mqtt:{cfg.client_id}"
-        self._password = _read_password(cfg.password_file) if cfg.password_file is not None else None
-        if self._password is not None and cfg.username is None:
-            raise InputError("MQTT forwarder: password_file is set but username is not")
-        if any(c in cfg.topic for c in "+#\0"):
-            raise InputError(f"MQTT forwarder: topic {cfg.topic!r} must not contain '+', '#' or NUL")
+        self._password = check_mqtt_config(cfg)
         if cfg.cursor is not None:
             log.warning("MQTT forwarder: 'cursor' = %s is ignored; progress is kept in %s", cfg.cursor, queue_path)
         if cfg.qos == 0:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edge_mtl.config import AppConfig
+from edge_mtl.events.dbfaults import db_guard, write_guard
 from edge_mtl.types import Event
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,11 @@ class EventSink:
 
         ev = cfg.events
         self.cfg = cfg
-        self.queue = EventQueue(ev.db)
+        with db_guard(ev.db, "event queue"):
+            self.queue = EventQueue(ev.db)
         try:
-            self.jsonl = JsonlLog(self.queue, ev.jsonl, ev.jsonl_max_bytes, ev.jsonl_backups) if ev.jsonl else None
+            with db_guard(ev.db, "event queue"), write_guard(ev.jsonl or ev.db, "JSONL log"):
+                self.jsonl = JsonlLog(self.queue, ev.jsonl, ev.jsonl_max_bytes, ev.jsonl_backups) if ev.jsonl else None
             self.snapshots = SnapshotStore.from_config(ev)  # files before the events naming them (snapshots.py)
         except BaseException:
             self.queue.close()
@@ -52,7 +55,8 @@ class EventSink:
             return
         for e in events:  # the box's name in a fleet (docs/fleet.md); None leaves the v1 keys only
             e.box, e.site = self.cfg.fleet.box, self.cfg.fleet.site
-        self.queue.append(list(events))
+        with db_guard(self.queue.path, "event queue"):  # damaged or full: exit 2 naming the file
+            self.queue.append(list(events))
         self.written += len(events)
         for e in events:
             self.by_type[e.type] = self.by_type.get(e.type, 0) + 1
@@ -66,7 +70,8 @@ class EventSink:
     def flush(self) -> None:
         """Bring the JSONL log up to the queue (whole lines, fsync'd)."""
         if self.jsonl is not None:
-            self.jsonl.sync()
+            with db_guard(self.queue.path, "event queue"), write_guard(self.jsonl.path, "JSONL log"):
+                self.jsonl.sync()
 
     def prune(self, force: bool = False) -> int:
         """Retention by age and count, at most every PRUNE_INTERVAL_S unless forced: the queue's events, and the
@@ -76,7 +81,8 @@ class EventSink:
             return 0
         self._last_prune = now
         ev = self.cfg.events
-        n = self.queue.prune(ev.retention_days * 86400.0, ev.retention_max_events)
+        with db_guard(self.queue.path, "event queue"):
+            n = self.queue.prune(ev.retention_days * 86400.0, ev.retention_max_events)
         self.pruned += n
         if self.snapshots is not None:
             self.snapshots.prune()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from edge_mtl.errors import InputError
+from edge_mtl.events.dbfaults import db_guard
 from edge_mtl.events.queue import EventQueue
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def tail(
                 return 0
         except KeyboardInterrupt:
             return 0
-    with EventQueue(db, create=False) as q:
+    with db_guard(db, "event queue"), EventQueue(db, create=False) as q:
         next_seq = max(1, from_seq or 0)
         first = q.first_seq()
         if from_seq is not None and from_seq > 0 and from_seq < first:

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from edge_mtl.config import AppConfig
 from edge_mtl.errors import InputError
+from edge_mtl.events.dbfaults import db_guard
 from edge_mtl.identity.gallery import Gallery
 from edge_mtl.vision.align import align_faces
 
@@ -38,6 +39,7 @@ class Enroller:
 
         self.det = load_detector(cfg)
         self.rec = load_recognizer(cfg)
+        self.max_pixels = cfg.images.max_pixels
 
     @property
     def model(self) -> str:
@@ -55,7 +57,7 @@ class Enroller:
             p = Path(p)
             if not p.is_file():
                 raise InputError(f"{p}: no such file")
-            img = read_image(p)
+            img = read_image(p, self.max_pixels)
             d = det.detect(img)
             if len(d) == 0:
                 raise InputError(f"{p}: no face found")
@@ -90,7 +92,7 @@ def enroll_images(
         raise InputError("enrol: give at least one image")
     enroller = Enroller(cfg)
     emb, quality = enroller.embed(images)
-    with Gallery(gallery_path) as g:
+    with db_guard(gallery_path, "gallery"), Gallery(gallery_path) as g:
         total = g.add(name, emb, [float(q) for q in quality], [str(Path(p).absolute()) for p in images],
                       model=enroller.model, replace=replace)
     return {"name": name, "images": len(images), "total": total,
@@ -105,7 +107,7 @@ def reenroll(gallery_path: str | Path, cfg: AppConfig, names: Sequence[str] = ()
     enroller = Enroller(cfg)
     done: list[str] = []
     failed: dict[str, str] = {}
-    with Gallery(gallery_path, create=False) as g:
+    with db_guard(gallery_path, "gallery"), Gallery(gallery_path, create=False) as g:
         todo = g.sources_to_reembed(enroller.model, list(names))
         for name, paths in todo.items():
             if not paths:

@@ -8,7 +8,8 @@ matching variant (`detector.int8.onnx`, `recognizer.fp16.onnx`) next to the conf
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from edge_mtl.config import AppConfig, BackendConfig
@@ -80,7 +81,10 @@ def load_refiner(cfg: AppConfig) -> LandmarkRefiner | None:
         return None
     backend = BackendConfig(type="onnxruntime", device=d.backend.device if d.backend.type == "onnxruntime" else "cpu",
                             threads=d.backend.threads)
-    return LandmarkRefiner(load_engine(model_path(path, "landmarks.onnx", "fp32"), backend), d.refine_iterations)
+    path = model_path(path, "landmarks.onnx", "fp32")
+    engine = load_engine(path, backend)
+    with _naming(path):
+        return LandmarkRefiner(engine, d.refine_iterations)
 
 
 def load_detector(cfg: AppConfig) -> FaceDetector:
@@ -88,8 +92,9 @@ def load_detector(cfg: AppConfig) -> FaceDetector:
     path = model_path(d.model, "detector.onnx", d.backend.precision if d.backend.type == "onnxruntime" else "fp32")
     engine = load_engine(path, d.backend)
     score = d.score_threshold if d.score_threshold is not None else detector_score_threshold(d.backend.precision)
-    return FaceDetector(engine, d.input_size, score, d.nms_threshold, d.min_face,
-                        refiner=load_refiner(cfg))
+    refiner = load_refiner(cfg)
+    with _naming(path):
+        return FaceDetector(engine, d.input_size, score, d.nms_threshold, d.min_face, refiner=refiner)
 
 
 def load_recognizer(cfg: AppConfig) -> FaceRecognizer:
@@ -102,7 +107,20 @@ def open_recognizer(
     path: Path, backend: BackendConfig | None = None, max_batch: int = 256, flip: bool = False
 ) -> FaceRecognizer:
     """A recognizer model file on a backend (default: ONNX Runtime on the CPU), outside the daemon's config."""
-    return FaceRecognizer(load_engine(Path(path), backend or BackendConfig()), max_batch, flip)
+    engine = load_engine(Path(path), backend or BackendConfig())
+    with _naming(path):
+        return FaceRecognizer(engine, max_batch, flip)
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A model refused for its kind or metadata: the one line names the file (a wrong file given by flag)."""
+    try:
+        yield
+    except ModelError as e:
+        if str(path) in str(e):
+            raise
+        raise ModelError(f"{path}: {e}") from None
 
 
 def check_models(cfg: AppConfig) -> dict[str, ModelMetadata]:

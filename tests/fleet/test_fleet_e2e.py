@@ -199,8 +199,9 @@ def test_fleet_every_event_once_through_outages(
         for box, d in boxes.items():
             d.wait_log(r"fleet gallery refused: signed with another key .*; keeping gallery version "
                        + str(pub["version"]), 30)
-            wait_until(lambda box=box: _health(ports[box])["gallery"]["refused"] == 1, 10, f"{box}: refusal on /health")
-            assert _health(ports[box])["gallery"]["version"] == pub["version"]
+            wait_until(lambda box=box: _health(ports[box])["fleet_gallery"]["refused"] == 1, 10,
+                       f"{box}: refusal on /health")
+            assert _health(ports[box])["fleet_gallery"]["version"] == pub["version"]
 
         def progress(what: str, timeout: float = 60) -> None:
             base = _stored(postgres)

@@ -82,7 +82,7 @@ def test_bad_config_exits_2(
                     str(seeded_queue), *model_args)
     assert rc == 2
     line = one_line_error(err)
-    assert f"{bad}:2: tracker.lost_frame: unknown key" in line
+    assert f"{bad}:2: unknown key 'lost_frame' in tracker; did you mean 'lost_frames'?" in line
     rc, err = _main(capsys, "check-config", str(bad))
     assert rc == 2 and "unknown key" in one_line_error(err)
     # a value the daemon refuses although the schema would allow it: metrics on a public address
