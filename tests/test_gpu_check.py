@@ -75,7 +75,7 @@ def test_cpu_quick_run_on_real_inputs(tmp_path: Path) -> None:
     e2e = rep["end_to_end"]
     assert e2e["precision"] == "fp32" and e2e["trials"]
     for t in e2e["trials"]:
-        assert 0 <= t["processed"] and t["dropped"] >= 0
+        assert t["processed"] >= 0 and t["dropped"] >= 0
         # a frame is processed, replaced before it was taken (dropped) or still waiting in its slot
         assert t["processed"] + t["dropped"] <= t["produced"] + t["streams"]
         assert t["ok"] == (t["drop_rate"] <= e2e["drop_limit"] and t["delivered"] >= 0.95 and t["processed"] > 0)
@@ -136,5 +136,5 @@ def test_onnx_weights_refuse_a_file_whose_metadata_names_another_architecture(tm
     set_metadata(model, dataclasses.replace(meta, args=args))
     bad = tmp_path / "landmarks.onnx"
     save_model_atomic(model, bad)
-    with pytest.raises(WeightLoadError, match="landmarks.onnx"):
+    with pytest.raises(WeightLoadError, match=r"landmarks\.onnx"):
         torch_module_from_onnx(bad)

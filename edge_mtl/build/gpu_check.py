@@ -115,6 +115,7 @@ class ModelSet:
     inputs: F32  # parity inputs, normalised
     input_hw: tuple[int, int]
     throughput_hw: tuple[int, int]
+    throughput_inputs: F32 | None  # real inputs at throughput_hw (tiled to each batch), else synthetic noise
     reference: dict[str, F32] | None = None
     module: Any = None  # torch deploy module (CPU, fp32)
 
@@ -174,6 +175,7 @@ def _model_sets(models: Path, inputs: Inputs, quick: bool) -> dict[str, ModelSet
 
     sets = {}
     for kind in KINDS:
+        tp_x: F32 | None = None
         path = models / f"{kind}.onnx"
         if not path.is_file():
             raise InputError(f"gpu check: model {path} not found (--models)")
@@ -187,6 +189,12 @@ def _model_sets(models: Path, inputs: Inputs, quick: bool) -> dict[str, ModelSet
             # a 1080p camera frame as FaceDetector.prepare feeds it: long side to input_size, padded to PAD
             h = -(-round(FRAME_HW[0] * meta.input_size / FRAME_HW[1]) // PAD) * PAD
             tp_hw = (h, meta.input_size)
+            if inputs.video is not None:
+                from edge_mtl.build.calibration import video_frames
+
+                clip = [letterbox(im, meta.input_size, square=False) for _, im in video_frames(inputs.video, 4)]
+                clip = [c for c in clip if c.shape[:2] == tp_hw]
+                tp_x = normalize(np.stack(clip), meta, bgr_input=True) if clip else None
         else:
             imgs = inputs.faces if kind == "recognizer" else inputs.landmark_crops
             imgs = imgs[: QUICK_PARITY[kind]] if quick else imgs
@@ -195,7 +203,8 @@ def _model_sets(models: Path, inputs: Inputs, quick: bool) -> dict[str, ModelSet
                                  f"{path.name} takes {meta.input_size}")
             x = normalize(imgs, meta, bgr_input=True)
             tp_hw = (meta.input_size, meta.input_size)
-        sets[kind] = ModelSet(kind, path, meta, x, (x.shape[2], x.shape[3]), tp_hw)
+            tp_x = x if inputs.source == "real" else None
+        sets[kind] = ModelSet(kind, path, meta, x, (x.shape[2], x.shape[3]), tp_hw, tp_x)
     return sets
 
 
@@ -292,8 +301,8 @@ def parity(ms: ModelSet, precision: str, got: dict[str, F32]) -> dict[str, Any]:
     return out
 
 
-def _batch(x: F32, n: int, hw: tuple[int, int], synthetic: bool) -> F32:
-    if x.shape[2:] == hw and not synthetic:
+def _batch(x: F32 | None, n: int, hw: tuple[int, int]) -> F32:
+    if x is not None:
         reps = -(-n // len(x))
         return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
     rng = np.random.default_rng(n)
@@ -307,18 +316,18 @@ def _is_oom(e: BaseException) -> bool:
 
 def throughput(
     engine: Engine, ms: ModelSet, batches: tuple[int, ...], budget: Budget, reserve: float, min_time: float,
-    synthetic: bool, quick: bool = False,
+    quick: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Items per second at each batch size through `engine.run` (host in, host out): the median of at least 3
-    timed calls (2 with `quick`) after 2 warm-up calls (1), for `min_time` seconds; stops at the first OOM."""
-    warm, least = (1, 2) if quick else (2, 3)
+    timed calls (1 with `quick`) after 2 warm-up calls (1), for `min_time` seconds; stops at the first OOM."""
+    warm, least = (1, 1) if quick else (2, 3)
     rows: list[dict[str, Any]] = []
     for b in batches:
         why = budget.why_not(2 * min_time + 1, reserve)
         if why:
             return rows, f"batch {b} and up: {why}"
         hw = ms.throughput_hw
-        x = _batch(ms.inputs, b, hw, synthetic)
+        x = _batch(ms.throughput_inputs, b, hw)
         try:
             for _ in range(warm):
                 engine.run(x)
@@ -371,12 +380,19 @@ class _Streams:
     def _open(self) -> Any:
         import cv2
 
-        cap = cv2.VideoCapture(str(self.video), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
-        if not cap.isOpened():
+        threads = getattr(cv2, "CAP_PROP_N_THREADS", None)  # one decode thread per stream where OpenCV allows it
+        cap = cv2.VideoCapture(str(self.video), cv2.CAP_FFMPEG, [threads, 1]) if threads is not None else None
+        if cap is None or not cap.isOpened():
             cap = cv2.VideoCapture(str(self.video))
         return cap
 
     def _run(self, i: int) -> None:
+        try:
+            self._decode(i)
+        except Exception as e:  # a dead decoder must show in the trial, not vanish with its thread
+            self.errors.append(f"cam{i}: {type(e).__name__}: {e}")
+
+    def _decode(self, i: int) -> None:
         from edge_mtl.types import Frame
 
         period = 1.0 / STREAM_FPS
@@ -595,9 +611,9 @@ class GpuCheck:
         with tempfile.TemporaryDirectory(prefix="edge-mtl-gpucheck-") as tmp:
             work = Path(tmp)
             self._references(sets, inputs)
-            self._torch(sets, batches, min_time, inputs.source != "real")
-            self._onnxruntime(sets, batches, min_time, inputs.source != "real", work)
-            self._tensorrt(sets, batches, min_time, inputs.source != "real", work)
+            self._torch(sets, batches, min_time)
+            self._onnxruntime(sets, batches, min_time, work)
+            self._tensorrt(sets, batches, min_time, work)
             self._end_to_end(sets, inputs)
         rep["elapsed_s"] = round(self.budget.elapsed(), 1)
         rep["budget_s"] = o.budget_s
@@ -614,8 +630,7 @@ class GpuCheck:
         for s in sets.values():
             s.reference = run_chunked(OnnxRuntimeEngine(s.path, device="cpu"), s.inputs)
 
-    def _candidate(self, ms: ModelSet, c: Candidate, batches: tuple[int, ...], min_time: float,
-                   synthetic: bool) -> None:
+    def _candidate(self, ms: ModelSet, c: Candidate, batches: tuple[int, ...], min_time: float) -> None:
         step = f"{ms.kind} {c.backend} {c.precision}"
         why = self.budget.why_not(3.0, self.opts.e2e_reserve_s)
         if why:
@@ -633,8 +648,9 @@ class GpuCheck:
                 got = run_chunked(engine, ms.inputs)
                 self.report["parity"].append({**entry, **parity(ms, c.precision, got)})
             rows, stopped = throughput(engine, ms, batches, self.budget, self.opts.e2e_reserve_s, min_time,
-                                       synthetic, self.opts.quick)
-            self.report["throughput"].append({**entry, "inputs": "synthetic" if synthetic else "real", "rows": rows,
+                                       self.opts.quick)
+            real = ms.throughput_inputs is not None
+            self.report["throughput"].append({**entry, "inputs": "real" if real else "synthetic", "rows": rows,
                                               **({"stopped": stopped} if stopped else {})})
             if stopped:
                 self.skip(f"{step} throughput", stopped)
@@ -646,7 +662,7 @@ class GpuCheck:
             del engine
             _empty_cache()
 
-    def _torch(self, sets: dict[str, ModelSet], batches: tuple[int, ...], min_time: float, synthetic: bool) -> None:
+    def _torch(self, sets: dict[str, ModelSet], batches: tuple[int, ...], min_time: float) -> None:
         from edge_mtl.build.onnx_weights import load_torch_module
 
         why = _cuda_ok(self.opts.device)
@@ -666,10 +682,9 @@ class GpuCheck:
         for prec in TORCH_PRECISIONS:  # one precision across the models, so that a short budget still covers each
             for s in sets.values():
                 c = next(c for c in torch_candidates(s, self.opts.device) if c.precision == prec)
-                self._candidate(s, c, batches, min_time, synthetic)
+                self._candidate(s, c, batches, min_time)
 
-    def _onnxruntime(self, sets: dict[str, ModelSet], batches: tuple[int, ...], min_time: float, synthetic: bool,
-                     work: Path) -> None:
+    def _onnxruntime(self, sets: dict[str, ModelSet], batches: tuple[int, ...], min_time: float, work: Path) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -689,10 +704,9 @@ class GpuCheck:
                     self.error(f"{s.kind} {name}: fp16 conversion", e)
                     continue
                 for c in cands:
-                    self._candidate(s, c, batches, min_time, synthetic)
+                    self._candidate(s, c, batches, min_time)
 
-    def _tensorrt(self, sets: dict[str, ModelSet], batches: tuple[int, ...], min_time: float, synthetic: bool,
-                  work: Path) -> None:
+    def _tensorrt(self, sets: dict[str, ModelSet], batches: tuple[int, ...], min_time: float, work: Path) -> None:
         why = _cuda_ok(self.opts.device) or (None if self.opts.device == "cuda" else "--device cpu")
         if not why and self.report["environment"].get("tensorrt") is None:
             why = f"no TensorRT: {self.report['environment'].get('tensorrt_missing', 'tensorrt does not import')}"
@@ -701,7 +715,7 @@ class GpuCheck:
             return
         for s in sets.values():
             for c in tensorrt_candidates(s, work, max(batches)):
-                self._candidate(s, c, batches, min_time, synthetic)
+                self._candidate(s, c, batches, min_time)
 
     def _e2e_precision(self) -> str:
         """On the GPU FP16 when the torch FP16 gate passed for all three models, else FP32 (always on the CPU)."""
