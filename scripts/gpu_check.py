@@ -1,4 +1,4 @@
-"""Entry of scripts/gpu_check.sh: the GPU check (`edge_mtl.build.gpu_check`) or the making of its input bundle.
+"""Entry of scripts/gpu_check.sh: the GPU check (`edge_mtl.eval.gpu_check`) or the making of its input bundle.
 
     python scripts/gpu_check.py [--device cuda|cpu] [--quick] [--bundle DIR | --synthetic] [--out DIR] [--budget S]
                                 [--models DIR] [--batches 1,2,4] [--max-streams N]
@@ -15,9 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from edge_mtl.build.gpu_bundle import DEFAULT_BUNDLE, make_bundle
-from edge_mtl.build.gpu_check import CheckOptions, run_check, summary_text
 from edge_mtl.errors import EdgeMtlError, InputError
+from edge_mtl.eval.gpu_bundle import DEFAULT_BUNDLE, make_bundle
+from edge_mtl.eval.gpu_check import CheckOptions, run_check, summary_text
 
 log = logging.getLogger("gpu_check")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: parity, throughput and streams per GPU of the shipped models, in one command, for a short GPU loan.
 #
-# What it measures and how: edge_mtl/build/gpu_check.py (entry: scripts/gpu_check.py); what has run on a GPU so far
+# What it measures and how: edge_mtl/eval/gpu_check.py (entry: scripts/gpu_check.py); what has run on a GPU so far
 # and the table its report fills: docs/acceleration.md, section "GPU".
 #
 # Usage

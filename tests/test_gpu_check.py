@@ -119,8 +119,8 @@ def test_without_cuda_every_gpu_step_is_skipped_with_its_reason(tmp_path: Path) 
 
 def test_onnx_weights_refuse_a_file_whose_metadata_names_another_architecture(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from edge_mtl.build.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
-    from edge_mtl.build.onnx_weights import WeightLoadError, load_torch_module, torch_module_from_onnx
+    from edge_mtl.export_tools.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
+    from edge_mtl.export_tools.onnx_weights import WeightLoadError, load_torch_module, torch_module_from_onnx
 
     src = ROOT / "export" / "landmarks.onnx"
     module, meta, report = load_torch_module(src)
