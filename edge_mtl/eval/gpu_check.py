@@ -610,11 +610,17 @@ class GpuCheck:
         min_time = 0.05 if o.quick else 0.25
         with tempfile.TemporaryDirectory(prefix="edge-mtl-gpucheck-") as tmp:
             work = Path(tmp)
-            self._references(sets, inputs)
-            self._torch(sets, batches, min_time)
-            self._onnxruntime(sets, batches, min_time, work)
-            self._tensorrt(sets, batches, min_time, work)
-            self._end_to_end(sets, inputs)
+            # a phase that breaks is reported and the next one still runs: a loan is too short to lose to one bug
+            for name, phase in (("parity references", lambda: self._references(sets, inputs)),
+                                ("torch backend", lambda: self._torch(sets, batches, min_time)),
+                                ("onnxruntime providers", lambda: self._onnxruntime(sets, batches, min_time, work)),
+                                ("tensorrt engines", lambda: self._tensorrt(sets, batches, min_time, work)),
+                                ("end to end", lambda: self._end_to_end(sets, inputs))):
+                try:
+                    phase()
+                except Exception as e:
+                    log.debug("%s", name, exc_info=True)
+                    self.error(name, e)
         rep["elapsed_s"] = round(self.budget.elapsed(), 1)
         rep["budget_s"] = o.budget_s
         return rep
