@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, default=None, help=f"input bundle (default: {DEFAULT_BUNDLE} if present)")
     p.add_argument("--synthetic", action="store_true", help="synthetic inputs even when a bundle is present")
     p.add_argument("--out", type=Path, default=Path("gpu-check-out"))
-    p.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check (default 450)")
+    p.add_argument("--budget", type=float, default=420.0, help="seconds for the whole check (default 420)")
     p.add_argument("--models", type=Path, default=None, help="folder of detector/landmarks/recognizer.onnx")
     p.add_argument("--batches", type=_batches, default=None, help="batch sizes (default 1,2,4,...,256)")
     p.add_argument("--max-streams", type=int, default=256)
