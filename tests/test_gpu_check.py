@@ -138,3 +138,18 @@ def test_onnx_weights_refuse_a_file_whose_metadata_names_another_architecture(tm
     save_model_atomic(model, bad)
     with pytest.raises(WeightLoadError, match=r"landmarks\.onnx"):
         torch_module_from_onnx(bad)
+
+
+def test_a_spent_budget_skips_each_measurement_with_its_reason(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    res = _run("--device", "cpu", "--quick", "--synthetic", "--budget", "1", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert rep["throughput"] == [] and rep["parity"] == []
+    skipped = {s["step"]: s["reason"] for s in rep["skipped"]}
+    for model in ("detector", "landmarks", "recognizer"):
+        for precision in ("fp32", "fp16", "bf16"):
+            assert skipped[f"{model} torch {precision}"].startswith("out of time: "), skipped
+    assert "no real clip" in skipped["end to end (streams per GPU)"]
+    # the torch modules were still loaded and checked against ONNX Runtime before the budget ran out
+    assert set(rep["torch_modules"]["max_abs"]) == {"detector", "landmarks", "recognizer"}

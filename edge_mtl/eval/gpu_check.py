@@ -550,7 +550,7 @@ def streams_per_gpu(
             lo = mid
         else:
             hi = mid
-    return {"max_streams": lo, "first_failing": hi, "fps": STREAM_FPS, "drop_limit": DROP_LIMIT,
+    return {"max_streams": lo if trials else None, "first_failing": hi, "fps": STREAM_FPS, "drop_limit": DROP_LIMIT,
             "frame": f"{FRAME_HW[1]}x{FRAME_HW[0]}", "search_stopped": stop, "trials": trials}
 
 
@@ -777,7 +777,7 @@ class GpuCheck:
                               f"passes, recognizer max batch {cfg.recognizer.max_batch}"})
         self.report["end_to_end"] = res
         if res["search_stopped"]:
-            self.skip(f"{step}: further stream counts", res["search_stopped"])
+            self.skip(f"{step}: further stream counts" if res["trials"] else step, res["search_stopped"])
 
 
 # ------------------------------------------------------------------ output
@@ -803,7 +803,9 @@ def summary_text(rep: dict[str, Any]) -> str:
             lines.append(f"  {t['model']:<10} {t['backend']:<12} {t['precision']:<5} {cells}"
                          + (f" [{t['inputs']}]" if t["inputs"] != "real" else ""))
     e = rep.get("end_to_end")
-    if e:
+    if e and e["max_streams"] is None:
+        lines.append(f"end to end: not measured ({e['search_stopped']})")
+    elif e:
         lines.append(f"end to end: {e['max_streams']} streams of {e['frame']} at {e['fps']:.0f} fps served "
                      f"({e['backend']} {e['precision']}; first failing: {e['first_failing']}"
                      + (f"; {e['search_stopped']}" if e["search_stopped"] else "") + ")")
