@@ -28,7 +28,8 @@
 #   run(command="bash scripts/gpu_check.sh --out $OUT 2>&1 | tee $OUT/gpu_check.log",
 #       carry=[".whl", ".gpucheck"], timeout_s=500)
 # Files back: $OUT/gpu_check.json (every figure; rewritten after each phase, so a run cut short still returns
-# what it measured), $OUT/gpu_check.txt (summary), $OUT/gpu_check.log. Then give_back() unless rerunning at once:
+# what it measured), $OUT/gpu_check.txt (summary), $OUT/gpu_check.md (docs/acceleration.md's tables, filled in),
+# $OUT/gpu_check.log. Then give_back() unless rerunning at once:
 # 15 device minutes leave room for one more warm run with --budget 200 (steps past the budget are skipped and
 # listed with the reason).
 set -euo pipefail

@@ -83,6 +83,8 @@ def test_cpu_quick_run_on_real_inputs(tmp_path: Path) -> None:
     assert e2e["max_streams"] == (max(served) if served else 0)
     text = (out / "gpu_check.txt").read_text()
     assert "parity vs ONNX Runtime FP32 CPU" in text and "end to end:" in text
+    tables = (out / "gpu_check.md").read_text()
+    assert "| recognizer | pass (" in tables and "| streams | drop |" in tables
 
 
 def test_missing_bundle_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ DELIVERED_MIN = 0.95  # ... and the decoders produced at least 95% of the frames
 FRAME_HW = (1080, 1920)
 REPORT = "gpu_check.json"
 SUMMARY = "gpu_check.txt"
+TABLES = "gpu_check.md"
 F32 = npt.NDArray[np.float32]
 
 
@@ -799,7 +800,7 @@ def summary_text(rep: dict[str, Any]) -> str:
     if rep.get("throughput"):
         lines.append("throughput, items/s by batch:")
         for t in rep["throughput"]:
-            cells = " ".join(f"{r['batch']}:{r['items_per_s']:.0f}" for r in t["rows"])
+            cells = " ".join(f"{r['batch']}:{_rate(r['items_per_s'])}" for r in t["rows"])
             lines.append(f"  {t['model']:<10} {t['backend']:<12} {t['precision']:<5} {cells}"
                          + (f" [{t['inputs']}]" if t["inputs"] != "real" else ""))
     e = rep.get("end_to_end")
@@ -820,13 +821,70 @@ def summary_text(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def markdown_tables(rep: dict[str, Any]) -> str:
+    """The tables of docs/acceleration.md's GPU section, filled from a report (pasted there by hand)."""
+    env = rep.get("environment", {})
+    out = [f"GPU: {env.get('gpu', 'none')} ({env.get('nvidia_smi', '')}), torch {env.get('torch')} (CUDA "
+           f"{env.get('cuda')}, cuDNN {env.get('cudnn')}, TF32 convolutions {env.get('cudnn_tf32')}), onnxruntime "
+           f"{env.get('onnxruntime')}, TensorRT {env.get('tensorrt') or 'absent'}, {env.get('cpu_count')} CPU cores; "
+           f"{rep.get('started')}; inputs {rep.get('inputs', {}).get('source')}; command: "
+           f"`{' '.join(rep.get('command', []))}`", ""]
+    par = rep.get("parity", [])
+    if par:
+        cols = list(dict.fromkeys(f"{p['backend']} {p['precision']}" for p in par))
+        out += ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for model in KINDS:
+            cells = []
+            for c in cols:
+                p = next((p for p in par if p["model"] == model and f"{p['backend']} {p['precision']}" == c), None)
+                if p is None:
+                    cells.append("")
+                    continue
+                worst = max(p["heads"].items(), key=lambda kv: kv[1]["max_abs"])
+                verdict = {True: "pass", False: "FAIL " + ", ".join(p.get("failed", [])), None: "n/a"}[p["passed"]]
+                cells.append(f"{verdict} ({worst[0]} {worst[1]['max_abs']:.2g})")
+            out.append(f"| {model} | " + " | ".join(cells) + " |")
+        out.append("")
+    tp = rep.get("throughput", [])
+    if tp:
+        batches = sorted({r["batch"] for t in tp for r in t["rows"]})
+        out += ["| model | backend | precision | " + " | ".join(f"batch {b}" for b in batches) + " |",
+                "|---|---|---|" + "---|" * len(batches)]
+        for t in tp:
+            by = {r["batch"]: r["items_per_s"] for r in t["rows"]}
+            out.append(f"| {t['model']} | {t['backend']} | {t['precision']} | "
+                       + " | ".join(_rate(by[b]) if b in by else "" for b in batches) + " |")
+        out.append("")
+    e = rep.get("end_to_end")
+    if e and e.get("trials"):
+        out += [f"End to end ({e['backend']} {e['precision']}, {e['frame']} at {e['fps']:.0f} fps, drops allowed "
+                f"{100 * e['drop_limit']:.0f}%): **{e['max_streams']} streams** per GPU"
+                + (f" ({e['search_stopped']})" if e.get("search_stopped") else ""), "",
+                "| streams | drop | fps per stream | latency p50 / p95 ms | detect batch | recognizer calls, "
+                "mean batch |", "|---|---|---|---|---|---|"]
+        for t in e["trials"]:
+            out.append(f"| {t['streams']} | {100 * t['drop_rate']:.2f}% | {t['processed_fps_per_stream']:.1f} | "
+                       f"{t['latency_ms_p50']:.0f} / {t['latency_ms_p95']:.0f} | {t['detect_batch_mean']} | "
+                       f"{t['recognizer_calls']}, {t['recognizer_batch_mean']} |")
+        out.append("")
+    if rep.get("skipped"):
+        out += ["Skipped: " + "; ".join(f"{s['step']} ({s['reason']})" for s in rep["skipped"]), ""]
+    return "\n".join(out)
+
+
 def write_report(rep: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """OUT/gpu_check.json, OUT/gpu_check.txt (summary) and OUT/gpu_check.md (the docs' tables)."""
     out.mkdir(parents=True, exist_ok=True)
     j, t = out / REPORT, out / SUMMARY
     tmp = j.with_suffix(".tmp")
     tmp.write_text(json.dumps(rep, indent=1, default=_json_default) + "\n", encoding="utf-8")
     os.replace(tmp, j)
     t.write_text(summary_text(rep), encoding="utf-8")
+    (out / TABLES).write_text(markdown_tables(rep), encoding="utf-8")
     return j, t
 
 
