@@ -406,13 +406,14 @@ class _Streams:
                 if wait > 0 and self.stop.wait(wait):
                     break
                 ok, img = cap.read()
-                if not ok:
-                    cap.release()
+                if not ok:  # end of the clip: start it again; a real camera has no such pause, so the schedule
+                    cap.release()  # restarts after the reopen instead of counting its time as lost frames
                     cap = self._open()
                     ok, img = cap.read()
                     if not ok:
                         self.errors.append(f"cam{i}: cannot decode {self.video}")
                         return
+                    t0 = time.monotonic() - k * period
                 now = time.monotonic()
                 frame = Frame(np.asarray(img, np.uint8), f"cam{i}", k, time.time())
                 with self.lock:
