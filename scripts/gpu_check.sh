@@ -34,7 +34,10 @@
 # listed with the reason).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+# the project's venv here (when there is one), the image's python3 on a lent machine (.venv does not travel)
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
 # what edge-mtl needs beyond the GPU image's packages; versions as pinned here (pydantic-core must match pydantic)
 WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0)
 
@@ -60,8 +63,6 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
   fi
   SITE=${TMPDIR:-/tmp}/edge-mtl-gpucheck-site
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$PWD:$SITE${PYTHONPATH#"$PWD"}"
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
 exec "$PY" scripts/gpu_check.py "$@"
