@@ -538,10 +538,21 @@ def gate(
     x = np.asarray(eval_inputs, np.float32)
     ref = run_session(ort_cpu_session(fp32_model), x)
     cand = run_session(ort_cpu_session(int8_model), x)
-    if meta_f.kind == "recognizer":
-        values = recognizer_metrics(ref, cand)
-    else:
-        values = detector_metrics(ref, cand, meta_f, (x.shape[2], x.shape[3]))
+    return {**judge(gate_values(ref, cand, meta_f, (x.shape[2], x.shape[3])), thresholds), "kind": meta_f.kind,
+            "precision": meta_q.precision, "inputs": len(x)}
+
+
+def gate_values(
+    ref: dict[str, Any], cand: dict[str, Any], meta: ModelMetadata, input_hw: tuple[int, int]
+) -> dict[str, float]:
+    """The gate's metrics of candidate outputs against reference outputs of the same inputs (recognizer, detector)."""
+    if meta.kind == "recognizer":
+        return recognizer_metrics(ref, cand)
+    return detector_metrics(ref, cand, meta, input_hw)
+
+
+def judge(values: dict[str, float], thresholds: dict[str, tuple[str, float]]) -> dict[str, Any]:
+    """Metrics against thresholds: {passed, failed, metrics: {name: {value, threshold, ok}}}."""
     metrics: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
         entry: dict[str, Any] = {"value": value}
@@ -551,14 +562,7 @@ def gate(
             entry.update({"threshold": f"{op} {limit}", "ok": ok})
         metrics[name] = entry
     failed = [n for n, e in metrics.items() if e.get("ok") is False]
-    return {
-        "passed": not failed,
-        "failed": failed,
-        "kind": meta_f.kind,
-        "precision": meta_q.precision,
-        "inputs": len(x),
-        "metrics": metrics,
-    }
+    return {"passed": not failed, "failed": failed, "metrics": metrics}
 
 
 def gate_margins(result: dict[str, Any]) -> list[float]:
