@@ -190,7 +190,8 @@ def test_run_and_check_config_refuse_api_without_token_exit_2(tmp_path: Path, da
     from tests.proc_helpers import child_env
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[service]\nmetrics_port = 9999\n[api]\nenabled = true\n")
+    cfg.write_text("[service]\nmetrics_port = 9999\n[api]\nenabled = true\n"  # check-config also needs a camera
+                   f"[[cameras]]\nname = \"door\"\nsource = \"{data_dir / PEDESTRIANS}\"\n")
     db = tmp_path / "events.db"
     p = subprocess.run([sys.executable, "-m", "edge_mtl", "run", "--config", str(cfg), "--source",
                         str(data_dir / PEDESTRIANS), "--events", str(db)], capture_output=True, text=True,
