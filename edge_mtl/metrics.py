@@ -50,6 +50,11 @@ class CameraSnapshot:
     fps: float = 0.0  # frames processed per second over the last snapshot interval
     error: str | None = None
     state: str = "starting"  # delivering | reconnecting | stalled | finished | failed | starting
+    frames_detected: int = 0  # frames the detector ran on (the others were carried: cameras.N.detect_fps)
+    rate_fps: float = 0.0  # the rate checked against target_fps over 10 s (capture.rate.RateMonitor)
+    target_fps: float | None = None  # detect_fps when set, else the stream's own rate
+    behind: bool = False  # rate_fps below 0.9 x target_fps
+    behind_episodes: int = 0
 
 
 @dataclass
@@ -196,6 +201,18 @@ def render_prometheus(s: Snapshot) -> str:
              per_cam("reconnect_attempts"))
     w.family("edge_mtl_camera_connected", "gauge", "1 while the source is open.", per_cam("connected"))
     w.family("edge_mtl_camera_fps", "gauge", "Frames processed per second (last interval).", per_cam("fps"))
+    w.family("edge_mtl_frames_detected_total", "counter",
+             "Frames the detector ran on (the others had their faces carried by the tracker: detect_fps).",
+             per_cam("frames_detected"))
+    w.family("edge_mtl_camera_target_fps", "gauge",
+             "The rate a camera is configured for: detect_fps, else its stream's frame rate.",
+             [({"camera": c.name}, c.target_fps) for c in cams if c.target_fps is not None])
+    w.family("edge_mtl_camera_rate_fps", "gauge",
+             "Detections (with detect_fps) or frames processed per second over the last 10 s.", per_cam("rate_fps"))
+    w.family("edge_mtl_camera_behind", "gauge", "1 while the camera runs below 0.9 x its target rate.",
+             per_cam("behind"))
+    w.family("edge_mtl_camera_behind_total", "counter", "Times the camera fell behind its target rate.",
+             per_cam("behind_episodes"))
     w.family(
         "edge_mtl_last_frame_age_seconds", "gauge", "Seconds since the source last delivered a frame.",
         [({"camera": c.name}, c.last_frame_age_s) for c in cams if c.last_frame_age_s is not None],
@@ -251,6 +268,10 @@ def health_body(s: Snapshot) -> tuple[int, dict[str, Any]]:
                 "dropped": c.frames_dropped,
                 "corrupt": c.frames_corrupt,
                 "reconnects": c.reconnects,
+                "detected": c.frames_detected,
+                "rate_fps": round(c.rate_fps, 2),
+                "target_fps": None if c.target_fps is None else round(c.target_fps, 2),
+                "behind": c.behind,
                 **({"error": c.error} if c.error else {}),
             }
             for c in s.cameras
