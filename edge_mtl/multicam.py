@@ -62,16 +62,17 @@ def parse_variant(text: str) -> Variant:
     return label, settings
 
 
-def _set(d: dict[str, Any], key: str, value: Any) -> None:
+def _set(d: dict[str, Any], key: str, value: Any, shown: str = "") -> None:
+    shown = shown or key
     node = d
     parts = key.split(".")
     for p in parts[:-1]:
         nxt = node.get(p)
         if not isinstance(nxt, dict):
-            raise ConfigError(f"variant setting {key}: {p} is not a section of the configuration")
+            raise ConfigError(f"variant setting {shown}: {p} is not a section of the configuration")
         node = nxt
     if parts[-1] not in node:
-        raise ConfigError(f"variant setting {key}: unknown key")
+        raise ConfigError(f"variant setting {shown}: unknown key")
     node[parts[-1]] = value
 
 
@@ -84,7 +85,7 @@ def variant_config(base: AppConfig, video: Path, cameras: int, settings: dict[st
     cam = CameraConfig(name="cam0", source=str(video), loop=True, realtime=True).model_dump(mode="python")
     for key, value in settings.items():
         if key.startswith("camera."):
-            _set(cam, key.removeprefix("camera."), value)
+            _set(cam, key.removeprefix("camera."), value, key)
         else:
             _set(data, key, value)
     data["cameras"] = [{**cam, "name": f"cam{i}"} for i in range(cameras)]

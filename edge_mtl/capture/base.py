@@ -50,9 +50,11 @@ class DecodeOptions:
     threads: FFmpeg decoder threads of this stream (CAP_PROP_N_THREADS; 0: OpenCV's default, one per core). One
         per stream fits a small box serving several cameras: each stream already has its own reader thread.
     convert_dropped: live sources only. False (default): a frame that arrives while the previous one still waits
-        unprocessed is decoded (grab) but never converted to BGR (retrieve), and counted as dropped; the waiting
-        frame is handed over. True: every frame is converted and the newest replaces the waiting one (fresher by
-        up to one frame interval, for the CPU of converting every frame that is thrown away).
+        unprocessed, and well before the consumer is due to take it (from the mean interval between its takes), is
+        decoded (grab) but never converted to BGR (retrieve), and counted as dropped; frames arriving within one
+        frame interval of the consumer's next take are converted and replace the waiting one, so the frame taken
+        is about as fresh as with True. True: every frame is converted and the newest replaces the waiting one
+        (the CPU of converting every frame that is thrown away).
     detect_size: when set, the capture thread also scales each delivered frame for the detector (long side to this
         many pixels, `Frame.detect_image`), in native code beside the main loop instead of inside it.
     """
@@ -158,6 +160,8 @@ class FrameBuffer:
         self._cond = threading.Condition()
         self._closed = False
         self._on_put = on_put
+        self._last_take: float | None = None  # monotonic time of the consumer's last take
+        self._take_interval: float | None = None  # its mean interval between takes (moving average)
 
     def put(self, frame: Frame, stop: threading.Event) -> bool:
         """Add a frame; False when the buffer was closed or `stop` was set while waiting for room."""
@@ -179,10 +183,14 @@ class FrameBuffer:
             self._on_put()
         return True
 
-    def waiting(self) -> bool:
-        """True while a frame waits for the consumer."""
+    def wants(self, now: float, margin: float) -> bool:
+        """Whether a new frame is worth converting for the consumer: the buffer is empty, or the consumer is due
+        within `margin` seconds (from the mean interval between its takes), so that the waiting frame would be
+        stale by then and a fresher one should replace it."""
         with self._cond:
-            return bool(self._items)
+            if not self._items or self._take_interval is None or self._last_take is None:
+                return True
+            return now - self._last_take >= self._take_interval - margin
 
     def skip(self) -> None:
         """Count a frame dropped without ever entering the buffer (decoded, not converted)."""
@@ -197,6 +205,11 @@ class FrameBuffer:
             if not self._items:
                 return None
             frame = self._items.popleft()
+            now = time.monotonic()
+            if self._last_take is not None:
+                gap = now - self._last_take
+                self._take_interval = gap if self._take_interval is None else 0.7 * self._take_interval + 0.3 * gap
+            self._last_take = now
             self._cond.notify_all()  # a blocked producer has room now
             return frame
 
@@ -415,7 +428,8 @@ class ThreadedSource(FrameSource):
                 self._before_grab()
                 if self._stopping():
                     return
-            convert = not self.live or self.decode.convert_dropped or not self._buffer.waiting()
+            convert = (not self.live or self.decode.convert_dropped
+                       or self._buffer.wants(time.monotonic(), self._frame_interval()))
             status, image = self._grab(convert)
             if status == "ok":
                 if failures:
@@ -482,6 +496,12 @@ class ThreadedSource(FrameSource):
     def _frame_time(self) -> float:
         """The timestamp of the frame about to be delivered (wall clock; file sources use media time)."""
         return time.time()
+
+    def _frame_interval(self) -> float:
+        """Seconds between two frames of the stream (its declared rate, else 25 fps)."""
+        with self._lock:
+            fps = self._fps
+        return 1.0 / fps if fps else 0.04
 
     def _skip(self) -> None:
         """A frame decoded but not converted: it would only have replaced the one still waiting (live sources)."""
