@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
 from edge_mtl.config import AppConfig, CameraConfig
 

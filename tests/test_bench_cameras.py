@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_mtl.cli import main
-from edge_mtl.multicam import format_cameras, parse_variant
+from edge_mtl.commands.cli import main
+from edge_mtl.eval.cameras_bench import format_cameras, parse_variant
 
 pytestmark = pytest.mark.timeout(240)
 

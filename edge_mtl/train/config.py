@@ -26,7 +26,7 @@ class DataPaths(Strict):
     wider_labels: Path | None = Field(None, description="himanshuchopade97/Crowd-Counting: widerface/labels/train")
     maskon_images: Path | None = Field(None, description="marellanoc/MaskON @ b6c6b2da: archive/images")
     maskon_annotations: Path | None = Field(None, description="marellanoc/MaskON: archive/annotations")
-    teacher: Path | None = Field(None, description="Teacher embeddings from `edge_mtl.train.teacher`.")
+    teacher: Path | None = Field(None, description="Teacher embeddings from `edge_mtl.train.data.teacher`.")
     crops: Path | None = Field(None, description="Cache of aligned 112x112 training crops.")
 
 

@@ -133,8 +133,8 @@ def test_detect_stream_pairs_the_low_resolution_stream(small_clip: Path) -> None
 
 def test_detector_maps_boxes_from_a_scaled_or_other_aspect_stream(pedestrian_frame: np.ndarray) -> None:
     from edge_mtl.config import AppConfig
-    from edge_mtl.models_registry import load_detector
     from edge_mtl.runtime.detector import scale_for_detection
+    from edge_mtl.runtime.registry import load_detector
     from edge_mtl.vision.boxes import box_iou
 
     det = load_detector(AppConfig())
@@ -164,8 +164,8 @@ def test_tracker_extrapolates_without_changing_state() -> None:
 
 def test_pipeline_detects_at_the_configured_rate_and_carries_the_rest(pedestrian_frame: np.ndarray) -> None:
     from edge_mtl.config import AppConfig
-    from edge_mtl.models_registry import load_detector, load_recognizer
     from edge_mtl.pipeline import Pipeline
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
     from edge_mtl.types import Frame
 
     cfg = AppConfig()
@@ -208,7 +208,7 @@ def test_rate_monitor_warns_once_per_episode(caplog: pytest.LogCaptureFixture) -
 
 
 def test_metrics_show_the_rate_of_each_camera() -> None:
-    from edge_mtl.metrics import CameraSnapshot, Snapshot, render_prometheus
+    from edge_mtl.daemon.metrics import CameraSnapshot, Snapshot, render_prometheus
 
     cam = CameraSnapshot(name="a", kind="file", frames_processed=50, frames_detected=10, rate_fps=2.0,
                          target_fps=5.0, behind=True, behind_episodes=1)

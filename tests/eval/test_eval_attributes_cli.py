@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
 from edge_mtl.eval.attributes import AGE_BANDS
 
 pytestmark = pytest.mark.data
