@@ -366,10 +366,11 @@ class ThreadedSource(FrameSource):
         """Counters for metrics and health:
 
         frames_read (from the source), frames_delivered (returned by `read`), frames_dropped (overwritten by a
-        newer frame, latest-frame policy), frames_corrupt (grabbed but not decodable), reconnects (successful opens
-        after the first attempt), reconnect_attempts (opens tried after the first), last_frame_age_s (seconds since
-        the last frame was read; None before the first), fps (nominal), connected, finished, error (why the reader
-        thread died, if it did)."""
+        newer frame, or decoded but never converted because the previous one still waited: latest-frame policy),
+        frames_corrupt (grabbed but not decodable), reconnects (successful opens after the first attempt),
+        reconnect_attempts (opens tried after the first), last_frame_age_s (seconds since the last frame was read;
+        None before the first), fps (nominal), connected, finished, error (why the reader thread died, if it
+        did)."""
         now = time.monotonic()
         with self._lock:
             return {

@@ -89,7 +89,7 @@ class RateMonitor:
             rate.episodes += 1
             what = "detections" if self.cameras[name].detect_fps is not None else "frames processed"
             log.warning(
-                "camera %s falls behind its configured rate: %.1f %s/s of %.1f over the last %.0f s (lower "
+                "camera %s falls behind its configured rate: %.1f %s/s of %.1f over the last %.0f s (set or lower "
                 "cameras.detect_fps, use a detect_source substream, or serve fewer cameras: docs/performance.md)",
                 name, rate.fps, what, rate.target_fps or 0.0, self.window_s)
         elif rate.behind and not behind:
