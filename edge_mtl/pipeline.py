@@ -105,6 +105,13 @@ class CameraState:
         self.id_base = 0
         self.max_id = 0
 
+    def latency_quantiles(self) -> tuple[float, float] | None:
+        """p50 and p95 (seconds) of the recent frames' capture-to-processed latency; None before the first frame."""
+        if not self.latency:
+            return None
+        p50, p95 = np.percentile(np.fromiter(self.latency, np.float64), [50, 95])
+        return float(p50), float(p95)
+
     def detect_due(self, ts: float) -> bool:
         """Whether the frame captured at `ts` goes through the detector: every frame without `detect_fps`, else on
         a schedule of 1 / detect_fps seconds (anchored, so the rate averages out to detect_fps over dropped and

@@ -55,6 +55,7 @@ class CameraSnapshot:
     target_fps: float | None = None  # detect_fps when set, else the stream's own rate
     behind: bool = False  # rate_fps below 0.9 x target_fps
     behind_episodes: int = 0
+    latency_s: tuple[float, float] | None = None  # capture to processed, p50 and p95 of recent frames
 
 
 @dataclass
@@ -213,6 +214,12 @@ def render_prometheus(s: Snapshot) -> str:
              per_cam("behind"))
     w.family("edge_mtl_camera_behind_total", "counter", "Times the camera fell behind its target rate.",
              per_cam("behind_episodes"))
+    w.lines.append("# HELP edge_mtl_frame_latency_seconds Capture to the end of processing, recent frames.")
+    w.lines.append("# TYPE edge_mtl_frame_latency_seconds summary")
+    for c in cams:
+        if c.latency_s is not None:
+            for q, v in zip(("0.5", "0.95"), c.latency_s, strict=True):
+                w.sample("edge_mtl_frame_latency_seconds", {"camera": c.name, "quantile": q}, v)
     w.family(
         "edge_mtl_last_frame_age_seconds", "gauge", "Seconds since the source last delivered a frame.",
         [({"camera": c.name}, c.last_frame_age_s) for c in cams if c.last_frame_age_s is not None],
@@ -272,6 +279,7 @@ def health_body(s: Snapshot) -> tuple[int, dict[str, Any]]:
                 "rate_fps": round(c.rate_fps, 2),
                 "target_fps": None if c.target_fps is None else round(c.target_fps, 2),
                 "behind": c.behind,
+                "latency_p50_p95_s": None if c.latency_s is None else [round(v, 3) for v in c.latency_s],
                 **({"error": c.error} if c.error else {}),
             }
             for c in s.cameras

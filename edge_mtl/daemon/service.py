@@ -388,7 +388,7 @@ class Service:
                 last_frame_age_s=st.get("last_frame_age_s"), fps=self._cam_fps.get(s.name, 0.0),
                 error=st.get("error"), state=self.monitor.states.get(s.name, "starting"),
                 frames_detected=pc.detected if pc else 0, rate_fps=r.fps, target_fps=r.target_fps,
-                behind=r.behind, behind_episodes=r.episodes,
+                behind=r.behind, behind_episodes=r.episodes, latency_s=pc.latency_quantiles() if pc else None,
             ))
         stages: dict[str, StageSnapshot] = {}
         if p is not None:

@@ -179,6 +179,8 @@ def test_pipeline_detects_at_the_configured_rate_and_carries_the_rest(pedestrian
     assert b.detected == 10
     assert a.detected == 2  # at 0.0 s and 0.2 s
     assert len(a.latency) == 10 and all(x >= 0 for x in a.latency)
+    q = a.latency_quantiles()
+    assert q is not None and 0 <= q[0] <= q[1]
     assert pipe.timer.counts.get("carry", 0) >= 1
 
 
@@ -211,9 +213,11 @@ def test_metrics_show_the_rate_of_each_camera() -> None:
     from edge_mtl.daemon.metrics import CameraSnapshot, Snapshot, render_prometheus
 
     cam = CameraSnapshot(name="a", kind="file", frames_processed=50, frames_detected=10, rate_fps=2.0,
-                         target_fps=5.0, behind=True, behind_episodes=1)
+                         target_fps=5.0, behind=True, behind_episodes=1, latency_s=(0.04, 0.25))
     text = render_prometheus(Snapshot(ready=True, progressing=True, serving=True, frames=50, cameras=[cam]))
     for line in ('edge_mtl_frames_detected_total{camera="a"} 10', 'edge_mtl_camera_target_fps{camera="a"} 5.0',
                  'edge_mtl_camera_rate_fps{camera="a"} 2.0', 'edge_mtl_camera_behind{camera="a"} 1',
-                 'edge_mtl_camera_behind_total{camera="a"} 1'):
+                 'edge_mtl_camera_behind_total{camera="a"} 1',
+                 'edge_mtl_frame_latency_seconds{camera="a",quantile="0.5"} 0.04',
+                 'edge_mtl_frame_latency_seconds{camera="a",quantile="0.95"} 0.25'):
         assert line in text.splitlines(), line
