@@ -1,12 +1,12 @@
 """Is each camera served at the rate it was configured for? Warnings and numbers for metrics.
 
-A camera's target rate is its `detect_fps` when set (frames the detector ran on, per second), else its stream's
-own frame rate (frames processed per second: without a detection rate every processed frame is detected). Over a
-sliding window of `window_s`, a camera whose rate is below `tolerance` x target is *behind*: one WARNING when it
-falls behind (with the rate it gets and what to change), one INFO line when it is back, never one per check, and
-`episodes` counts how often it happened (edge_mtl_camera_behind_total). A camera with no target (no detect_fps and
-a stream that declares no rate) or not delivering frames (reconnecting, finished) is never behind: its outage is
-reported elsewhere.
+A camera's target rate is its `detect_fps` when set (frames the detector ran on, per second; at most the stream's
+own rate), else its stream's own frame rate (frames processed per second: without a detection rate every processed
+frame is detected). Over a sliding window of `window_s`, a camera whose rate is below `tolerance` x target is
+*behind*: one WARNING when it falls behind (with the rate it gets and what to change), one INFO line when it is
+back, never one per check, and `episodes` counts how often it happened (edge_mtl_camera_behind_total). A camera
+with no target (no detect_fps and a stream that declares no rate) or not delivering frames (reconnecting,
+finished) is never behind: its outage is reported elsewhere.
 
 Also decides how a camera's stream is decoded (`decode_options`), from the camera count and its settings.
 """
@@ -68,7 +68,10 @@ class RateMonitor:
         for name, cam in self.cameras.items():
             rate = self.rates[name]
             hist = self._history[name]
-            rate.target_fps = cam.detect_fps if cam.detect_fps is not None else stream_fps.get(name)
+            own = stream_fps.get(name)
+            target = cam.detect_fps if cam.detect_fps is not None else own
+            # a camera cannot be detected more often than it delivers frames
+            rate.target_fps = min(target, own) if target is not None and own else target
             if not delivering.get(name, False):
                 hist.clear()
                 self._set(name, rate, False)

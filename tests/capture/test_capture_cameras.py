@@ -207,6 +207,11 @@ def test_rate_monitor_warns_once_per_episode(caplog: pytest.LogCaptureFixture) -
     assert any("back at its configured rate" in r.getMessage() for r in caplog.records)
     rates = mon.update(20.0, counts, {}, {"a": False, "b": False})  # not delivering: an outage, not a slow camera
     assert not rates["a"].behind
+    # detect_fps above the stream's own rate: the target is the stream's rate
+    fast = RateMonitor({"c": CameraConfig(name="c", source="c", detect_fps=30.0)}, window_s=2.0)
+    for t in range(5):
+        r = fast.update(float(t), {"c": 25 * t}, {"c": 25.0}, {"c": True})["c"]
+    assert r.target_fps == 25.0 and not r.behind
 
 
 def test_metrics_show_the_rate_of_each_camera() -> None:
