@@ -37,6 +37,7 @@ class DetectStreamSource(FrameSource):
         self.max_skew_s = float(max_skew_s)
         self.kind = getattr(main, "kind", "source")
         self.reconnecting = bool(getattr(main, "reconnecting", False))
+        self.live = bool(getattr(main, "live", True))
         self._latest: Frame | None = None
         self._paired = 0
         self._fallbacks = 0

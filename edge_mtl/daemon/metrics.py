@@ -55,7 +55,7 @@ class CameraSnapshot:
     target_fps: float | None = None  # detect_fps when set, else the stream's own rate
     behind: bool = False  # rate_fps below 0.9 x target_fps
     behind_episodes: int = 0
-    latency_s: tuple[float, float] | None = None  # capture to processed, p50 and p95 of recent frames
+    latency_s: tuple[float, float] | None = None  # capture to processed, p50 and p95 of recent frames (live only)
 
 
 @dataclass

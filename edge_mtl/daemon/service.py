@@ -379,6 +379,7 @@ class Service:
             st = stats[s.name]
             pc = p.cameras.get(s.name) if p is not None else None
             r = rates[s.name]
+            live = bool(getattr(s, "live", False))  # offline files are stamped in media time: no latency
             cams.append(CameraSnapshot(
                 name=s.name, kind=str(st.get("kind", "")), frames_processed=pc.frames if pc else 0,
                 faces=pc.faces if pc else 0, frames_read=int(st["frames_read"]),
@@ -388,7 +389,7 @@ class Service:
                 last_frame_age_s=st.get("last_frame_age_s"), fps=self._cam_fps.get(s.name, 0.0),
                 error=st.get("error"), state=self.monitor.states.get(s.name, "starting"),
                 frames_detected=pc.detected if pc else 0, rate_fps=r.fps, target_fps=r.target_fps,
-                behind=r.behind, behind_episodes=r.episodes, latency_s=pc.latency_quantiles() if pc else None,
+                behind=r.behind, behind_episodes=r.episodes, latency_s=pc.latency_quantiles() if pc and live else None,
             ))
         stages: dict[str, StageSnapshot] = {}
         if p is not None:
