@@ -102,9 +102,15 @@ class FaceDetector:
                 prepared.append((canvas, s, s))
                 continue
             canvas, s = self.prepare(small)
+            h, w = im.shape[:2]
+            exact = self.input_size / max(h, w)
+            if small.shape[:2] == (max(1, round(h * exact)), max(1, round(w * exact))):
+                # `scale_for_detection` of this very frame: map back exactly as `prepare` would have
+                prepared.append((canvas, exact, exact))
+                continue
             # network pixels per frame pixel, per axis (a camera's substream may have another aspect, 704x576 for
             # a 16:9 main stream)
-            prepared.append((canvas, s * small.shape[1] / im.shape[1], s * small.shape[0] / im.shape[0]))
+            prepared.append((canvas, s * small.shape[1] / w, s * small.shape[0] / h))
         results: list[Detections | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (canvas, _, _) in enumerate(prepared):

@@ -226,3 +226,23 @@ def test_metrics_show_the_rate_of_each_camera() -> None:
                  'edge_mtl_frame_latency_seconds{camera="a",quantile="0.5"} 0.04',
                  'edge_mtl_frame_latency_seconds{camera="a",quantile="0.95"} 0.25'):
         assert line in text.splitlines(), line
+
+
+def test_prescaled_frames_give_exactly_the_detections_of_an_odd_sized_frame(data_dir: Path) -> None:
+    """A frame whose scaled size is rounded (320x568 -> 361x640): boxes map back as if the detector had scaled it."""
+    from edge_mtl.config import AppConfig
+    from edge_mtl.runtime.detector import scale_for_detection
+    from edge_mtl.runtime.registry import load_detector
+
+    cap = cv2.VideoCapture(str(data_dir / "videos" / "selfie_portrait.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (568, 320, 3)
+    det = load_detector(AppConfig())
+    small = scale_for_detection(frame, det.input_size)
+    assert small.shape == (640, 361, 3)
+    full = det.detect_batch([frame])[0]
+    pre = det.detect_batch([frame], [small])[0]
+    assert len(full) >= 1
+    np.testing.assert_array_equal(full.boxes, pre.boxes)
+    np.testing.assert_array_equal(full.landmarks, pre.landmarks)
