@@ -86,7 +86,7 @@ class StageTimer:
 
 
 class CameraState:
-    def __init__(self, name: str, cfg: AppConfig, detect_fps: float | None = None) -> None:
+    def __init__(self, name: str, cfg: AppConfig, detect_fps: float | None = None, phase: float = 0.0) -> None:
         self.name = name
         self.tracker = ByteTracker(**cfg.tracker.model_dump())
         self.tracks: dict[int, TrackState] = {}
@@ -96,6 +96,9 @@ class CameraState:
         #: frames the detector ran on; the others (`detect_fps`) were carried by the tracker
         self.detected = 0
         self.detect_fps = detect_fps
+        #: where in the detection period this camera's detections fall (0 <= phase < 1): cameras with the same
+        #: detect_fps are spread over the period instead of all detecting in the same step
+        self.phase = phase
         self._next_detect = -float("inf")
         self.last_detect_ts = 0.0
         #: seconds from capture to the end of processing, recent frames
@@ -118,10 +121,12 @@ class CameraState:
         late frames; a stall restarts it instead of bursting to catch up)."""
         if self.detect_fps is None:
             return True
+        period = 1.0 / self.detect_fps
+        if self._next_detect == -float("inf") and self.phase > 0:
+            self._next_detect = ts + self.phase * period  # the first frame waits for this camera's phase
         if ts < self._next_detect:
             return False
         self.last_detect_ts = ts
-        period = 1.0 / self.detect_fps
         first = self._next_detect == -float("inf")
         self._next_detect = ts + period if first else max(self._next_detect + period, ts + period / 2)
         return True
@@ -140,7 +145,9 @@ class Pipeline:
     ) -> None:
         self.cfg = cfg
         #: per-camera detection rates (`cameras.N.detect_fps`); cameras not listed detect every frame
-        self.detect_fps = {c.name: c.detect_fps for c in (cameras or cfg.cameras)}
+        cams = list(cameras or cfg.cameras)
+        self.detect_fps = {c.name: c.detect_fps for c in cams}
+        self._phase = {c.name: k / len(cams) for k, c in enumerate(cams)}
         self.detector = detector
         # The tracker's second (low-score) association stage needs the detections the detector's own threshold
         # would drop: detect down to the tracker's low threshold and let the tracker decide.
@@ -292,7 +299,8 @@ class Pipeline:
         """The state of camera `name`, created on its first frame."""
         cam = self.cameras.get(name)
         if cam is None:
-            cam = self.cameras[name] = CameraState(name, self.cfg, self.detect_fps.get(name))
+            cam = self.cameras[name] = CameraState(name, self.cfg, self.detect_fps.get(name),
+                                                   self._phase.get(name, 0.0))
         return cam
 
     def _update_tracks(

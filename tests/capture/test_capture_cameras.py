@@ -184,6 +184,21 @@ def test_pipeline_detects_at_the_configured_rate_and_carries_the_rest(pedestrian
     assert pipe.timer.counts.get("carry", 0) >= 1
 
 
+def test_cameras_with_the_same_detection_rate_detect_in_different_steps() -> None:
+    from edge_mtl.config import AppConfig
+    from edge_mtl.pipeline import CameraState
+
+    cfg = AppConfig()
+    a, b = CameraState("a", cfg, detect_fps=5.0, phase=0.0), CameraState("b", cfg, detect_fps=5.0, phase=0.5)
+    t0 = 1000.0
+    steps = [(a.detect_due(t0 + i / 25), b.detect_due(t0 + i / 25)) for i in range(25)]  # one second
+    da = [i for i, (x, _) in enumerate(steps) if x]
+    db = [i for i, (_, y) in enumerate(steps) if y]
+    assert len(da) == 5 and len(db) == 5, (da, db)  # 5 detections a second each
+    assert not set(da) & set(db), (da, db)  # never in the same step
+    assert da[0] == 0 and db[0] == 3  # b waits half a period (0.1 s) for its first
+
+
 def test_rate_monitor_warns_once_per_episode(caplog: pytest.LogCaptureFixture) -> None:
     cams = {"a": CameraConfig(name="a", source="a", detect_fps=5.0), "b": CameraConfig(name="b", source="b")}
     mon = RateMonitor(cams, window_s=4.0)
