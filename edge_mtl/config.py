@@ -97,6 +97,10 @@ class BackendConfig(Strict):
     )
     precision: Precision = Field("fp32", description="Which exported variant to load (fp32, fp16 or int8 Q/DQ).")
     threads: int = Field(0, ge=0, le=256, description="Intra-op CPU threads (0: the runtime's default).")
+    spin: bool = Field(
+        False, description="Let onnxruntime's CPU threads spin-wait for work (off: they sleep; spinning cost 2.5x "
+        "the CPU per detection beside the capture threads and was slower too: docs/performance.md)."
+    )
     engine_cache: Path | None = Field(None, description="Folder for TensorRT engines and timing caches.")
 
 
@@ -302,6 +306,31 @@ class CameraConfig(Strict):
     reconnect_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Reconnect delays double up to this.")
     watchdog_s: float = Field(10.0, gt=0, le=3600, description="Reconnect when no frame arrives for this long.")
+    detect_fps: float | None = Field(
+        None, gt=0, le=1000,
+        description="Run the face detector on at most this many of the camera's frames per second; the frames in "
+        "between are still processed, the tracker carrying each face's box forward (none: detect on every "
+        "processed frame). A camera detected below this rate is logged and counted (docs/performance.md).",
+    )
+    detect_source: str | None = Field(
+        None, min_length=1,
+        description="A second, low-resolution stream of the same view (a camera's substream) for the detector; "
+        "faces are still cropped from `source` at full resolution.",
+    )
+    decode_threads: int | None = Field(
+        None, ge=0, le=64,
+        description="FFmpeg decoder threads for this stream (none: one when the daemon runs several cameras, "
+        "FFmpeg's own default for a single camera; 0: FFmpeg's default, one per core).",
+    )
+    convert_dropped: bool = Field(
+        False,
+        description="Live streams: convert every decoded frame to BGR and let the newest replace a waiting one "
+        "(fresher by up to a frame interval), instead of converting only frames that will be processed.",
+    )
+    scale_in_capture: bool = Field(
+        True, description="Scale each delivered frame for the detector in the camera's capture thread (native "
+        "code beside the main loop) rather than in the main loop.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -389,6 +418,11 @@ class ServiceConfig(Strict):
     )
     watchdog_stall_s: float = Field(
         30.0, gt=0, description="Stop petting the systemd watchdog when no frame was processed for this long."
+    )
+    opencv_threads: int = Field(
+        0, ge=0, le=256,
+        description="Threads of OpenCV's own parallel loops (resizing, warping; cv2.setNumThreads); 0: OpenCV's "
+        "default, one per core.",
     )
 
 

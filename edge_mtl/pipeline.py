@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.config import AppConfig
+from edge_mtl.config import AppConfig, CameraConfig
 from edge_mtl.events.schema import utc_ts
 from edge_mtl.events.snapshots import SnapshotStore, TrackSnapshot
 from edge_mtl.identity.aggregate import IdentityDecider, TrackAggregate, resolve_threshold
@@ -32,7 +33,7 @@ from edge_mtl.vision.align import align_faces
 from edge_mtl.vision.draw import Label
 
 log = logging.getLogger(__name__)
-STAGES = ("detect", "track", "align", "recognize", "aggregate")
+STAGES = ("detect", "track", "carry", "align", "recognize", "aggregate")
 
 
 @dataclass
@@ -89,17 +90,50 @@ class StageTimer:
 
 
 class CameraState:
-    def __init__(self, name: str, cfg: AppConfig) -> None:
+    def __init__(self, name: str, cfg: AppConfig, detect_fps: float | None = None, phase: float = 0.0) -> None:
         self.name = name
         self.tracker = ByteTracker(**cfg.tracker.tracker_options(cfg.track_high_threshold()))
         self.tracks: dict[int, TrackState] = {}
         self.frames = 0
         self.faces = 0
         self.last_frame_ts = 0.0
+        #: frames the detector ran on; the others (`detect_fps`) were carried by the tracker
+        self.detected = 0
+        self.detect_fps = detect_fps
+        #: where in the detection period this camera's detections fall (0 <= phase < 1): cameras with the same
+        #: detect_fps are spread over the period instead of all detecting in the same step
+        self.phase = phase
+        self._next_detect = -float("inf")
+        self.last_detect_ts = 0.0
+        #: seconds from capture to the end of processing, recent frames
+        self.latency: deque[float] = deque(maxlen=4096)
         # Track ids shown in events are id_base + the tracker's id: ending a camera's tracks mid-run (its stream
         # was lost) resets the tracker, whose ids restart at 1, and a dashboard must never see a track id twice.
         self.id_base = 0
         self.max_id = 0
+
+    def latency_quantiles(self) -> tuple[float, float] | None:
+        """p50 and p95 (seconds) of the recent frames' capture-to-processed latency; None before the first frame."""
+        if not self.latency:
+            return None
+        p50, p95 = np.percentile(np.fromiter(self.latency, np.float64), [50, 95])
+        return float(p50), float(p95)
+
+    def detect_due(self, ts: float) -> bool:
+        """Whether the frame captured at `ts` goes through the detector: every frame without `detect_fps`, else on
+        a schedule of 1 / detect_fps seconds (anchored, so the rate averages out to detect_fps over dropped and
+        late frames; a stall restarts it instead of bursting to catch up)."""
+        if self.detect_fps is None:
+            return True
+        period = 1.0 / self.detect_fps
+        if self._next_detect == -float("inf") and self.phase > 0:
+            self._next_detect = ts + self.phase * period  # the first frame waits for this camera's phase
+        if ts < self._next_detect:
+            return False
+        self.last_detect_ts = ts
+        first = self._next_detect == -float("inf")
+        self._next_detect = ts + period if first else max(self._next_detect + period, ts + period / 2)
+        return True
 
 
 class Pipeline:
@@ -112,9 +146,14 @@ class Pipeline:
         recognizer: FaceRecognizer,
         gallery: Path | None = None,
         snapshots: SnapshotStore | None = None,
+        cameras: Sequence[CameraConfig] = (),
     ) -> None:
         self.cfg = cfg
         self.snapshots = snapshots
+        #: per-camera detection rates (`cameras.N.detect_fps`); cameras not listed detect every frame
+        cams = list(cameras or cfg.cameras)
+        self.detect_fps = {c.name: c.detect_fps for c in cams}
+        self._phase = {c.name: k / len(cams) for k, c in enumerate(cams)}
         self.detector = detector
         # The tracker's second (low-score) association stage needs the detections the detector's own threshold
         # would drop: detect down to the tracker's low threshold and let the tracker decide. The detector's
@@ -206,30 +245,63 @@ class Pipeline:
         if not frames:
             return []
         self.reload_gallery()
-        t = time.perf_counter()
-        dets_all = self.detector.detect_batch([f.image for f in frames])
-        dt = (time.perf_counter() - t) / len(frames)
-        for _ in frames:
-            self.timer.add("detect", dt)
-        events: list[Event] = []
-        todo: list[tuple[TrackState, Frame, npt.NDArray[np.float32]]] = []
-        for frame, dets in zip(frames, dets_all, strict=True):
-            cam = self.cameras.get(frame.camera)
-            if cam is None:
-                cam = self.cameras[frame.camera] = CameraState(frame.camera, self.cfg)
+        detect: list[Frame] = []
+        for frame in frames:
+            cam = self.camera(frame.camera)
             cam.frames += 1
-            cam.faces += len(dets)
             cam.last_frame_ts = frame.timestamp
             self.counters["frames"] += 1
-            self.counters["faces"] += len(dets)
+            if cam.detect_due(frame.timestamp):
+                detect.append(frame)
+        events: list[Event] = []
+        if detect:
             t = time.perf_counter()
-            tracks = cam.tracker.update(dets)
-            self.timer.add("track", time.perf_counter() - t)
-            events += self._update_tracks(cam, frame, dets, tracks, todo)
-        if todo:
-            events += self._recognize(todo)
+            dets_all = self.detector.detect_batch([f.image for f in detect], [f.detect_image for f in detect])
+            dt = (time.perf_counter() - t) / len(detect)
+            for _ in detect:
+                self.timer.add("detect", dt)
+            todo: list[tuple[TrackState, Frame, npt.NDArray[np.float32]]] = []
+            for frame, dets in zip(detect, dets_all, strict=True):
+                cam = self.cameras[frame.camera]
+                cam.detected += 1
+                cam.faces += len(dets)
+                self.counters["faces"] += len(dets)
+                t = time.perf_counter()
+                tracks = cam.tracker.update(dets)
+                self.timer.add("track", time.perf_counter() - t)
+                events += self._update_tracks(cam, frame, dets, tracks, todo)
+            if todo:
+                events += self._recognize(todo)
+        detected = {id(f) for f in detect}
+        for frame in frames:
+            if id(frame) not in detected:
+                self._carry(self.cameras[frame.camera], frame)
         self.counters["events"] += len(events)
+        done = time.time()
+        for frame in frames:
+            self.cameras[frame.camera].latency.append(done - frame.timestamp)
         return events
+
+    def _carry(self, cam: CameraState, frame: Frame) -> None:
+        """A frame between two detections (detect_fps): every visible track's box moves on by the tracker's velocity
+        for the time since the last detection; nothing is announced or analysed."""
+        if cam.detect_fps is None or not cam.tracks:
+            return
+        t = time.perf_counter()
+        boxes = cam.tracker.extrapolate((frame.timestamp - cam.last_detect_ts) * cam.detect_fps)
+        for tid, st in cam.tracks.items():
+            box = boxes.get(tid)
+            if box is not None and st.visible:
+                st.box = box
+        self.timer.add("carry", time.perf_counter() - t)
+
+    def camera(self, name: str) -> CameraState:
+        """The state of camera `name`, created on its first frame."""
+        cam = self.cameras.get(name)
+        if cam is None:
+            cam = self.cameras[name] = CameraState(name, self.cfg, self.detect_fps.get(name),
+                                                   self._phase.get(name, 0.0))
+        return cam
 
     def _update_tracks(
         self,

@@ -45,6 +45,9 @@ class Frame:
     camera: str
     index: int
     timestamp: float  # seconds since the epoch when the frame was captured
+    #: the frame already scaled for detection (by the capture thread, or a camera's low-resolution detect stream);
+    #: None: the detector scales `image` itself
+    detect_image: U8 | None = None
 
     def __post_init__(self) -> None:
         _check("Frame.image", self.image, (None, None, 3), np.uint8)

@@ -24,7 +24,14 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from edge_mtl.capture.base import Backoff, CaptureOpenError, FrameBuffer, FrameSource, ThreadedSource
+from edge_mtl.capture.base import (
+    Backoff,
+    CaptureOpenError,
+    DecodeOptions,
+    FrameBuffer,
+    FrameSource,
+    ThreadedSource,
+)
 from edge_mtl.capture.file import FileSource
 from edge_mtl.capture.rtsp import NETWORK_SCHEMES, NetworkSource, redact_url
 from edge_mtl.capture.v4l2 import V4L2Source, is_device
@@ -34,6 +41,7 @@ from edge_mtl.errors import InputError
 __all__ = [
     "Backoff",
     "CaptureOpenError",
+    "DecodeOptions",
     "FileSource",
     "FrameBuffer",
     "FrameSource",
@@ -63,30 +71,45 @@ def source_kind(source: str) -> str:
     return "file"
 
 
-def open_source(cfg: CameraConfig, *, max_frames: int | None = None) -> FrameSource:
+def open_source(
+    cfg: CameraConfig, *, max_frames: int | None = None, decode: DecodeOptions | None = None
+) -> FrameSource:
     """The FrameSource for one camera (not started). InputError for a source that can never work: an unknown
-    scheme, a URL without host, a missing video device or a missing file (an unreadable file fails in `start`)."""
-    kind = source_kind(cfg.source)
+    scheme, a URL without host, a missing video device or a missing file (an unreadable file fails in `start`).
+    With `cfg.detect_source`, a `DetectStreamSource` pairing the two streams."""
+    if cfg.detect_source is not None:
+        from edge_mtl.capture.detect_stream import open_detect_stream
+
+        return open_detect_stream(cfg, max_frames=max_frames, decode=decode)
+    return _open_one(cfg, cfg.source, max_frames=max_frames, decode=decode)
+
+
+def _open_one(
+    cfg: CameraConfig, source: str, *, max_frames: int | None, decode: DecodeOptions | None
+) -> FrameSource:
+    kind = source_kind(source)
     if kind == "network":
         return NetworkSource(
             cfg.name,
-            cfg.source,
+            source,
             max_frames=max_frames,
             reconnect_initial_s=cfg.reconnect_initial_s,
             reconnect_max_s=cfg.reconnect_max_s,
             watchdog_s=cfg.watchdog_s,
+            decode=decode,
         )
     if kind == "v4l2":
         return V4L2Source(
             cfg.name,
-            cfg.source,
+            source,
             max_frames=max_frames,
             reconnect_initial_s=cfg.reconnect_initial_s,
             reconnect_max_s=cfg.reconnect_max_s,
             watchdog_s=cfg.watchdog_s,
+            decode=decode,
         )
-    path = urlsplit(cfg.source).path if cfg.source.startswith("file://") else cfg.source
-    src = FileSource(cfg.name, path, loop=cfg.loop, realtime=cfg.realtime, max_frames=max_frames)
+    path = urlsplit(source).path if source.startswith("file://") else source
+    src = FileSource(cfg.name, path, loop=cfg.loop, realtime=cfg.realtime, max_frames=max_frames, decode=decode)
     if not src.path.exists():
         raise InputError(f"{src.path}: no such file")
     return src

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
@@ -40,6 +41,31 @@ GrabStatus = Literal["ok", "corrupt", "end"]
 # `watchdog_s` before it reconnects.
 FILE_GRAB_RETRIES = 250
 LIVE_GRAB_RETRIES = 30
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a capture thread decodes (docs/performance.md measures each choice).
+
+    threads: FFmpeg decoder threads of this stream (CAP_PROP_N_THREADS; 0: OpenCV's default, one per core). One
+        per stream fits a small box serving several cameras: each stream already has its own reader thread.
+    convert_dropped: live sources only. False (default): a frame that arrives while the previous one still waits
+        unprocessed, and well before the consumer is due to take it (from the mean interval between its takes), is
+        decoded (grab) but never converted to BGR (retrieve), and counted as dropped; frames arriving within one
+        frame interval of the consumer's next take are converted and replace the waiting one, so the frame taken
+        is about as fresh as with True. True: every frame is converted and the newest replaces the waiting one
+        (the CPU of converting every frame that is thrown away).
+    detect_size: when set, the capture thread also scales each delivered frame for the detector (long side to this
+        many pixels, `Frame.detect_image`), in native code beside the main loop instead of inside it.
+    """
+
+    threads: int = 0
+    convert_dropped: bool = False
+    detect_size: int | None = None
+
+    def capture_params(self) -> list[int]:
+        """Extra VideoCapture open parameters."""
+        return [cv2.CAP_PROP_N_THREADS, self.threads] if self.threads > 0 else []
 
 
 class CaptureOpenError(Exception):
@@ -134,6 +160,8 @@ class FrameBuffer:
         self._cond = threading.Condition()
         self._closed = False
         self._on_put = on_put
+        self._last_take: float | None = None  # monotonic time of the consumer's last take
+        self._take_interval: float | None = None  # its mean interval between takes (moving average)
 
     def put(self, frame: Frame, stop: threading.Event) -> bool:
         """Add a frame; False when the buffer was closed or `stop` was set while waiting for room."""
@@ -155,6 +183,20 @@ class FrameBuffer:
             self._on_put()
         return True
 
+    def wants(self, now: float, margin: float) -> bool:
+        """Whether a new frame is worth converting for the consumer: the buffer is empty, or the consumer is due
+        within `margin` seconds (from the mean interval between its takes), so that the waiting frame would be
+        stale by then and a fresher one should replace it."""
+        with self._cond:
+            if not self._items or self._take_interval is None or self._last_take is None:
+                return True
+            return now - self._last_take >= self._take_interval - margin
+
+    def skip(self) -> None:
+        """Count a frame dropped without ever entering the buffer (decoded, not converted)."""
+        with self._cond:
+            self.dropped += 1
+
     def get(self, timeout: float) -> Frame | None:
         """The oldest frame in the buffer, waiting up to `timeout`; None at once when closed and empty."""
         with self._cond:
@@ -163,6 +205,11 @@ class FrameBuffer:
             if not self._items:
                 return None
             frame = self._items.popleft()
+            now = time.monotonic()
+            if self._last_take is not None:
+                gap = now - self._last_take
+                self._take_interval = gap if self._take_interval is None else 0.7 * self._take_interval + 0.3 * gap
+            self._last_take = now
             self._cond.notify_all()  # a blocked producer has room now
             return frame
 
@@ -213,6 +260,7 @@ class ThreadedSource(FrameSource):
         reconnect_max_s: float = 30.0,
         watchdog_s: float = 10.0,
         queue_size: int = 4,
+        decode: DecodeOptions | None = None,
     ) -> None:
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
@@ -245,6 +293,7 @@ class ThreadedSource(FrameSource):
         self._frame_count: int | None = None  # frames a file declares (None: a camera, or unknown)
         self._connected = False
         self._error: str | None = None
+        self.decode = decode or DecodeOptions()
 
     # ---- hooks -------------------------------------------------------------------------------------------------
 
@@ -321,10 +370,11 @@ class ThreadedSource(FrameSource):
         """Counters for metrics and health:
 
         frames_read (from the source), frames_delivered (returned by `read`), frames_dropped (overwritten by a
-        newer frame, latest-frame policy), frames_corrupt (grabbed but not decodable), reconnects (successful opens
-        after the first attempt), reconnect_attempts (opens tried after the first), last_frame_age_s (seconds since
-        the last frame was read; None before the first), fps (nominal), connected, finished, error (why the reader
-        thread died, if it did)."""
+        newer frame, or decoded but never converted because the previous one still waited: latest-frame policy),
+        frames_corrupt (grabbed but not decodable), reconnects (successful opens after the first attempt),
+        reconnect_attempts (opens tried after the first), last_frame_age_s (seconds since the last frame was read;
+        None before the first), fps (nominal), connected, finished, error (why the reader thread died, if it
+        did)."""
         now = time.monotonic()
         with self._lock:
             return {
@@ -383,9 +433,10 @@ class ThreadedSource(FrameSource):
                 self._before_grab()
                 if self._stopping():
                     return
-            status, image = self._grab()
+            convert = (not self.live or self.decode.convert_dropped
+                       or self._buffer.wants(time.monotonic(), self._frame_interval()))
+            status, image = self._grab(convert)
             if status == "ok":
-                assert image is not None
                 if failures:
                     # OpenCV's grab fails on a packet it cannot decode and goes on with the next one: those
                     # failures were corrupt frames, not the end of the stream.
@@ -393,7 +444,9 @@ class ThreadedSource(FrameSource):
                         self._frames_corrupt += failures
                     failures = 0
                 pass_frames += 1
-                if not self._deliver(image):
+                if image is None:
+                    self._skip()
+                elif not self._deliver(image):
                     return
             elif status == "corrupt":
                 with self._lock:
@@ -426,12 +479,15 @@ class ThreadedSource(FrameSource):
                     return
                 pass_frames = failures = 0
 
-    def _grab(self) -> tuple[GrabStatus, np.ndarray | None]:
+    def _grab(self, convert: bool = True) -> tuple[GrabStatus, np.ndarray | None]:
+        """Decode the next frame; with `convert`, also convert it to BGR and return it (else "ok", None)."""
         cap = self._cap
         assert cap is not None
         try:
             if not cap.grab():
                 return "end", None
+            if not convert:
+                return "ok", None
             ok, image = cap.retrieve()
         except cv2.error as e:
             log.debug("%s: OpenCV error while reading: %s", self.name, e)
@@ -446,10 +502,19 @@ class ThreadedSource(FrameSource):
         """The timestamp of the frame about to be delivered (wall clock; file sources use media time)."""
         return time.time()
 
-    def _deliver(self, image: np.ndarray) -> bool:
-        now_mono = time.monotonic()
-        frame = Frame(image=image, camera=self.name, index=self._next_index, timestamp=self._frame_time())
+    def _frame_interval(self) -> float:
+        """Seconds between two frames of the stream (its declared rate, else 25 fps)."""
+        with self._lock:
+            fps = self._fps
+        return 1.0 / fps if fps else 0.04
+
+    def _skip(self) -> None:
+        """A frame decoded but not converted: it would only have replaced the one still waiting (live sources)."""
         self._next_index += 1
+        self._counted_read(time.monotonic())
+        self._buffer.skip()
+
+    def _counted_read(self, now_mono: float) -> None:
         self._last_good_mono = now_mono
         with self._lock:
             self._frames_read += 1
@@ -460,6 +525,18 @@ class ThreadedSource(FrameSource):
             )
             self._outage_since = None
         self._backoff.reset()
+
+    def _deliver(self, image: np.ndarray) -> bool:
+        now_mono = time.monotonic()
+        ts = self._frame_time()
+        small = None
+        if self.decode.detect_size is not None:
+            from edge_mtl.runtime.detector import scale_for_detection
+
+            small = scale_for_detection(image, self.decode.detect_size)
+        frame = Frame(image=image, camera=self.name, index=self._next_index, timestamp=ts, detect_image=small)
+        self._next_index += 1
+        self._counted_read(now_mono)
         return self._buffer.put(frame, self._stop)
 
     def _connect(self) -> bool:

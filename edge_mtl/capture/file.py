@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 
-from edge_mtl.capture.base import ThreadedSource, nominal_fps
+from edge_mtl.capture.base import DecodeOptions, ThreadedSource, nominal_fps
 from edge_mtl.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -17,14 +17,15 @@ log = logging.getLogger(__name__)
 DEFAULT_FPS = 25.0  # pacing rate for a realtime file that declares no frame rate
 
 
-def open_video_file(path: Path) -> cv2.VideoCapture:
-    """Open `path` with the FFMPEG backend; InputError (one line) when it is not a readable video."""
+def open_video_file(path: Path, params: list[int] | None = None) -> cv2.VideoCapture:
+    """Open `path` with the FFMPEG backend (`params`: VideoCapture open parameters); InputError (one line) when it
+    is not a readable video."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a regular file")
     try:
-        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params or [])
     except cv2.error as e:
         raise InputError(f"{path}: cannot open as a video: {str(e).strip().splitlines()[-1]}") from None
     if not cap.isOpened():
@@ -52,10 +53,12 @@ class FileSource(ThreadedSource):
         realtime: bool = False,
         max_frames: int | None = None,
         queue_size: int = 4,
+        decode: DecodeOptions | None = None,
     ) -> None:
         self.path = Path(path)
         super().__init__(
-            name, str(self.path), live=realtime, reconnecting=False, max_frames=max_frames, queue_size=queue_size
+            name, str(self.path), live=realtime, reconnecting=False, max_frames=max_frames, queue_size=queue_size,
+            decode=decode,
         )
         self.loop = loop
         self.realtime = realtime
@@ -67,7 +70,7 @@ class FileSource(ThreadedSource):
         self._spent: cv2.VideoCapture | None = None  # the last pass's capture, kept to seek back when looping
 
     def _prepare(self) -> None:
-        cap = open_video_file(self.path)
+        cap = open_video_file(self.path, self.decode.capture_params())
         fps = nominal_fps(cap)
         self._media_period = 1.0 / (fps or DEFAULT_FPS)
         if self.realtime:
@@ -77,7 +80,7 @@ class FileSource(ThreadedSource):
         self._adopt(cap)
 
     def _open_capture(self) -> cv2.VideoCapture:
-        return open_video_file(self.path)
+        return open_video_file(self.path, self.decode.capture_params())
 
     def _frame_time(self) -> float:
         """Offline, frames are stamped in media time (the first frame's wall time + index / fps), so track
@@ -111,7 +114,7 @@ class FileSource(ThreadedSource):
         cap = self._rewind()
         if cap is None:
             try:
-                cap = open_video_file(self.path)
+                cap = open_video_file(self.path, self.decode.capture_params())
             except InputError as e:
                 log.error("%s: cannot reopen to loop: %s", self.name, e)
                 return False

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
-from edge_mtl.capture.base import CaptureOpenError, ThreadedSource
+from edge_mtl.capture.base import CaptureOpenError, DecodeOptions, ThreadedSource
 from edge_mtl.capture.probe import probe_stream
 from edge_mtl.errors import InputError
 
@@ -86,6 +86,7 @@ class NetworkSource(ThreadedSource):
         reconnect_initial_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         watchdog_s: float = 10.0,
+        decode: DecodeOptions | None = None,
     ) -> None:
         self.url = check_url(url)
         super().__init__(
@@ -97,6 +98,7 @@ class NetworkSource(ThreadedSource):
             reconnect_initial_s=reconnect_initial_s,
             reconnect_max_s=reconnect_max_s,
             watchdog_s=watchdog_s,
+            decode=decode,
         )
         self.kind = urlsplit(url).scheme.lower()
 
@@ -108,7 +110,8 @@ class NetworkSource(ThreadedSource):
         # (edge_mtl.capture.probe).
         probe_stream(self.url, self.watchdog_s)
         timeout_ms = max(100, int(self.watchdog_s * 1000))
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms,
+                  *self.decode.capture_params()]
         try:
             cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
         except cv2.error as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cv2
 
-from edge_mtl.capture.base import CaptureOpenError, ThreadedSource
+from edge_mtl.capture.base import CaptureOpenError, DecodeOptions, ThreadedSource
 from edge_mtl.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class V4L2Source(ThreadedSource):
         reconnect_initial_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         watchdog_s: float = 10.0,
+        decode: DecodeOptions | None = None,
     ) -> None:
         self.device = device_path(str(device))
         if not self.device.exists():
@@ -68,6 +69,7 @@ class V4L2Source(ThreadedSource):
             reconnect_initial_s=reconnect_initial_s,
             reconnect_max_s=reconnect_max_s,
             watchdog_s=watchdog_s,
+            decode=decode,
         )
 
     def _open_capture(self) -> cv2.VideoCapture:

@@ -298,6 +298,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge_mtl.commands.bench import bench_options
     from edge_mtl.eval.bench import bench, format_bench
 
+    if args.cameras is not None:
+        from edge_mtl.commands.bench_cameras import cameras_bench_options
+        from edge_mtl.eval.cameras_bench import bench_cameras, format_cameras
+
+        result = bench_cameras(cameras_bench_options(args), _app_config(args))
+        _emit(result) if args.json else sys.stdout.write(format_cameras(result))
+        return 0
     result = bench(bench_options(args), _app_config(args))
     if args.json:
         _emit(result)
@@ -459,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batches", type=batch_list, default=[1, 8, 32], help="recognizer batch sizes (1,8,32)")
     s.add_argument("--precisions", type=precision_list, default=["fp32"], help="comma list of fp32,fp16,int8")
     s.add_argument("--json", action="store_true")
+    from edge_mtl.commands.bench_cameras import add_cameras_arguments
+
+    add_cameras_arguments(s, positive_int)
     _add_model_args(s)
     s.set_defaults(func=cmd_bench)
 

@@ -51,6 +51,12 @@ class CameraSnapshot:
     fps: float = 0.0  # frames processed per second over the last snapshot interval
     error: str | None = None
     state: str = "starting"  # delivering | reconnecting | stalled | finished | failed | starting
+    frames_detected: int = 0  # frames the detector ran on (the others were carried: cameras.N.detect_fps)
+    rate_fps: float = 0.0  # the rate checked against target_fps over 10 s (capture.rate.RateMonitor)
+    target_fps: float | None = None  # detect_fps when set, else the stream's own rate
+    behind: bool = False  # rate_fps below 0.9 x target_fps
+    behind_episodes: int = 0
+    latency_s: tuple[float, float] | None = None  # capture to processed, p50 and p95 of recent frames (live only)
 
 
 @dataclass
@@ -174,6 +180,24 @@ def metric_families(s: Snapshot) -> list[Metric]:
             cam)
     gauge("edge_mtl_camera_connected", "1 while the source is open.", per_cam("connected"), cam)
     gauge("edge_mtl_camera_fps", "Frames processed per second (last interval).", per_cam("fps"), cam)
+    counter("edge_mtl_frames_detected_total",
+            "Frames the detector ran on (the others had their faces carried by the tracker: detect_fps).",
+            per_cam("frames_detected"), cam)
+    gauge("edge_mtl_camera_target_fps",
+          "The rate a camera is configured for: detect_fps, else its stream's frame rate.",
+          [((c.name,), c.target_fps) for c in cams if c.target_fps is not None], cam)
+    gauge("edge_mtl_camera_rate_fps",
+          "Detections (with detect_fps) or frames processed per second over the last 10 s.", per_cam("rate_fps"), cam)
+    gauge("edge_mtl_camera_behind", "1 while the camera runs below 0.9 x its target rate.", per_cam("behind"), cam)
+    counter("edge_mtl_camera_behind_total", "Times the camera fell behind its target rate.",
+            per_cam("behind_episodes"), cam)
+    latency = SummaryMetricFamily("edge_mtl_frame_latency_seconds",
+                                  "Capture to the end of processing, recent frames.", labels=["camera"])
+    for c in cams:
+        if c.latency_s is not None:
+            for q, v in zip(("0.5", "0.95"), c.latency_s, strict=True):
+                latency.add_sample("edge_mtl_frame_latency_seconds", {"camera": c.name, "quantile": q}, float(v))
+    out.append(latency)
     gauge("edge_mtl_last_frame_age_seconds", "Seconds since the source last delivered a frame.",
           [((c.name,), c.last_frame_age_s) for c in cams if c.last_frame_age_s is not None], cam)
     counter("edge_mtl_analyses_total", "Face crops analysed by the recognizer.", [((), s.analyses)])
@@ -266,6 +290,11 @@ def health_body(s: Snapshot) -> tuple[int, dict[str, Any]]:
                 "dropped": c.frames_dropped,
                 "corrupt": c.frames_corrupt,
                 "reconnects": c.reconnects,
+                "detected": c.frames_detected,
+                "rate_fps": round(c.rate_fps, 2),
+                "target_fps": None if c.target_fps is None else round(c.target_fps, 2),
+                "behind": c.behind,
+                "latency_p50_p95_s": None if c.latency_s is None else [round(v, 3) for v in c.latency_s],
                 **({"error": c.error} if c.error else {}),
             }
             for c in s.cameras

@@ -134,6 +134,9 @@ class Service:
         self.reload_errors = 0
         self.started = self.t0 = time.monotonic()
         self.monitor = ProgressMonitor(self.cfg.service.watchdog_stall_s, self.cams, self.t0)
+        from edge_mtl.capture.rate import RateMonitor
+
+        self.rates = RateMonitor({c.name: c for c in self.cams})
         self._old_handlers: dict[int, Any] = {}
         self._stop_requested_at: float | None = None
         self._fps_base: tuple[float, int, dict[str, int]] = (self.t0, 0, {})
@@ -173,6 +176,7 @@ class Service:
     # -- start ---------------------------------------------------------------------------------------------
     def _start(self) -> None:
         from edge_mtl.capture import open_source
+        from edge_mtl.capture.rate import decode_options
         from edge_mtl.pipeline import Pipeline
         from edge_mtl.runtime.registry import load_detector, load_recognizer
 
@@ -207,7 +211,13 @@ class Service:
         # Sources before event files: a missing or unreadable video fails (InputError) before the queue or the
         # JSONL log is touched. Until the pipeline runs, frames wait in the sources' small buffers.
         self.notifier.notify("STATUS=starting sources")
-        for s in [open_source(c, max_frames=max_frames) for c in self.cams]:
+        if svc.opencv_threads:
+            import cv2
+
+            cv2.setNumThreads(svc.opencv_threads)
+        size = cfg.detector.input_size
+        for s in [open_source(c, max_frames=max_frames, decode=decode_options(c, len(self.cams), size))
+                  for c in self.cams]:
             s.add_waker(self.wake)
             self.sources.append(s)
             s.start()
@@ -217,7 +227,7 @@ class Service:
             from edge_mtl.events.mqtt import MqttForwarder
 
             self.forwarders.append(MqttForwarder(Path(cfg.events.db), fw))
-        self.pipeline = Pipeline(cfg, detector, recognizer, snapshots=self.sink.snapshots)
+        self.pipeline = Pipeline(cfg, detector, recognizer, snapshots=self.sink.snapshots, cameras=self.cams)
         if cfg.fleet.gallery is not None:
             from edge_mtl.fleet.gallery import start_gallery_sync
 
@@ -374,10 +384,19 @@ class Service:
             self._fps = (frames - f_base) / dt
             self._cam_fps = {n: (v - c_base.get(n, 0)) / dt for n, v in cam_frames.items()}
             self._fps_base = (now, frames, dict(cam_frames))
+        stats = {s.name: s.stats() for s in self.sources}
+        counted = {n: (c.detected if c.detect_fps is not None else c.frames)
+                   for n, c in (p.cameras if p is not None else {}).items()}
+        rates = self.rates.update(
+            now, counted,
+            {n: st.get("fps") for n, st in stats.items()},
+            {n: self.monitor.states.get(n) == "delivering" for n in stats})
         cams = []
         for s in self.sources:
-            st = s.stats()
+            st = stats[s.name]
             pc = p.cameras.get(s.name) if p is not None else None
+            r = rates[s.name]
+            live = bool(getattr(s, "live", False))  # offline files are stamped in media time: no latency
             cams.append(CameraSnapshot(
                 name=s.name, kind=str(st.get("kind", "")), frames_processed=pc.frames if pc else 0,
                 faces=pc.faces if pc else 0, frames_read=int(st["frames_read"]),
@@ -386,6 +405,8 @@ class Service:
                 connected=bool(st["connected"]), finished=bool(st["finished"]),
                 last_frame_age_s=st.get("last_frame_age_s"), fps=self._cam_fps.get(s.name, 0.0),
                 error=st.get("error"), state=self.monitor.states.get(s.name, "starting"),
+                frames_detected=pc.detected if pc else 0, rate_fps=r.fps, target_fps=r.target_fps,
+                behind=r.behind, behind_episodes=r.episodes, latency_s=pc.latency_quantiles() if pc and live else None,
             ))
         stages: dict[str, StageSnapshot] = {}
         if p is not None:

@@ -27,6 +27,17 @@ def _as_bgr(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return image
 
 
+def scale_for_detection(image: npt.NDArray[np.uint8], input_size: int) -> npt.NDArray[np.uint8]:
+    """`image` resized so that its long side is `input_size` (what `FaceDetector.prepare` does before padding). A
+    capture thread calls this once per frame it delivers, so the main loop only pads (`Frame.detect_image`)."""
+    h, w = image.shape[:2]
+    scale = input_size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if (nw, nh) == (w, h):
+        return image
+    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
 class FaceDetector:
     """Letterboxes a frame (long side -> `input_size`, padded to a multiple of 32), runs the engine, decodes.
 
@@ -65,8 +76,8 @@ class FaceDetector:
         image = _as_bgr(image)
         h, w = image.shape[:2]
         scale = self.input_size / max(h, w)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        resized = scale_for_detection(image, self.input_size)
+        nh, nw = resized.shape[:2]
         ph, pw = -(-nh // PAD) * PAD, -(-nw // PAD) * PAD
         canvas = np.zeros((ph, pw, 3), np.uint8)
         canvas[:nh, :nw] = resized
@@ -75,19 +86,41 @@ class FaceDetector:
     def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
         return self.detect_batch([image])[0]
 
-    def detect_batch(self, images: list[npt.NDArray[np.uint8]]) -> list[Detections]:
-        """Detect on several frames; frames of equal prepared size run as one batch."""
-        prepared = [self.prepare(im) for im in images]
+    def detect_batch(
+        self, images: list[npt.NDArray[np.uint8]], scaled: list[npt.NDArray[np.uint8] | None] | None = None
+    ) -> list[Detections]:
+        """Detect on several frames; frames of equal prepared size run as one batch.
+
+        `scaled[i]`, when given, is frame i already reduced (`scale_for_detection`, or a camera's low-resolution
+        stream of the same view): the network sees it, boxes and landmarks come back in frame i's pixels, and the
+        landmark refiner crops from the full-resolution frame."""
+        prepared: list[tuple[npt.NDArray[np.uint8], float, float]] = []
+        for i, im in enumerate(images):
+            small = scaled[i] if scaled is not None else None
+            if small is None:
+                canvas, s = self.prepare(im)
+                prepared.append((canvas, s, s))
+                continue
+            canvas, s = self.prepare(small)
+            h, w = im.shape[:2]
+            exact = self.input_size / max(h, w)
+            if small.shape[:2] == (max(1, round(h * exact)), max(1, round(w * exact))):
+                # `scale_for_detection` of this very frame: map back exactly as `prepare` would have
+                prepared.append((canvas, exact, exact))
+                continue
+            # network pixels per frame pixel, per axis (a camera's substream may have another aspect, 704x576 for
+            # a 16:9 main stream)
+            prepared.append((canvas, s * small.shape[1] / w, s * small.shape[0] / h))
         results: list[Detections | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, (canvas, _) in enumerate(prepared):
+        for i, (canvas, _, _) in enumerate(prepared):
             groups.setdefault(canvas.shape[:2], []).append(i)
         for (ph, pw), idx in groups.items():
             batch = normalize(np.stack([prepared[i][0] for i in idx]), self.meta, bgr_input=True)
             out = self.engine.run(batch)
             arrs = [out[n] for n in self.meta.output_names]
             for j, i in enumerate(idx):
-                scale = prepared[i][1]
+                _, sx, sy = prepared[i]
                 boxes, scores, lms = decode(
                     [arrs[a][j] for a, _, _ in self._levels],
                     [arrs[b][j] for _, b, _ in self._levels],
@@ -98,8 +131,8 @@ class FaceDetector:
                     self.nms_threshold,
                     vote_iou=self.vote_iou,
                 )
-                boxes /= scale
-                lms /= scale
+                boxes /= np.asarray([sx, sy, sx, sy], boxes.dtype)
+                lms /= np.asarray([sx, sy], lms.dtype)
                 h, w = images[i].shape[:2]
                 boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
                 boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)

@@ -141,5 +141,12 @@ def normalize(images: npt.NDArray[np.uint8], meta: ModelMetadata, bgr_input: boo
     x = images
     if bgr_input != (meta.color == "BGR"):
         x = x[..., ::-1]
-    xf = (x.astype(np.float32) - np.asarray(meta.mean, np.float32)) / np.asarray(meta.std, np.float32)
-    return np.ascontiguousarray(xf.transpose(0, 3, 1, 2))
+    # One output plane per channel, written in place: the same values as (x - mean) / std transposed, for a ninth
+    # of the CPU (no interleaved float copy, no transposing copy; docs/performance.md).
+    mean = np.asarray(meta.mean, np.float32)
+    std = np.asarray(meta.std, np.float32)
+    out = np.empty((x.shape[0], 3, x.shape[1], x.shape[2]), np.float32)
+    for c in range(3):
+        np.subtract(x[..., c], mean[c], out=out[:, c], dtype=np.float32)
+        np.divide(out[:, c], std[c], out=out[:, c])
+    return out

@@ -33,6 +33,7 @@ class OnnxRuntimeEngine:
         path: str | Path,
         device: str = "cpu",
         threads: int = 0,
+        spin: bool = False,
         trt_cache: str | Path | None = None,
     ) -> None:
         import onnxruntime as ort
@@ -55,6 +56,9 @@ class OnnxRuntimeEngine:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers: list[str | tuple[str, dict[str, str]]] = [wanted]
         if device == "tensorrt" and trt_cache is not None:
             providers = [

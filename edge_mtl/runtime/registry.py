@@ -46,7 +46,8 @@ def load_engine(path: Path, backend: BackendConfig) -> Engine:
             from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
         except ImportError as e:  # pragma: no cover
             raise MissingExtraError("onnxruntime", "runtime") from e
-        return OnnxRuntimeEngine(path, device=backend.device, threads=backend.threads, trt_cache=backend.engine_cache)
+        return OnnxRuntimeEngine(path, device=backend.device, threads=backend.threads, spin=backend.spin,
+                                 trt_cache=backend.engine_cache)
     if backend.type == "tensorrt":
         from edge_mtl.runtime.tensorrt import TensorRTEngine
 
@@ -80,7 +81,7 @@ def load_refiner(cfg: AppConfig) -> LandmarkRefiner | None:
         log.warning("no landmark refiner at %s: aligning with the detector's own landmarks", path)
         return None
     backend = BackendConfig(type="onnxruntime", device=d.backend.device if d.backend.type == "onnxruntime" else "cpu",
-                            threads=d.backend.threads)
+                            threads=d.backend.threads, spin=d.backend.spin)
     path = model_path(path, "landmarks.onnx", "fp32")
     engine = load_engine(path, backend)
     with _naming(path):

@@ -342,6 +342,14 @@ class ByteTracker:
 
         return self._output(det_of, dets)
 
+    def extrapolate(self, steps: float) -> dict[int, npt.NDArray[np.float32]]:
+        """Each live track's box `steps` updates ahead of the last one (fractions allowed), by its filtered velocity,
+        without changing any state: where a face is between two detections (the pipeline's `detect_fps`)."""
+        mean = self._mean[:, :4] + float(steps) * self._mean[:, 4:8]
+        mean[:, 2:] = np.maximum(mean[:, 2:], _MIN_SIDE)
+        boxes = cxcywh_to_xyxy(mean).astype(np.float32)
+        return {int(i): boxes[k] for k, i in enumerate(self._ids)}
+
     def _keep(self, keep: npt.NDArray[np.bool_]) -> None:
         self._ids = self._ids[keep]
         self._mean = self._mean[keep]
