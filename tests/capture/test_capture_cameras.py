@@ -235,9 +235,9 @@ def test_metrics_show_the_rate_of_each_camera() -> None:
     cam = CameraSnapshot(name="a", kind="file", frames_processed=50, frames_detected=10, rate_fps=2.0,
                          target_fps=5.0, behind=True, behind_episodes=1, latency_s=(0.04, 0.25))
     text = render_prometheus(Snapshot(ready=True, progressing=True, serving=True, frames=50, cameras=[cam]))
-    for line in ('edge_mtl_frames_detected_total{camera="a"} 10', 'edge_mtl_camera_target_fps{camera="a"} 5.0',
-                 'edge_mtl_camera_rate_fps{camera="a"} 2.0', 'edge_mtl_camera_behind{camera="a"} 1',
-                 'edge_mtl_camera_behind_total{camera="a"} 1',
+    for line in ('edge_mtl_frames_detected_total{camera="a"} 10.0', 'edge_mtl_camera_target_fps{camera="a"} 5.0',
+                 'edge_mtl_camera_rate_fps{camera="a"} 2.0', 'edge_mtl_camera_behind{camera="a"} 1.0',
+                 'edge_mtl_camera_behind_total{camera="a"} 1.0',
                  'edge_mtl_frame_latency_seconds{camera="a",quantile="0.5"} 0.04',
                  'edge_mtl_frame_latency_seconds{camera="a",quantile="0.95"} 0.25'):
         assert line in text.splitlines(), line
