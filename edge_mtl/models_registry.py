@@ -101,8 +101,10 @@ def load_detector(cfg: AppConfig) -> FaceDetector:
     path = model_path(d.model, "detector.onnx", d.backend.precision if d.backend.type == "onnxruntime" else "fp32")
     engine = load_engine(path, d.backend)
     score = d.score_threshold if d.score_threshold is not None else detector_score_threshold(d.backend.precision)
+    from edge_mtl.vision.anycrop import PadRetry
+
     return FaceDetector(engine, d.input_size, score, d.nms_threshold, d.min_face,
-                        refiner=load_refiner(cfg))
+                        refiner=load_refiner(cfg), pad_retry=PadRetry(**d.pad_retry.model_dump()))
 
 
 def load_recognizer(cfg: AppConfig) -> FaceRecognizer:

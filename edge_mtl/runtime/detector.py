@@ -12,6 +12,7 @@ from edge_mtl.runtime.engine import Engine, normalize
 from edge_mtl.runtime.landmarks import LandmarkRefiner
 from edge_mtl.runtime.postprocess import decode
 from edge_mtl.types import Detections
+from edge_mtl.vision.anycrop import PadRetry, detect_with_retry
 
 PAD = 32  # the input must be a multiple of the largest stride
 
@@ -43,6 +44,7 @@ class FaceDetector:
         min_face: int = 0,
         vote_iou: float | None = 0.6,
         refiner: LandmarkRefiner | None = None,
+        pad_retry: PadRetry | None = None,
     ) -> None:
         meta = engine.metadata
         if meta.kind != "detector":
@@ -55,6 +57,8 @@ class FaceDetector:
         self.min_face = min_face
         self.vote_iou = vote_iou
         self.refiner = refiner
+        # a face that fills the image is looked for again on a bordered copy (edge_mtl.vision.anycrop)
+        self.pad_retry = pad_retry
         names = list(meta.output_names)
         self._levels = [
             (names.index(f"score_{s}"), names.index(f"box_{s}"), names.index(f"kps_{s}")) for s in meta.strides
@@ -73,10 +77,22 @@ class FaceDetector:
         return canvas, scale
 
     def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
-        return self.detect_batch([image])[0]
+        """Detect on one still image (with `pad_retry`, an image where nothing was found is retried too)."""
+        return self.detect_batch([image], still=True)[0]
 
-    def detect_batch(self, images: list[npt.NDArray[np.uint8]]) -> list[Detections]:
-        """Detect on several frames; frames of equal prepared size run as one batch."""
+    def detect_batch(self, images: list[npt.NDArray[np.uint8]], still: bool = False) -> list[Detections]:
+        """Detect on several frames; frames of equal prepared size run as one batch. With `pad_retry`, a frame
+        whose largest face spans most of it is detected again with a border around it."""
+        found = self._detect_batch(images)
+        retry = self.pad_retry
+        if retry is None or not retry.enabled:
+            return found
+        return [
+            detect_with_retry(lambda im: self._detect_batch([im])[0], image, d, retry, still)
+            for image, d in zip(images, found, strict=True)
+        ]
+
+    def _detect_batch(self, images: list[npt.NDArray[np.uint8]]) -> list[Detections]:
         prepared = [self.prepare(im) for im in images]
         results: list[Detections | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
