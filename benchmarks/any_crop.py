@@ -12,7 +12,8 @@ Reported: UTKFace gender accuracy and age MAE (all faces; an image without a fac
 is left out of the MAE, counted), LFW View 2 10-fold accuracy, and on LFW how often the two versions' gender
 decisions agree and how far their ages are apart.
 
-Usage: python benchmarks/any_crop.py [--data ../shared/data] [--utk-limit N] [--lfw-pairs N] [--out FILE.json]
+Usage: python benchmarks/any_crop.py [--data ../shared/data] [--utk-limit N] [--lfw-pairs N] [--skip-utkface]
+    [--skip-lfw] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.analyze import read_image
 from edge_mtl.config import AppConfig
+from edge_mtl.data import sources as S
+from edge_mtl.data.images import read_image
 from edge_mtl.eval.verification import read_pairs, ten_fold_accuracy
-from edge_mtl.models_registry import load_detector, load_recognizer
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.recognizer import FaceRecognizer
-from edge_mtl.train import sources as S
+from edge_mtl.runtime.registry import load_detector, load_recognizer
 from edge_mtl.types import Detections
 from edge_mtl.vision.align import align_faces
 from edge_mtl.vision.anycrop import PadRetry, detect_with_retry
@@ -167,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--utk-limit", type=int, default=0, help="UTKFace validation images, evenly spaced (0: all)")
     p.add_argument("--lfw-pairs", type=int, default=0, help="LFW View 2 pairs, spread over folds (0: all 6,000)")
     p.add_argument("--skip-lfw", action="store_true")
+    p.add_argument("--skip-utkface", action="store_true")
     p.add_argument("--out", type=Path, help="also write the result here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -179,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     out: dict[str, Any] = {"retry": retry.__dict__, "models": {"detector": an.det.meta.version,
                                                              "recognizer": an.rec.meta.version}}
-    out["utkface_val"] = utkface_part(root, an, a.utk_limit)
-    log.info("utkface: %s", json.dumps(out["utkface_val"]))
+    if not a.skip_utkface:
+        out["utkface_val"] = utkface_part(root, an, a.utk_limit)
+        log.info("utkface: %s", json.dumps(out["utkface_val"]))
     if not a.skip_lfw:
         out["lfw_view2"] = lfw_part(root, an, a.lfw_pairs)
     out["retried_images"] = an.retried

@@ -30,13 +30,13 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.analyze import read_image
 from edge_mtl.config import AppConfig
+from edge_mtl.data import sources as S
+from edge_mtl.data.images import read_image
+from edge_mtl.data.sources import to_det_images
 from edge_mtl.eval.detection import GroundTruth, evaluate, match
-from edge_mtl.models_registry import load_detector
 from edge_mtl.runtime.detector import FaceDetector
-from edge_mtl.train import sources as S
-from edge_mtl.train.det_data import to_det_images
+from edge_mtl.runtime.registry import load_detector
 from edge_mtl.types import Detections
 
 log = logging.getLogger("detector_operating_points")

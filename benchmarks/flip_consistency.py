@@ -22,9 +22,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_mtl.config import BackendConfig
-from edge_mtl.models_registry import load_engine
+from edge_mtl.data.crops import load_source
 from edge_mtl.runtime.recognizer import FaceRecognizer
-from edge_mtl.train.crops import load_source
+from edge_mtl.runtime.registry import load_engine
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,10 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from edge_mtl.config import load_toml
     from edge_mtl.models.blocks import RepVGGBlock
-    from edge_mtl.train.checkpoint import load_checkpoint
+    from edge_mtl.models.checkpoint import load_checkpoint
     from edge_mtl.train.config import RecognizerTrain, TrainConfig
-    from edge_mtl.train.losses import gender_loss
-    from edge_mtl.train.recognizer_task import RecognizerTask
+    from edge_mtl.train.losses.recognizer import gender_loss
+    from edge_mtl.train.tasks.recognizer import RecognizerTask
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)

@@ -31,9 +31,9 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_mtl.config import AppConfig
-from edge_mtl.eval.cli import crops_for_images
-from edge_mtl.models_registry import load_detector, load_recognizer
-from edge_mtl.train import sources as S
+from edge_mtl.data import sources as S
+from edge_mtl.eval.suites import crops_for_images
+from edge_mtl.runtime.registry import load_detector, load_recognizer
 
 log = logging.getLogger("gender_chip_probe")
 SIZE = 64

@@ -68,8 +68,8 @@ def app_config(args: argparse.Namespace) -> Any:
 def in_process(args: argparse.Namespace, video: Path) -> dict[str, Any]:
     from edge_mtl.capture import FileSource
     from edge_mtl.events.queue import EventQueue
-    from edge_mtl.models_registry import load_detector, load_recognizer
     from edge_mtl.pipeline import Pipeline
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
 
     cfg = app_config(args)
     pipe = Pipeline(cfg, load_detector(cfg), load_recognizer(cfg))
@@ -116,7 +116,7 @@ def daemon(args: argparse.Namespace, video: Path) -> dict[str, Any]:
     """The real `edge-mtl run` on the clip as a live camera for `args.seconds`; latency from its event queue."""
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "events.db"
-        cmd = [sys.executable, "-m", "edge_mtl.cli", "run", "--source", str(video), "--realtime", "--loop",
+        cmd = [sys.executable, "-m", "edge_mtl", "run", "--source", str(video), "--realtime", "--loop",
                "--events", str(db)]
         for opt in ("config", "detector", "recognizer", "input_size", "threads"):
             v = getattr(args, opt)

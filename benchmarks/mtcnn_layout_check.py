@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mtcnn as M
 
-from edge_mtl.train import sources as S
+from edge_mtl.data import sources as S
 
 FLATTEN: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "whc": lambda x: x.permute(0, 3, 2, 1).reshape(x.shape[0], -1),

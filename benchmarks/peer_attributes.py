@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.eval.cli import reserved_utkface
-from edge_mtl.train.sources import utkface_split
+from edge_mtl.data.sources import utkface_split
+from edge_mtl.eval.suites import reserved_utkface
 
 
 def main(argv: Sequence[str] | None = None) -> int:

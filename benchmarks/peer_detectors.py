@@ -41,9 +41,9 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge_mtl.data import sources as S
+from edge_mtl.data.sources import DetImage, to_det_images
 from edge_mtl.eval.detection import BANDS, GroundTruth, evaluate, iod
-from edge_mtl.train import sources as S
-from edge_mtl.train.det_data import DetImage, to_det_images
 from edge_mtl.types import Detections
 
 log = logging.getLogger("peer_detectors")

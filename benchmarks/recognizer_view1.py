@@ -13,7 +13,7 @@ View 2 (`pairs.txt`) is never touched: it stays for the final measurement (`edge
 
 Usage: python benchmarks/recognizer_view1.py --crops $EDGE_MTL_CACHE/crops [--data ../shared/data] [--at-threshold T]
     A.onnx B.onnx ...
-The crop cache's `lfw_dev` source is written by any recognizer training run (`edge_mtl.train.crops`).
+The crop cache's `lfw_dev` source is written by any recognizer training run (`edge_mtl.data.crops`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge_mtl.data.crops import load_source
 from edge_mtl.eval.verification import best_threshold, read_pairs, tar_at_far, view1
-from edge_mtl.models_registry import open_recognizer
 from edge_mtl.paths import data_root
-from edge_mtl.train.crops import load_source
+from edge_mtl.runtime.registry import open_recognizer
 
 
 def far_frr(scores: np.ndarray, same: np.ndarray, t: float) -> list[float]:  # type: ignore[type-arg]

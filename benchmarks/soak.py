@@ -136,13 +136,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     cfg = work / "edge-mtl.toml"
     write_config(cfg, args, videos, work, port)
-    check = subprocess.run([sys.executable, "-m", "edge_mtl.cli", "check-config", str(cfg)], capture_output=True,
+    check = subprocess.run([sys.executable, "-m", "edge_mtl", "check-config", str(cfg)], capture_output=True,
                            text=True)
     if check.returncode != 0:
         raise SystemExit(f"config rejected: {check.stderr.strip()}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = (work / "daemon.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_mtl.cli", "run", "--config", str(cfg)], stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "edge_mtl", "run", "--config", str(cfg)], stdout=log,
                             stderr=log, env=env, cwd=work)
     samples: list[dict[str, Any]] = []
     try:

@@ -46,7 +46,7 @@ GT = Path(__file__).with_name("pedestrians_gt.json")
 
 def match(gt_boxes: np.ndarray, boxes: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
     """One-to-one (gt index, box index) pairs with IoU >= min_iou maximising total IoU."""
-    from edge_mtl.eval.detection import iou_matrix
+    from edge_mtl.vision.boxes import iou_matrix
 
     iou = iou_matrix(gt_boxes.astype(np.float32), boxes.astype(np.float32))
     if iou.size == 0:
@@ -61,8 +61,8 @@ def run_pipeline(args: argparse.Namespace, video: Path, size: int, sampled: set[
     import cv2
 
     from edge_mtl.config import AppConfig, load_config
-    from edge_mtl.models_registry import load_detector, load_recognizer
     from edge_mtl.pipeline import Pipeline
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
     from edge_mtl.types import Frame
 
     cfg = load_config(args.config) if args.config else AppConfig()

@@ -1,4 +1,4 @@
-"""Exception types that map onto the CLI's exit codes (DESIGN §7).
+"""Exception types that map onto the CLI's exit codes (docs/architecture.md, rule 5).
 
 `InputError` and its subclasses are the user's problem (bad file, bad config, wrong model): the CLI prints
 their one-line message and exits 2. Anything else is a bug or an environment failure and exits 1.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +172,7 @@ class Pipeline:
             self._gallery = None
 
     # ------------------------------------------------------------ events
-    def _event(self, kind: str, st: TrackState, frame: int, ts: float, final: bool = False) -> Event:
+    def _event(self, kind: str, st: TrackState, frame: int, ts: float) -> Event:
         ident: dict[str, Any] | None = None
         if st.decider.current is not None:
             sim = min(max(float(st.decider.similarity), -1.0), 1.0)
@@ -279,7 +278,7 @@ class Pipeline:
         for tid in cam.tracker.ended:
             st = cam.tracks.pop(tid, None)
             if st is not None and st.announced:
-                events.append(self._event("face.left", st, st.last_frame, st.last_ts, final=True))
+                events.append(self._event("face.left", st, st.last_frame, st.last_ts))
         return events
 
     def _recognize(self, todo: list[tuple[TrackState, Frame, npt.NDArray[np.float32]]]) -> list[Event]:
@@ -315,7 +314,7 @@ class Pipeline:
                 continue
             for st in cam.tracks.values():
                 if st.announced:
-                    events.append(self._event("face.left", st, st.last_frame, st.last_ts, final=True))
+                    events.append(self._event("face.left", st, st.last_frame, st.last_ts))
             cam.tracks.clear()
             cam.tracker.reset()
             cam.id_base += cam.max_id
@@ -345,5 +344,3 @@ class Pipeline:
             out.append(Label(st.box.tolist(), " ".join(parts), known, st.landmarks))
         return out
 
-
-EventCallback = Callable[[list[Event]], None]

@@ -198,7 +198,7 @@ class FaceAnalysis:
 
 @dataclass
 class Event:
-    """One event of schema `edge_mtl.event/v1` (DESIGN §6). `seq` is assigned by the durable queue."""
+    """One event of schema `edge_mtl.event/v1` (docs/events.md). `seq` is assigned by the durable queue."""
 
     type: str
     ts: str

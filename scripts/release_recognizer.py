@@ -80,7 +80,7 @@ def compatible_flags(margins: Sequence[tuple[str, float]]) -> list[str]:
 
 def earlier_releases(repo: Path, rel_path: str, limit: int, tmp: Path) -> list[tuple[str, Path]]:
     """Up to `limit` distinct versions of `rel_path` in git history, newest first, each written under `tmp`."""
-    from edge_mtl.build.onnx_utils import read_metadata
+    from edge_mtl.export_tools.onnx_utils import read_metadata
 
     out: list[tuple[str, Path]] = []
     seen: set[str] = set()
@@ -142,9 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--utkface-full", type=Path, help="full UTKFace folder: also the held-out 1,000's attributes")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from edge_mtl.build.onnx_utils import read_metadata
     from edge_mtl.errors import ModelError
-    from edge_mtl.train.checkpoint import load_checkpoint
+    from edge_mtl.export_tools.onnx_utils import read_metadata
+    from edge_mtl.models.checkpoint import load_checkpoint
 
     try:
         epochs = {c: candidate_epochs(c) for c in a.candidates}

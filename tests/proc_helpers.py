@@ -52,7 +52,7 @@ class Daemon:
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_mtl.cli", "run", *args], cwd=REPO, env=env or child_env(),
+            [sys.executable, "-m", "edge_mtl", "run", *args], cwd=REPO, env=env or child_env(),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, umask=0o022,
         )
         self.pid = self.proc.pid

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_mtl.bench import _frames
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
+from edge_mtl.eval.bench import _frames
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_bench_runs_the_shipped_models_over_the_clip(data_dir: Path, capsys: pyt
 
 
 def test_format_bench_side_by_side_with_ratios() -> None:
-    from edge_mtl.bench import format_bench
+    from edge_mtl.eval.bench import format_bench
 
     def entry(det: float, b1: float, fps: float) -> dict[str, object]:
         return {"provider": "CPUExecutionProvider", "detect": {"fps": det},

@@ -1,4 +1,5 @@
-"""The CLI contract (DESIGN §7): exit codes 0 / 2 with a one-line reason, JSON lines for detect and analyze."""
+"""The CLI contract (docs/architecture.md, rule 5): exit codes 0 / 2 with a one-line reason, JSON lines for detect
+and analyze."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge_mtl import defaults as D
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
 
 pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
@@ -129,7 +130,7 @@ def test_detect_not_an_image_subprocess(tmp_path: Path, models: tuple[Path, Path
     bad.write_bytes(os.urandom(256))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     r = subprocess.run(
-        [sys.executable, "-m", "edge_mtl.cli", "detect", str(bad), "--json", "--detector", str(det)],
+        [sys.executable, "-m", "edge_mtl", "detect", str(bad), "--json", "--detector", str(det)],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert r.returncode == 2, r.stderr

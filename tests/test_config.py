@@ -455,7 +455,7 @@ def test_shipped_training_configs_validate(path: Path) -> None:
     cfg = load_toml(path, TrainConfig)
     assert cfg.task.kind in {"detector", "recognizer", "landmarks"}
     if cfg.init is not None and cfg.init.suffix == ".onnx":  # a shipped model: it must be there
-        from edge_mtl.build.onnx_utils import read_metadata
+        from edge_mtl.export_tools.onnx_utils import read_metadata
 
         assert read_metadata(Path(__file__).parents[1] / cfg.init).kind == cfg.task.kind == "recognizer"
     elif cfg.init is not None:
@@ -527,7 +527,7 @@ def test_cli_precisions_are_the_configs() -> None:
     """cli.py keeps the config module (pydantic) out of its start-up path, so it spells the precisions itself."""
     from typing import get_args
 
-    from edge_mtl.cli import PRECISIONS
+    from edge_mtl.commands.cli import PRECISIONS
     from edge_mtl.config import Precision
 
     assert get_args(Precision) == PRECISIONS

@@ -56,7 +56,7 @@ def _model(path: Path, version: str, stamp: dict[str, dict[str, float]] | None =
     import onnx
     from onnx import TensorProto, helper
 
-    from edge_mtl.build.onnx_utils import set_metadata
+    from edge_mtl.export_tools.onnx_utils import set_metadata
     from edge_mtl.runtime.engine import ModelMetadata
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
@@ -70,7 +70,7 @@ def _model(path: Path, version: str, stamp: dict[str, dict[str, float]] | None =
 
 def test_earlier_releases_are_distinct_versions_newest_first(rel: Any, tmp_path: Path) -> None:
     pytest.importorskip("onnx")
-    from edge_mtl.build.onnx_utils import read_metadata
+    from edge_mtl.export_tools.onnx_utils import read_metadata
 
     repo = tmp_path / "repo"
     (repo / "export").mkdir(parents=True)

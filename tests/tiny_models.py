@@ -13,7 +13,7 @@ def export_tiny_detector(path: Path, seed: int = 0, score_bias: float | None = N
     """A random detector; `score_bias` sets the score logit bias (0 gives scores near 0.5, so it 'detects')."""
     import torch
 
-    from edge_mtl.build.export import export_module
+    from edge_mtl.export_tools.export import export_module
     from edge_mtl.models.detector import Detector, DetectorArgs
 
     torch.manual_seed(seed)
@@ -29,7 +29,7 @@ def export_tiny_detector(path: Path, seed: int = 0, score_bias: float | None = N
 def export_tiny_recognizer(path: Path, seed: int = 0) -> Path:
     import torch
 
-    from edge_mtl.build.export import export_module
+    from edge_mtl.export_tools.export import export_module
     from edge_mtl.models.recognizer import Recognizer, RecognizerArgs
 
     torch.manual_seed(seed)

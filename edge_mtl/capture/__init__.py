@@ -1,4 +1,5 @@
-"""Frame sources (DESIGN §2): files, RTSP/HTTP streams and V4L2 cameras behind one `FrameSource` interface.
+"""Frame sources: files, RTSP/HTTP streams and V4L2 cameras behind one `FrameSource` interface (adding one:
+docs/architecture.md).
 
 `open_source(cfg)` picks the implementation from ``cfg.source``:
 
@@ -15,7 +16,8 @@ Usage::
         ...
     src.stop()
 
-Several cameras: give each its own source and read them through `MultiSource` (round-robin, fair).
+Several cameras: give each its own source; the daemon reads them in turn and waits on one event that every
+source sets (`add_waker`) when a frame arrives.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from urllib.parse import urlsplit
 
 from edge_mtl.capture.base import Backoff, CaptureOpenError, FrameBuffer, FrameSource, ThreadedSource
 from edge_mtl.capture.file import FileSource
-from edge_mtl.capture.multi import MultiSource, read_any
 from edge_mtl.capture.rtsp import NETWORK_SCHEMES, NetworkSource, redact_url
 from edge_mtl.capture.v4l2 import V4L2Source, is_device
 from edge_mtl.config import CameraConfig
@@ -36,12 +37,10 @@ __all__ = [
     "FileSource",
     "FrameBuffer",
     "FrameSource",
-    "MultiSource",
     "NetworkSource",
     "ThreadedSource",
     "V4L2Source",
     "open_source",
-    "read_any",
     "redact_url",
     "source_kind",
 ]

@@ -1,7 +1,7 @@
 """Frame sources: the interface the pipeline reads frames through, and the threaded reader they share.
 
-Capture never blocks on inference (DESIGN §2). Each source owns one reader thread that talks to the file, stream
-or device and hands frames over through a small buffer:
+Capture never blocks on inference (docs/pipeline.md, data flow). Each source owns one reader thread that talks to
+the file, stream or device and hands frames over through a small buffer:
 
 * live sources (RTSP/HTTP, V4L2, files with ``realtime=True``) keep only the newest frame: a one-slot buffer that
   the reader overwrites, counting each overwritten frame as dropped, so latency never grows when processing is
@@ -82,7 +82,7 @@ class FrameSource(abc.ABC):
 
     @abc.abstractmethod
     def add_waker(self, event: threading.Event) -> None:
-        """Set `event` whenever a frame becomes available or the source finishes (for `MultiSource`)."""
+        """Set `event` whenever a frame becomes available or the source finishes (the daemon waits on it)."""
 
     def __enter__(self) -> FrameSource:
         self.start()

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.types import Detections
-from edge_mtl.vision.boxes import box_iou
+from edge_mtl.vision.boxes import iou_matrix
 
 F32 = npt.NDArray[np.float32]
 BANDS: tuple[tuple[str, float, float], ...] = (
@@ -28,10 +28,6 @@ class GroundTruth:
     boxes: F32  # G x 4
     landmarks: F32  # G x K x 2 (NaN where not annotated)
 
-
-def iou_matrix(a: F32, b: F32) -> F32:
-    """IoU matrix (N, M) in float32 (`edge_mtl.vision.boxes.box_iou`)."""
-    return box_iou(a, b).astype(np.float32)
 
 
 def match(pred_boxes: F32, pred_scores: F32, gt_boxes: F32, iou_thr: float = 0.5) -> tuple[

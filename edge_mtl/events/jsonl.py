@@ -1,4 +1,4 @@
-"""The JSONL events log, written from the durable queue (DESIGN §6): one event per line, rotated by size.
+"""The JSONL events log, written from the durable queue (docs/events.md): one event per line, rotated by size.
 
 Never a half line: each batch is written as whole lines with unbuffered `os.write`, then fsync'd, and only then
 does the log's cursor in the queue advance. A process killed at any point (kill -9) therefore leaves only whole

@@ -1,4 +1,4 @@
-"""MQTT forwarder: delivers the durable queue to a broker, one message per event, without loss (DESIGN §6).
+"""MQTT forwarder: delivers the durable queue to a broker, one message per event, without loss (docs/events.md).
 
 How "never lose an event" is kept:
 

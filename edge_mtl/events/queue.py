@@ -1,4 +1,4 @@
-"""The durable event queue: SQLite in WAL mode with a monotonically increasing `seq` (DESIGN §6).
+"""The durable event queue: SQLite in WAL mode with a monotonically increasing `seq` (docs/events.md).
 
 Durability: `synchronous=FULL`, so once `append()` returns the events survive a process crash *and* a power
 cut (NORMAL would only survive the former in WAL mode; events are rare, so an fsync per commit is cheap).

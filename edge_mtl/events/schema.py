@@ -1,4 +1,4 @@
-"""The wire form of events, schema `edge_mtl.event/v1` (DESIGN §6).
+"""The wire form of events, schema `edge_mtl.event/v1` (docs/events.md).
 
 `encode_event` is the only way an `Event` becomes bytes anywhere in edge-mtl (queue, JSONL, MQTT), and it runs
 the same strict validator that consumers can use (`decode_event`), so nothing the daemon writes can fail a

@@ -34,7 +34,7 @@ class Enroller:
     """The detector and recognizer loaded once; `embed` checks and embeds one person's images (all or nothing)."""
 
     def __init__(self, cfg: AppConfig) -> None:
-        from edge_mtl.models_registry import load_detector, load_recognizer
+        from edge_mtl.runtime.registry import load_detector, load_recognizer
 
         self.det = load_detector(cfg)
         self.rec = load_recognizer(cfg)
@@ -45,7 +45,7 @@ class Enroller:
 
     def embed(self, images: Sequence[Path]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """(embeddings N x D, qualities N) of the images' faces; InputError naming the first unusable file."""
-        from edge_mtl.analyze import read_image
+        from edge_mtl.data.images import read_image
 
         if not images:
             raise InputError("enrol: give at least one image")

@@ -1,4 +1,6 @@
-"""PyTorch modules only: backbones, heads, the face detector and the multi-task recognizer.
+"""The models: PyTorch networks (backbones, heads, the face detector, the landmark refiner and the multi-task
+recognizer), their checkpoints, the metadata every exported model carries, and the `torch` inference backend.
 
-No losses and no data live here (DESIGN §3): training-only parts sit in `edge_mtl.train`.
+No losses and no data live here (docs/architecture.md, package map): training-only parts sit in `edge_mtl.train`.
+`metadata` is torch-free, so the export tools and the runtime share one definition.
 """

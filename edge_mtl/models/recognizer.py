@@ -3,8 +3,8 @@
 Input: an aligned 112x112 face. Heads: `embedding` (L2-normalised identity embedding), `age` (a distribution over
 0..100 years), `gender` (2 logits: male, female), `quality` (how much to trust this crop, in [0, 1]).
 The backbone is RepVGG-style: multi-branch while training, plain dense 3x3 convolutions after `fuse()`, which is
-what TensorRT and INT8 run best (DESIGN §4). Training-only parts (margin-loss class weights, teachers) live in
-`edge_mtl.train`, never here.
+what TensorRT and INT8 run best (export/recognizer.md). Training-only parts (margin-loss class weights, teachers)
+live in `edge_mtl.train`, never here.
 """
 
 from __future__ import annotations

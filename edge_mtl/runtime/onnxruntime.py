@@ -1,7 +1,8 @@
 """ONNX Runtime backend: CPU by default, CUDA or TensorRT execution providers on request.
 
 ONNX Runtime quietly falls back to the CPU when CUDA libraries mismatch; this backend instead checks which
-provider is actually active and fails when it is not the one asked for (DESIGN §5).
+provider is actually active and fails when it is not the one asked for (docs/architecture.md, adding an
+inference backend).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_mtl.build.engine_cache import (
+from edge_mtl.errors import ModelError
+from edge_mtl.runtime.engine_cache import (
     BuildTarget,
     CacheEntry,
     check_entry,
@@ -28,7 +29,6 @@ from edge_mtl.build.engine_cache import (
     mismatch,
     read_entry,
 )
-from edge_mtl.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def resolve_engine(
 
     `target` describes this box (default: asked from TensorRT and CUDA for `device`).
     """
-    from edge_mtl.build.tensorrt import build_engine, current_target
+    from edge_mtl.runtime.tensorrt_build import build_engine, current_target
 
     if not model.is_file():
         raise ModelError(f"{model}: no such model or engine file")
@@ -73,7 +73,7 @@ def resolve_engine(
         return model, entry
     onnx = Path(entry.model_path)
     if rebuild and onnx.is_file():
-        from edge_mtl.build.onnx_utils import file_sha256
+        from edge_mtl.paths import file_sha256
 
         if file_sha256(onnx) == entry.model_sha256:
             log.warning("%s: %s; rebuilding from %s", model, why, onnx)
@@ -107,7 +107,7 @@ class TensorRTEngine:
         rebuild: bool = True,
         device: int = 0,
     ) -> None:
-        from edge_mtl.build.tensorrt import cuda_check, import_cudart, import_tensorrt, make_logger
+        from edge_mtl.runtime.tensorrt_build import cuda_check, import_cudart, import_tensorrt, make_logger
 
         trt = import_tensorrt()
         cudart = import_cudart()

@@ -1,1 +1,2 @@
-"""Training: datasets, augmentation, losses, task weighting, distillation, trainer and checkpoints."""
+"""Training: tasks/ (what each model learns), losses/, data/ (datasets, augmentation, distillation), loop/ (trainer),
+post/ (after training). Checkpoints live in edge_mtl.models.checkpoint."""

@@ -26,7 +26,7 @@ class DataPaths(Strict):
     wider_labels: Path | None = Field(None, description="himanshuchopade97/Crowd-Counting: widerface/labels/train")
     maskon_images: Path | None = Field(None, description="marellanoc/MaskON @ b6c6b2da: archive/images")
     maskon_annotations: Path | None = Field(None, description="marellanoc/MaskON: archive/annotations")
-    teacher: Path | None = Field(None, description="Teacher embeddings from `edge_mtl.train.teacher`.")
+    teacher: Path | None = Field(None, description="Teacher embeddings from `edge_mtl.train.data.teacher`.")
     crops: Path | None = Field(None, description="Cache of aligned 112x112 training crops.")
 
 
@@ -108,8 +108,9 @@ class RecognizerTrain(Strict):
     )
     oversample_factor: int = Field(1, ge=1, le=20)
     rebalance_power: float = Field(
-        1.0, ge=0, le=1, description="UTKFace faces rebalanced by race x age x gender (edge_mtl.train.rebalance): a "
-        "group of n faces is seen (n_max / n)^(1 - power) times per epoch (1: off, 0: every group equal)."
+        1.0, ge=0, le=1, description="UTKFace faces rebalanced by race x age x gender "
+        "(edge_mtl.train.data.rebalance): a group of n faces is seen (n_max / n)^(1 - power) times per epoch "
+        "(1: off, 0: every group equal)."
     )
     group_weights: dict[str, float] = Field(
         default_factory=dict, description="Extra repeats for the groups with these parts (a race, child / adult / "

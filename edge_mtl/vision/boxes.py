@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
 
@@ -21,3 +22,8 @@ def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> F64:
     out = np.zeros_like(inter)
     np.divide(inter, union, out=out, where=union > 0)
     return out
+
+
+def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> F32:
+    """IoU matrix (N, M) in float32 (`box_iou`, cast)."""
+    return box_iou(a, b).astype(np.float32)

@@ -30,7 +30,7 @@ from tests.proc_helpers import REPO, child_env
 def edge_mtl(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a subprocess (the same entry point as the console script)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_mtl.cli", *args],
+        [sys.executable, "-m", "edge_mtl", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

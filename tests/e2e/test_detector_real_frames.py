@@ -14,8 +14,8 @@ import numpy.typing as npt
 import pytest
 
 from edge_mtl.config import AppConfig
-from edge_mtl.models_registry import load_detector
-from edge_mtl.train import sources as S
+from edge_mtl.data import sources as S
+from edge_mtl.runtime.registry import load_detector
 from edge_mtl.vision.align import face_box_from_landmarks
 from edge_mtl.vision.boxes import box_iou
 

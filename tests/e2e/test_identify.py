@@ -108,7 +108,7 @@ def test_a_release_declaring_the_old_version_compatible_matches_its_gallery(
     so; a recognizer without the declaration leaves them unknown and names them in a warning."""
     import dataclasses
 
-    from edge_mtl.build.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
+    from edge_mtl.export_tools.onnx_utils import load_model, metadata_of, save_model_atomic, set_metadata
 
     video = data_dir / "videos" / "selfie_portrait.mp4"
     stills = [_frame(video, i, tmp_path / f"still{i}.png") for i in (300, 330)]

@@ -1,5 +1,5 @@
 """Latency stays bounded when the camera is faster than processing: a real-time source keeps only its newest frame
-(DESIGN §2, latest-frame policy), so the frames processed are always fresh and the surplus is counted as dropped,
+(docs/pipeline.md, latest-frame policy), so the frames processed are always fresh and the surplus is counted as dropped,
 instead of a backlog whose age grows without bound."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 
 from edge_mtl.capture import FileSource
 from edge_mtl.capture.file import DEFAULT_FPS
-from edge_mtl.models_registry import load_detector, load_recognizer
 from edge_mtl.pipeline import Pipeline
+from edge_mtl.runtime.registry import load_detector, load_recognizer
 from tests.capture.capture_helpers import SMALL_CLIP
 
 pytestmark = [pytest.mark.data, pytest.mark.timeout(120)]

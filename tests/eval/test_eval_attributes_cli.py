@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
 from edge_mtl.eval.attributes import AGE_BANDS
 
 pytestmark = pytest.mark.data
@@ -105,8 +105,8 @@ def test_fairface_split_agrees_with_analyze(
     (the gender label it prints, null when withheld; its age), for the face the evaluation takes (central_face)."""
     import numpy as np
 
-    from edge_mtl.eval.cli import central_face
     from edge_mtl.eval.populations import FAIRFACE_BIN_LABELS, age_bin
+    from edge_mtl.eval.suites import central_face
     from edge_mtl.types import Detections
 
     names = sorted(os.listdir(data_dir / "utkface"))[5::700][:10]
@@ -161,8 +161,8 @@ def test_fairface_split_refusals(data_dir: Path, tmp_path: Path, capsys: pytest.
 
 
 def test_utkface_populations_by_race(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_mtl.data import sources as S
     from edge_mtl.eval.populations import UTKFACE_RACES, utkface_race
-    from edge_mtl.train import sources as S
 
     rc, res, _ = _eval(capsys, "--data", str(data_dir), "--limit", "24")
     assert rc == 0

@@ -210,7 +210,7 @@ def test_eval_verification_every_pair_on_real_lfw(data_dir: Path, capsys: pytest
     and the every-pair figures over the listed pairs' images (all of LFW without --limit)."""
     import json
 
-    from edge_mtl.cli import main
+    from edge_mtl.commands.cli import main
 
     assert main(["eval", "verification", "--json", "--limit", "20", "--every-pair", "--data", str(data_dir)]) == 0
     res = json.loads(capsys.readouterr().out)

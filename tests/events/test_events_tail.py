@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from events_helpers import make_event, wait_until
 
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
 from edge_mtl.errors import InputError
 from edge_mtl.events.queue import EventQueue
 from edge_mtl.events.schema import decode_event

@@ -18,7 +18,7 @@ from edge_mtl.events.schema import decode_event
 
 
 def test_floor_is_validated_and_live() -> None:
-    from edge_mtl.service import is_live
+    from edge_mtl.daemon.reload import is_live
 
     assert AttributesConfig().gender_min_confidence == D.GENDER_MIN_CONFIDENCE == 0.6
     for bad in (0.4, 1.01):
@@ -28,8 +28,8 @@ def test_floor_is_validated_and_live() -> None:
 
 
 def test_events_and_labels_follow_the_floor() -> None:
-    from edge_mtl.models_registry import load_detector, load_recognizer
     from edge_mtl.pipeline import CameraState, Pipeline, TrackState
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
 
     cfg = AppConfig()
     pipe = Pipeline(cfg, load_detector(cfg), load_recognizer(cfg))
@@ -42,7 +42,7 @@ def test_events_and_labels_follow_the_floor() -> None:
     sure.agg.add(emb, 30.0, 3.0, 0.05, 0.8)  # male at 0.95
 
     def genders() -> tuple[object, object]:
-        a, b = (pipe._event("face.left", st, 3, 0.1, final=True) for st in (unsure, sure))
+        a, b = (pipe._event("face.left", st, 3, 0.1) for st in (unsure, sure))
         for e in (a, b):
             e.seq = 1  # as the queue assigns it
             decode_event(e.to_dict())  # null gender is valid schema
@@ -76,7 +76,7 @@ def test_still_image_analysis_follows_the_floor() -> None:
 
 # ------------------------------------------------------------------ attributes.gender_min_age
 def test_age_floor_is_validated_and_live() -> None:
-    from edge_mtl.service import is_live
+    from edge_mtl.daemon.reload import is_live
 
     assert AttributesConfig().gender_min_age == D.GENDER_MIN_AGE == 3.0
     for bad in (-1.0, 18.5):
@@ -97,8 +97,8 @@ def test_gender_reading_age_floor() -> None:
 def test_events_withhold_an_infants_gender() -> None:
     """A track whose aggregated age is under the floor carries gender null however confident; its age stays; a
     SIGHUP to 0 reports it."""
-    from edge_mtl.models_registry import load_detector, load_recognizer
     from edge_mtl.pipeline import CameraState, Pipeline, TrackState
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
 
     cfg = AppConfig()
     pipe = Pipeline(cfg, load_detector(cfg), load_recognizer(cfg))
@@ -110,7 +110,7 @@ def test_events_withhold_an_infants_gender() -> None:
     baby.agg.add(emb, 4.0, 1.0, 0.02, 0.4)  # a poorer frame says 4: quality-weighted mean 2.0
 
     def event() -> tuple[object, object]:
-        e = pipe._event("face.left", baby, 3, 0.1, final=True)
+        e = pipe._event("face.left", baby, 3, 0.1)
         e.seq = 1
         decode_event(e.to_dict())
         return e.gender, e.age
@@ -132,7 +132,7 @@ def test_analyze_withholds_gender_under_the_age_floor(
     """Shipped models on real UTKFace infants (aged 0-1) and adults (35), each chip padded as a frame would show
     it: a face gets a label exactly when its confidence and its age estimate reach the floors; with the default
     floor some infants are withheld (the floor is exercised), with 0 none is for its age."""
-    from edge_mtl.cli import main
+    from edge_mtl.commands.cli import main
 
     names = sorted(os.listdir(data_dir / "utkface"))
     pick = [n for n in names if n.split("_")[0] in ("0", "1")][:3] + [n for n in names if n.startswith("35_")][:2]

@@ -4,7 +4,6 @@ hold, the pipeline and a SIGHUP-style settings change use them, and a quantized 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 from pathlib import Path
@@ -14,9 +13,9 @@ import pytest
 from pydantic import ValidationError
 
 from edge_mtl import defaults as D
-from edge_mtl.build.onnx_utils import read_metadata
 from edge_mtl.config import AppConfig, IdentityConfig
 from edge_mtl.errors import InputError, ModelError
+from edge_mtl.export_tools.onnx_utils import read_metadata
 from edge_mtl.identity.aggregate import IdentityDecider, resolve_threshold
 from edge_mtl.runtime.engine import META_PREFIX, ModelMetadata, far_key
 
@@ -99,13 +98,13 @@ def rec_copy(repo_root: Path, tmp_path: Path) -> Path:
 
 
 def _stamp(path: Path, result: dict, flip: bool = False, **kw: object) -> dict:
-    from edge_mtl.eval.cli import stamp_operating_points
-    from edge_mtl.models_registry import open_recognizer
+    from edge_mtl.eval.suites import EvalOptions, stamp_operating_points
+    from edge_mtl.runtime.registry import open_recognizer
 
     cfg = AppConfig()
     cfg.recognizer.model = path
-    args = argparse.Namespace(**({"what": "verification", "limit": 0, "pairs": "pairs.txt"} | kw))
-    return stamp_operating_points(args, cfg, open_recognizer(path, flip=flip), result)
+    opts = EvalOptions(**({"what": "verification", "limit": 0, "pairs": "pairs.txt"} | kw))
+    return stamp_operating_points(opts, cfg, open_recognizer(path, flip=flip), result)
 
 
 def _result(th2: float, th3: float) -> dict:
@@ -154,7 +153,7 @@ def test_stamp_refuses_anything_but_the_whole_of_view_2(rec_copy: Path, kw: dict
 def test_stamp_into_an_unwritable_place_is_a_clear_error(rec_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """(Permissions cannot be tested as root: the write itself is made to fail.) The measured points are in the
     message, so the run is not wasted, and the file is untouched."""
-    import edge_mtl.build.onnx_utils as ou
+    import edge_mtl.export_tools.onnx_utils as ou
 
     def refuse(*_: object, **__: object) -> None:
         raise PermissionError(13, "Permission denied")
@@ -172,8 +171,8 @@ def test_stamp_refuses_non_finite_thresholds(rec_copy: Path) -> None:
 
 
 def test_pipeline_follows_the_loaded_model_and_live_changes(rec_copy: Path) -> None:
-    from edge_mtl.models_registry import load_detector, load_recognizer
     from edge_mtl.pipeline import CameraState, Pipeline, TrackState
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
 
     _stamp(rec_copy, _result(0.4012, 0.5034))
     cfg = AppConfig()
@@ -194,21 +193,21 @@ def test_pipeline_follows_the_loaded_model_and_live_changes(rec_copy: Path) -> N
 
 
 def test_cli_refuses_stamp_with_other_evaluations() -> None:
-    from edge_mtl.eval import cli as eval_cli
+    from edge_mtl.eval import suites as eval_cli
 
-    args = argparse.Namespace(what="attributes", stamp=True, limit=0, pairs="pairs.txt")
+    opts = eval_cli.EvalOptions(what="attributes", stamp=True, limit=0, pairs="pairs.txt")
     with pytest.raises(InputError, match="goes with 'eval verification'"):
-        eval_cli.run(args, AppConfig())
+        eval_cli.run(opts, AppConfig())
 
 
 def test_cli_refuses_a_partial_stamp_before_evaluating(monkeypatch: pytest.MonkeyPatch) -> None:
     """A `--stamp` that could not be written is refused before minutes of evaluation, not after."""
-    from edge_mtl.eval import cli as eval_cli
+    from edge_mtl.eval import suites as eval_cli
 
     def must_not_run(*_: object) -> dict:
         raise AssertionError("evaluated before refusing")
 
     monkeypatch.setattr(eval_cli, "eval_verification", must_not_run)
-    args = argparse.Namespace(what="verification", stamp=True, limit=600, pairs="pairs.txt")
+    opts = eval_cli.EvalOptions(what="verification", stamp=True, limit=600, pairs="pairs.txt")
     with pytest.raises(InputError, match="whole of LFW View 2"):
-        eval_cli.run(args, AppConfig())
+        eval_cli.run(opts, AppConfig())

@@ -9,9 +9,9 @@ import pytest
 
 from edge_mtl import defaults as D
 from edge_mtl.config import AppConfig, DetectorConfig, TrackerConfig
-from edge_mtl.models_registry import load_detector
 from edge_mtl.paths import default_model
 from edge_mtl.runtime.detector import FaceDetector
+from edge_mtl.runtime.registry import load_detector
 from edge_mtl.track.bytetrack import ByteTracker
 
 

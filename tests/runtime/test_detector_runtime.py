@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge_mtl.build.metadata import detector_metadata, recognizer_metadata
 from edge_mtl.errors import ModelError
+from edge_mtl.models.metadata import detector_metadata, recognizer_metadata
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.engine import ModelMetadata
 from edge_mtl.runtime.postprocess import anchor_centers

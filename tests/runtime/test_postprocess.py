@@ -126,7 +126,7 @@ def test_nms_known_case() -> None:
 def test_anchor_centers_match_training_anchor_points(h: int, w: int) -> None:
     torch = pytest.importorskip("torch")
     from edge_mtl.models.detector import STRIDES as MODEL_STRIDES
-    from edge_mtl.train.det_loss import anchor_points
+    from edge_mtl.train.losses.detector import anchor_points
 
     assert tuple(MODEL_STRIDES) == STRIDES
     pts, strides = anchor_points(h, w, torch.device("cpu"))

@@ -13,8 +13,8 @@ import numpy.typing as npt
 import pytest
 
 from edge_mtl.config import AppConfig
-from edge_mtl.eval.cli import crops_for_images
-from edge_mtl.models_registry import load_detector, open_recognizer
+from edge_mtl.eval.suites import crops_for_images
+from edge_mtl.runtime.registry import load_detector, open_recognizer
 
 PEOPLE = ["Aaron_Eckhart", "AJ_Cook", "Colin_Powell", "Serena_Williams"]
 
@@ -81,7 +81,7 @@ def test_analyze_cli_flip_agrees_with_itself_on_mirrored_photos(data_dir: Path, 
         cv2.imwrite(str(mirror), cv2.imread(str(photo))[:, ::-1])
 
     def disagreement(*extra: str) -> tuple[np.ndarray, np.ndarray]:
-        r = subprocess.run([sys.executable, "-m", "edge_mtl.cli", "analyze", *map(str, photos), *map(str, mirrors),
+        r = subprocess.run([sys.executable, "-m", "edge_mtl", "analyze", *map(str, photos), *map(str, mirrors),
                             "--json", *extra], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         faces = [json.loads(line)["faces"][0] for line in r.stdout.splitlines() if line.strip()]

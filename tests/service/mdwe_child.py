@@ -2,7 +2,7 @@
 
 systemd (src/shared/seccomp-util.c) refuses mmap() asking for PROT_WRITE|PROT_EXEC together, mprotect() and
 pkey_mprotect() adding PROT_EXEC, and shmat() with SHM_EXEC. The same filter is loaded here with libseccomp, then
-`edge_mtl.cli.main` runs in this process, so whatever the daemon loads (ONNX Runtime, OpenCV/FFmpeg, SQLite,
+`edge_mtl.commands.cli.main` runs in this process, so whatever the daemon loads (ONNX Runtime, OpenCV/FFmpeg, SQLite,
 paho) must live with it. Exit code: the CLI's, or 3 when the filter could not be installed or did not bite.
 
 Usage: python mdwe_child.py run --source ... (the arguments of `edge-mtl`)
@@ -65,6 +65,6 @@ def install() -> None:
 
 if __name__ == "__main__":
     install()
-    from edge_mtl.cli import main
+    from edge_mtl.commands.cli import main
 
     raise SystemExit(main(sys.argv[1:]))

@@ -76,14 +76,14 @@ def corrupt_middle(src: Path, dst: Path, start: float = 0.4, length: float = 0.1
 
 
 def export_models(folder: Path) -> dict[str, Path]:
-    """Tiny random-weight ONNX models with real metadata (DESIGN: runtime never guesses).
+    """Tiny random-weight ONNX models with real metadata (docs/architecture.md, rule 4: the runtime never guesses).
 
     'detector' scores every anchor near 0.5 (it 'detects' noise); 'quiet_detector' keeps the trained-from-scratch
     prior (p=0.01), so it finds no face anywhere.
     """
     import torch
 
-    from edge_mtl.build.export import export_module
+    from edge_mtl.export_tools.export import export_module
     from edge_mtl.models.detector import Detector, DetectorArgs
     from edge_mtl.models.recognizer import Recognizer, RecognizerArgs
 
@@ -109,7 +109,7 @@ def export_models(folder: Path) -> dict[str, Path]:
 def edge_mtl(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the CLI to completion in a subprocess, as systemd or a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "edge_mtl.cli", *args], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "edge_mtl", *args], capture_output=True, text=True, timeout=timeout,
         cwd=REPO, env=env or child_env(), umask=0o022,  # a permissive umask: file modes must not depend on it
     )
 

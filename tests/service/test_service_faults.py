@@ -22,7 +22,7 @@ from service_helpers import (
     queue_state,
 )
 
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
 
 
 def _main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -182,9 +182,9 @@ def test_engine_built_elsewhere_exits_2(
 ) -> None:
     import onnxruntime as ort
 
-    from edge_mtl.build.engine_cache import BuildTarget, CacheEntry, cache_key, make_profile, write_entry
-    from edge_mtl.build.onnx_utils import file_sha256
+    from edge_mtl.export_tools.onnx_utils import file_sha256
     from edge_mtl.runtime.engine import ModelMetadata
+    from edge_mtl.runtime.engine_cache import BuildTarget, CacheEntry, cache_key, make_profile, write_entry
 
     onnx = models["detector"]
     props = dict(ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])

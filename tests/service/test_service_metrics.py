@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from service_helpers import EVENTFUL, Daemon, NotifySocket, child_env, free_port, listening_sockets, wait_until
 
-from edge_mtl.metrics import CameraSnapshot, Snapshot, health_body, render_prometheus
+from edge_mtl.daemon.metrics import CameraSnapshot, Snapshot, health_body, render_prometheus
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
 

@@ -23,7 +23,8 @@ from service_helpers import (
 )
 
 from edge_mtl.config import CameraConfig
-from edge_mtl.service import ProgressMonitor, SystemdNotifier
+from edge_mtl.daemon.notify import SystemdNotifier
+from edge_mtl.daemon.progress import ProgressMonitor
 
 
 def test_ready_status_watchdog_and_sigterm_drain(

@@ -3,7 +3,6 @@ place, so the daemon exits 0 without opening its sources, queue or events log; n
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 from pathlib import Path
@@ -11,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from edge_mtl import models_registry
 from edge_mtl.config import AppConfig
-from edge_mtl.service import run_service
+from edge_mtl.daemon.service import RunOptions, run_service
+from edge_mtl.runtime import registry as models_registry
 from tests.service.service_helpers import write_video
 
 
@@ -33,8 +32,7 @@ def test_sigterm_during_model_load_stops_cleanly(tmp_path: Path, monkeypatch: py
     cfg = AppConfig()
     cfg.events.db = tmp_path / "events.db"
     cfg.events.jsonl = tmp_path / "events.jsonl"
-    args = argparse.Namespace(source=[str(video)], camera=None, max_frames=None)
-    assert run_service(args, cfg) == 0
+    assert run_service(RunOptions(sources=(str(video),)), cfg) == 0
     assert loaded == ["recognizer"]
     assert not (tmp_path / "events.db").exists() and not (tmp_path / "events.jsonl").exists()
     assert signal.getsignal(signal.SIGTERM) is before  # the daemon's handlers are removed again

@@ -164,7 +164,7 @@ def test_malloc_arena_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """`service.malloc_arenas` caps glibc's arenas through mallopt (the soak's memory growth, docs/operations.md);
     an operator's MALLOC_ARENA_MAX wins."""
     from edge_mtl.config import AppConfig
-    from edge_mtl.service import limit_malloc_arenas
+    from edge_mtl.daemon.service import limit_malloc_arenas
 
     assert AppConfig().service.malloc_arenas == 2
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)

@@ -13,10 +13,10 @@ pytest.importorskip("tqdm")
 
 from test_train_trainer import ToyTask, _trainer  # noqa: E402
 
-from edge_mtl.cli import main  # noqa: E402
+from edge_mtl.commands.cli import main  # noqa: E402
 from edge_mtl.errors import InputError, ModelError  # noqa: E402
-from edge_mtl.train.average import average_checkpoints, average_state_dicts  # noqa: E402
-from edge_mtl.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from edge_mtl.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from edge_mtl.train.post.average import average_checkpoints, average_state_dicts  # noqa: E402
 
 
 def test_average_state_dicts_known_answer() -> None:

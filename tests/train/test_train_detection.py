@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge_mtl.models.detector import STRIDES, Detector, DetectorArgs  # noqa: E402
-from edge_mtl.train.augment import hflip, photometric, random_square_crop  # noqa: E402
-from edge_mtl.train.det_loss import (  # noqa: E402
+from edge_mtl.train.data.augment import hflip, photometric, random_square_crop  # noqa: E402
+from edge_mtl.train.losses.detector import (  # noqa: E402
     anchor_points,
     atss_assign,
     box_iou,

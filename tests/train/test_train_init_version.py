@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from edge_mtl.cli import main
+from edge_mtl.commands.cli import main
 from edge_mtl.config import ConfigError, parse_toml
 from edge_mtl.errors import InputError
 from edge_mtl.train.config import TrainConfig
-from edge_mtl.train.run import check_init_version
+from edge_mtl.train.loop.run import check_init_version
 from tests.tiny_models import export_tiny_recognizer
 
 

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with require
 
 from torch import nn  # noqa: E402
 
-from edge_mtl.train.losses import MarginHead, age_loss, distill_loss, gender_loss, quality_loss  # noqa: E402
-from edge_mtl.train.weighting import (  # noqa: E402
+from edge_mtl.train.losses.recognizer import MarginHead, age_loss, distill_loss, gender_loss, quality_loss  # noqa: E402
+from edge_mtl.train.losses.weighting import (  # noqa: E402
     DWAWeighting,
     GradNormWeighting,
     StaticWeighting,

@@ -1,4 +1,4 @@
-"""Rebalancing by race x age x gender and the in-the-wild augmentation (edge_mtl.train.rebalance): hand-computed
+"""Rebalancing by race x age x gender and the in-the-wild augmentation (edge_mtl.train.data.rebalance): hand-computed
 factors, the seeded draw, real UTKFace names, and the augmentations on a real face crop."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_mtl.train.config import RecognizerTrain
-from edge_mtl.train.rebalance import (
+from edge_mtl.train.data.rebalance import (
     colour_cast,
     group_factors,
     rebalanced,

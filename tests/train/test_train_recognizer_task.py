@@ -8,10 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edge_mtl.train.losses import MarginHead  # noqa: E402
-from edge_mtl.train.rec_data import RecSample  # noqa: E402
-from edge_mtl.train.recognizer_task import RecognizerTask, oversample_young  # noqa: E402
-from edge_mtl.train.weighting import make_weighting  # noqa: E402
+from edge_mtl.train.data.recognizer import RecSample  # noqa: E402
+from edge_mtl.train.losses.recognizer import MarginHead  # noqa: E402
+from edge_mtl.train.losses.weighting import make_weighting  # noqa: E402
+from edge_mtl.train.tasks.recognizer import RecognizerTask, oversample_young  # noqa: E402
 
 
 def _samples() -> list[RecSample]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_mtl.train.sources import (
+from edge_mtl.data.sources import (
     caltech,
     celeba_crops,
     parse_utkface_name,

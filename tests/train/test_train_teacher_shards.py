@@ -12,8 +12,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge_mtl.train import teacher as T
-from edge_mtl.train.sources import FaceRecord
+from edge_mtl.data.sources import FaceRecord
+from edge_mtl.train.data import teacher as T
 
 
 def _records(tmp_path: Path, n: int) -> list[FaceRecord]:

@@ -15,8 +15,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 from edge_mtl.errors import ModelError  # noqa: E402
-from edge_mtl.train import trainer as T  # noqa: E402
-from edge_mtl.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from edge_mtl.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from edge_mtl.train.loop import trainer as T  # noqa: E402
 
 Diverged = getattr(T, "TrainingDivergedError", None) or T.TrainingDiverged
 

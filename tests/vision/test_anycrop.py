@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge_mtl.analyze import read_image
 from edge_mtl.config import AppConfig
+from edge_mtl.data.images import read_image
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.types import Detections
 from edge_mtl.vision.anycrop import (
@@ -98,7 +98,7 @@ class CountingEngine:
 
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
-    from edge_mtl.models_registry import load_detector
+    from edge_mtl.runtime.registry import load_detector
 
     det = load_detector(AppConfig())
     det.engine = CountingEngine(det.engine)  # type: ignore[assignment]
@@ -152,7 +152,7 @@ def test_frames_pay_no_second_pass_when_empty(detector: FaceDetector, data_dir: 
 
 def _tight_lfw(data_dir: Path, tmp_path: Path) -> Path:
     """A face cut out of a real LFW photo: the square of the detector's box, as an ID photo would be."""
-    from edge_mtl.models_registry import load_detector
+    from edge_mtl.runtime.registry import load_detector
 
     img = read_image(data_dir / "lfw" / "images_deepfunneled" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg")
     d = load_detector(AppConfig()).detect(img)
@@ -167,7 +167,7 @@ def _tight_lfw(data_dir: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.data
 def test_analyze_and_enroll_a_tight_cut(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from edge_mtl.cli import main
+    from edge_mtl.commands.cli import main
 
     path = _tight_lfw(data_dir, tmp_path)
     assert main(["analyze", "--json", "--no-embedding", str(path)]) == 0

@@ -1,1 +1,0 @@
-"""Export (ONNX + metadata + parity), FP16 and INT8 (Q/DQ) variants, TensorRT engine builds."""

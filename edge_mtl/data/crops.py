@@ -1,0 +1,165 @@
+"""A cache of aligned 112x112 training crops, made with the project's own detector and alignment.
+
+Training and runtime crop faces through the same code (`FaceDetector` + `align_faces`), so the recognizer is
+trained on the geometry it will see. Each source is cached once as a uint8 memmap (N x 112 x 112 x 3, BGR, like
+runtime frames) with a JSON index recording, per face, how its landmarks were obtained:
+"detected" (our detector), "annotated" (the dataset's own 4 points, where the detector missed an annotated face),
+"canonical" (pre-aligned sources where the detector found nothing: the source's median landmarks), or "missing".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge_mtl.data.sources import FaceRecord
+from edge_mtl.errors import InputError
+from edge_mtl.runtime.detector import FaceDetector
+from edge_mtl.types import Detections
+from edge_mtl.vision.align import align_faces
+from edge_mtl.vision.boxes import iou_matrix
+
+log = logging.getLogger(__name__)
+SIZE = 112
+
+
+@dataclass
+class CropSet:
+    """A cached source: crops (memmap) and per-face keys and status."""
+
+    images: npt.NDArray[np.uint8]
+    keys: list[str]
+    status: list[str]
+    path: Path
+
+    def index(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self.keys)}
+
+    def present(self) -> list[int]:
+        """Rows that hold a face (every status but "missing")."""
+        return [i for i, st in enumerate(self.status) if st != "missing"]
+
+
+def pick_face(det: Detections, rec: FaceRecord, shape: tuple[int, int], offset: float) -> int | None:
+    """Which detection is the record's face: by box overlap when the source annotates boxes, by eye distance to the
+    annotated eyes when it has landmarks, else the large, confident face nearest the image centre."""
+    if len(det) == 0:
+        return None
+    if rec.box is not None:
+        ious = iou_matrix(rec.box[None].astype(np.float32) + offset, det.boxes)[0]
+        i = int(np.argmax(ious))
+        return i if ious[i] >= 0.3 else None
+    if rec.landmarks is not None:
+        ann = rec.landmarks[:2] + offset
+        d = np.linalg.norm(det.landmarks[:, :2] - ann[None], axis=-1).mean(-1)
+        iod = max(float(np.linalg.norm(ann[1] - ann[0])), 1.0)
+        i = int(np.argmin(d))
+        return i if d[i] < 0.5 * iod else None
+    h, w = shape
+    c = np.array([w / 2, h / 2], np.float32)
+    bc = (det.boxes[:, :2] + det.boxes[:, 2:]) / 2
+    size = np.sqrt(np.prod(det.boxes[:, 2:] - det.boxes[:, :2], axis=1).clip(1))
+    dist = np.linalg.norm(bc - c, axis=1)
+    score = det.scores * size / (1.0 + dist / size)
+    i = int(np.argmax(score))
+    return i if dist[i] < 0.35 * max(h, w) else None
+
+
+def read_bgr(path: str) -> npt.NDArray[np.uint8] | None:
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    return img
+
+
+def cache_source(
+    records: Sequence[FaceRecord],
+    detector: FaceDetector,
+    out_dir: str | Path,
+    name: str,
+    pad: float = 0.25,
+) -> CropSet:
+    """Detect, align and store every record's face under `out_dir/name.{u8,json}` (skipped if complete)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_p, index_p = out_dir / f"{name}.u8", out_dir / f"{name}.json"
+    if index_p.exists():
+        return load_source(out_dir, name)
+    n = len(records)
+    tmp = out_dir / f"{name}.u8.tmp"
+    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, SIZE, SIZE, 3))
+    status: list[str] = []
+    lms_used = np.zeros((n, 4, 2), np.float32)
+    pending: list[int] = []
+    t0 = time.time()
+    for i, rec in enumerate(records):
+        img = read_bgr(rec.path)
+        if img is None:
+            status.append("missing")
+            continue
+        h, w = img.shape[:2]
+        off = float(round(pad * max(h, w))) if rec.box is None else 0.0
+        src = cv2.copyMakeBorder(img, int(off), int(off), int(off), int(off), cv2.BORDER_CONSTANT, value=(0, 0, 0)) \
+            if off else img
+        det = detector.detect(src)
+        j = pick_face(det, rec, src.shape[:2], off)
+        if j is not None:
+            lm = det.landmarks[j]
+            status.append("detected")
+        elif rec.landmarks is not None and rec.landmarks.shape == (4, 2):
+            lm = rec.landmarks + off
+            status.append("annotated")
+        else:
+            status.append("canonical")
+            pending.append(i)
+            mm[i] = 0
+            continue
+        mm[i] = align_faces(src, lm[None])[0]
+        lms_used[i] = lm - off
+        if (i + 1) % 5000 == 0:
+            log.info("%s: %d/%d faces (%.0f/s)", name, i + 1, n, (i + 1) / (time.time() - t0))
+    # Pre-aligned sources: faces the detector missed get the source's median landmarks (relative to image size).
+    det_idx = [i for i, s in enumerate(status) if s == "detected"]
+    if pending and det_idx:
+        rel = []
+        for i in det_idx[:5000]:
+            img = read_bgr(records[i].path)
+            if img is not None:
+                rel.append(lms_used[i] / np.array([img.shape[1], img.shape[0]], np.float32))
+        med = np.median(np.stack(rel), axis=0)
+        for i in pending:
+            img = read_bgr(records[i].path)
+            if img is None:
+                status[i] = "missing"
+                continue
+            lm = med * np.array([img.shape[1], img.shape[0]], np.float32)
+            mm[i] = align_faces(img, lm[None])[0]
+            lms_used[i] = lm
+    elif pending:
+        for i in pending:
+            status[i] = "missing"
+    mm.flush()
+    del mm
+    os.replace(tmp, data_p)
+    counts = {s: status.count(s) for s in sorted(set(status))}
+    index_p.write_text(json.dumps({"keys": [r.key for r in records], "status": status, "counts": counts,
+                                   "landmarks": lms_used.round(2).tolist()}))
+    log.info("%s: cached %d faces in %.0fs: %s", name, n, time.time() - t0, counts)
+    return load_source(out_dir, name)
+
+
+def load_source(out_dir: str | Path, name: str) -> CropSet:
+    """A cached source; InputError when `out_dir` has none called `name` (a recognizer training run builds it)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / f"{name}.json").exists():
+        raise InputError(f"{out_dir}: no crop cache for {name} (a recognizer training run builds it)")
+    meta = json.loads((out_dir / f"{name}.json").read_text())
+    images = np.load(out_dir / f"{name}.u8", mmap_mode="r")
+    return CropSet(images, list(meta["keys"]), list(meta["status"]), out_dir / f"{name}.u8")

@@ -1,0 +1,292 @@
+"""Parsers for the face datasets this project trains and evaluates on.
+
+Each parser returns `FaceRecord`s: one face, where its image is, and whatever labels the source has (identity,
+age, gender, landmarks). Partially labelled sources are normal: the multi-task losses mask what is missing.
+Identities are namespaced strings ("celeba:7399") so sources that share an identity space merge cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_mtl.vision.align import face_box_from_landmarks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FaceRecord:
+    """One face in one image, with the labels its source provides (None where it has none)."""
+
+    source: str
+    path: str
+    key: str
+    identity: str | None = None
+    age: float | None = None
+    gender: int | None = None  # 0 male, 1 female (UTKFace's coding)
+    landmarks: npt.NDArray[np.float32] | None = None  # K x 2 in image pixels, as annotated
+    box: npt.NDArray[np.float32] | None = None  # x1, y1, x2, y2 in image pixels
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _files(folder: Path, suffix: str = ".jpg") -> list[str]:
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(suffix))
+
+
+# ---------------------------------------------------------------- UTKFace
+_UTK = re.compile(r"^(\d+)_([01])_(\d)_(\d+)\.jpg\.chip\.jpg$")
+
+
+def parse_utkface_name(name: str) -> tuple[int, int] | None:
+    """(age, gender) from `AGE_GENDER_RACE_DATE.jpg.chip.jpg`; None for the few malformed names."""
+    m = _UTK.match(name)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2))
+
+
+def utkface(folder: str | Path, source: str = "utkface", exclude: Iterable[str] = ()) -> list[FaceRecord]:
+    """UTKFace aligned chips (200x200). Names in `exclude` (reserved or validation names) are dropped."""
+    folder = Path(folder)
+    skip = set(exclude)
+    out = []
+    bad = 0
+    for f in _files(folder):
+        if f in skip:
+            continue
+        parsed = parse_utkface_name(f)
+        if parsed is None:
+            bad += 1
+            continue
+        age, gender = parsed
+        out.append(FaceRecord(source, str(folder / f), f"{source}/{f}", age=float(age), gender=gender))
+    if bad:
+        log.info("utkface %s: skipped %d malformed names", folder, bad)
+    return out
+
+
+def read_name_list(path: str | Path) -> list[str]:
+    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def utkface_split(
+    folder: str | Path, val_fraction: float = 0.15, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """A seeded train/validation split of a UTKFace folder by file name (the shared 8,778-image copy)."""
+    names = [f for f in _files(Path(folder)) if parse_utkface_name(f) is not None]
+    rng = random.Random(seed)
+    rng.shuffle(names)
+    n_val = round(len(names) * val_fraction)
+    return sorted(names[n_val:]), sorted(names[:n_val])
+
+
+# ---------------------------------------------------------------- CelebA
+def celeba_crops(folder: str | Path) -> list[FaceRecord]:
+    """The shared CelebA crops: `meta.txt` lines `image identity lex ley rex rey nx ny` (dlib points)."""
+    folder = Path(folder)
+    out = []
+    for line in (folder / "meta.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 8:
+            continue
+        img, ident = parts[0], parts[1]
+        pts = np.array(parts[2:], dtype=np.float32).reshape(3, 2)
+        out.append(
+            FaceRecord(
+                "celeba_crops",
+                str(folder / "images" / img),
+                f"celeba_crops/{img}",
+                identity=f"celeba:{ident}",
+                landmarks=pts,
+            )
+        )
+    return out
+
+
+def celeba_samples(folder: str | Path) -> list[FaceRecord]:
+    """CelebA aligned images named `<identity>_<celeba image>.jpg` (ShaharKSegal/CelebA_Samples)."""
+    folder = Path(folder)
+    out = []
+    for f in _files(folder):
+        ident, _, img = f.partition("_")
+        out.append(
+            FaceRecord(
+                "celeba_samples",
+                str(folder / f),
+                f"celeba_samples/{f}",
+                identity=f"celeba:{int(ident)}",
+                extra={"celeba_image": img},
+            )
+        )
+    return out
+
+
+def celeba_identity_map(identity_file: str | Path) -> dict[str, str]:
+    """CelebA image name -> identity id, from `identity_CelebA.txt`."""
+    out = {}
+    for line in Path(identity_file).read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[0]] = parts[1]
+    return out
+
+
+def celeba_gender(
+    folder: str | Path, identity_file: str | Path | None = None, exclude_images: Iterable[str] = ()
+) -> list[FaceRecord]:
+    """Tight CelebA crops in `{Train,Validation}/{male,female}/NNNNNN.jpg.jpg` (naheri/gender_detection).
+
+    Gender from the folder; identity joined through `identity_CelebA.txt` when given. CelebA images listed in
+    `exclude_images` (already present from another source) are skipped so no face is counted twice.
+    """
+    folder = Path(folder)
+    ids = celeba_identity_map(identity_file) if identity_file else {}
+    skip = set(exclude_images)
+    seen: set[str] = set()
+    out = []
+    for split in ("Train", "Validation"):
+        for gname, g in (("male", 0), ("female", 1)):
+            d = folder / split / gname
+            if not d.is_dir():
+                continue
+            for f in _files(d):
+                img = f[: -len(".jpg")] if f.endswith(".jpg.jpg") else f
+                if img in skip or img in seen:
+                    continue
+                seen.add(img)
+                ident = ids.get(img)
+                out.append(
+                    FaceRecord(
+                        "celeba_gender",
+                        str(d / f),
+                        f"celeba_gender/{img}",
+                        identity=f"celeba:{ident}" if ident else None,
+                        gender=g,
+                        extra={"celeba_image": img},
+                    )
+                )
+    return out
+
+
+# ---------------------------------------------------------------- Caltech WebFaces
+def caltech(folder: str | Path) -> dict[str, list[FaceRecord]]:
+    """Caltech 10k Web Faces: image -> its annotated faces (4 points; box by `face_box_from_landmarks`)."""
+    folder = Path(folder)
+    by_image: dict[str, list[FaceRecord]] = {}
+    for line in (folder / "landmarks.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 9:
+            continue
+        img = parts[0]
+        pts = np.array(parts[1:], dtype=np.float32).reshape(4, 2)
+        if pts[0, 0] > pts[1, 0]:  # keep "left eye" = smaller x, as everywhere else
+            pts[[0, 1]] = pts[[1, 0]]
+        faces = by_image.setdefault(img, [])
+        faces.append(
+            FaceRecord(
+                "caltech",
+                str(folder / "images" / img),
+                f"caltech/{img}#{len(faces)}",
+                landmarks=pts,
+                box=face_box_from_landmarks(pts),
+            )
+        )
+    return by_image
+
+
+def split_images(names: Iterable[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split of image names (so all faces of an image land on the same side)."""
+    names = sorted(set(names))
+    rng = random.Random(seed)
+    rng.shuffle(names)
+    n_val = round(len(names) * val_fraction)
+    return sorted(names[n_val:]), sorted(names[:n_val])
+
+
+# ---------------------------------------------------------------- WIDER FACE (YOLO labels), MaskON (VOC)
+def wider_yolo(images: str | Path, labels: str | Path) -> dict[str, list[FaceRecord]]:
+    """WIDER FACE subset with YOLO labels `0 cx cy w h` (normalised); boxes only, no landmarks."""
+    import cv2
+
+    images, labels = Path(images), Path(labels)
+    out: dict[str, list[FaceRecord]] = {}
+    for f in _files(images):
+        lab = labels / (Path(f).stem + ".txt")
+        if not lab.exists():
+            continue
+        im = cv2.imread(str(images / f), cv2.IMREAD_REDUCED_COLOR_2)
+        if im is None:
+            continue
+        h, w = im.shape[0] * 2, im.shape[1] * 2
+        recs = []
+        for i, line in enumerate(lab.read_text().splitlines()):
+            p = line.split()
+            if len(p) != 5:
+                continue
+            cx, cy, bw, bh = (float(v) for v in p[1:])
+            box = np.array([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], np.float32)
+            recs.append(FaceRecord("wider", str(images / f), f"wider/{f}#{i}", box=box))
+        out[f] = recs
+    return out
+
+
+def maskon_voc(images: str | Path, annotations: str | Path) -> dict[str, list[FaceRecord]]:
+    """MaskON faces with and without masks: Pascal VOC boxes; no landmarks."""
+    import xml.etree.ElementTree as ET
+
+    images, annotations = Path(images), Path(annotations)
+    out: dict[str, list[FaceRecord]] = {}
+    for f in sorted(os.listdir(annotations)):
+        if not f.endswith(".xml"):
+            continue
+        root = ET.parse(annotations / f).getroot()
+        fname = root.findtext("filename") or (Path(f).stem + ".png")
+        path = images / fname
+        if not path.exists():
+            continue
+        recs = []
+        for i, obj in enumerate(root.iter("object")):
+            bb = obj.find("bndbox")
+            if bb is None:
+                continue
+            box = np.array(
+                [float(bb.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax")], dtype=np.float32
+            )
+            recs.append(
+                FaceRecord("maskon", str(path), f"maskon/{fname}#{i}", box=box, extra={"label": obj.findtext("name")})
+            )
+        out[fname] = recs
+    return out
+
+
+# ------------------------------------------------------------------ per-image view (detector training, evaluation)
+@dataclass
+class DetImage:
+    """One training image and its annotated faces. Landmarks are NaN for faces (or sources) without them."""
+
+    path: str
+    boxes: npt.NDArray[np.float32]
+    landmarks: npt.NDArray[np.float32]
+
+
+def to_det_images(by_image: dict[str, list[FaceRecord]], points: int = 4) -> list[DetImage]:
+    out = []
+    for recs in by_image.values():
+        if not recs:
+            continue
+        boxes = np.stack([r.box for r in recs if r.box is not None]).astype(np.float32)
+        lms = np.full((len(recs), points, 2), np.nan, np.float32)
+        for i, r in enumerate(recs):
+            if r.landmarks is not None and r.landmarks.shape == (points, 2):
+                lms[i] = r.landmarks
+        out.append(DetImage(recs[0].path, boxes, lms))
+    return out

@@ -1,0 +1,1 @@
+"""Training datasets: augmentation, detector and recognizer datasets, distillation targets from a teacher."""

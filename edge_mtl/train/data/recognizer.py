@@ -1,0 +1,141 @@
+"""Recognizer training data: cached aligned crops with partial labels, and augmentation that imitates what a
+camera does to a face (pose/landmark jitter, low resolution, blur, compression, low light, occlusion).
+
+Each sample records how strongly it was degraded; the quality head learns from how far the degraded crop's
+embedding drifts from its identity's reference, not from this number, but it is logged for analysis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import Dataset
+
+from edge_mtl.train.data import augment as A
+
+NO_TEACHER = np.full((128,), np.nan, np.float32)
+
+
+@dataclass
+class RecSample:
+    """Where a face's crop is and its labels (-1 / NaN: not labelled)."""
+
+    source: int  # index into the list of crop arrays
+    row: int
+    identity: int = -1
+    age: float = -1.0
+    gender: int = -1
+    teacher: int = -1  # row in the teacher matrix
+
+
+def degrade(
+    img: npt.NDArray[np.uint8], rng: np.random.Generator, strength: float
+) -> tuple[npt.NDArray[np.uint8], float]:
+    """Camera-like degradation of an aligned crop; returns the crop and a severity in [0, 1]."""
+    sev = 0.0
+    h, w = img.shape[:2]
+    # small geometric jitter: landmark noise of a real detector
+    if rng.random() < 0.7 * strength:
+        ang = rng.normal(0, 4)
+        sc = 1 + rng.normal(0, 0.04)
+        tx, ty = rng.normal(0, 2, size=2)
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), ang, sc)
+        m[:, 2] += (tx, ty)
+        img = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_CONSTANT)
+    # low resolution: faces far from the camera
+    if rng.random() < 0.35 * strength:
+        side = int(rng.integers(14, 56))
+        small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        sev += (56 - side) / 42
+    if rng.random() < 0.15 * strength:
+        img = A.blur(img, rng)
+        sev += 0.3
+    if rng.random() < 0.3 * strength:
+        img = A.jpeg(img, rng)
+        sev += 0.1
+    if rng.random() < 0.08 * strength:
+        img = A.low_light(img, rng)
+        sev += 0.3
+    # occlusion: a random rectangle (sunglasses, masks, hands)
+    if rng.random() < 0.1 * strength:
+        ow, oh = int(rng.integers(20, 70)), int(rng.integers(15, 50))
+        x0, y0 = int(rng.integers(0, w - ow)), int(rng.integers(0, h - oh))
+        img = img.copy()
+        img[y0 : y0 + oh, x0 : x0 + ow] = rng.integers(0, 255, size=3, dtype=np.uint8)
+        sev += 0.4
+    if rng.random() < 0.6 * strength:
+        img = A.color_jitter(img, rng, 0.25)
+    if rng.random() < 0.05 * strength:
+        img = A.grayscale(img)
+    return img, min(sev, 1.0)
+
+
+class RecognizerDataset(Dataset[dict[str, torch.Tensor]]):
+    def __init__(
+        self,
+        crops: Sequence[str | Path],
+        samples: Sequence[RecSample],
+        teacher: npt.NDArray[np.float32] | None,
+        train: bool = True,
+        seed: int = 0,
+        strength: float = 1.0,
+        wild_p: float = 0.0,
+    ) -> None:
+        self.crop_paths = [str(c) for c in crops]
+        self._crops: list[npt.NDArray[np.uint8]] | None = None  # opened lazily in each worker process
+        self.samples = list(samples)
+        self.teacher = teacher
+        self.train = train
+        self.seed = seed
+        self.strength = strength
+        self.wild_p = wild_p  # edge_mtl.train.data.rebalance.wild: colour casts, yaw
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_crops"] = None  # never pickle the memory maps into worker processes
+        return state
+
+    @property
+    def crops(self) -> list[npt.NDArray[np.uint8]]:
+        if self._crops is None:
+            self._crops = [np.load(p, mmap_mode="r") for p in self.crop_paths]
+        return self._crops
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        cv2.setNumThreads(1)
+        s = self.samples[i]
+        img = np.asarray(self.crops[s.source][s.row])  # BGR
+        sev = 0.0
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            if rng.random() < 0.5:
+                img = np.ascontiguousarray(img[:, ::-1])
+            img, sev = degrade(np.ascontiguousarray(img), rng, self.strength)
+            if self.wild_p:
+                from edge_mtl.train.data.rebalance import wild
+
+                img = wild(img, rng, self.wild_p)
+        rgb = np.ascontiguousarray(img[:, :, ::-1])
+        t = self.teacher[s.teacher] if (self.teacher is not None and s.teacher >= 0) else NO_TEACHER
+        return {
+            "image": torch.from_numpy(rgb).permute(2, 0, 1).contiguous(),
+            "identity": torch.tensor(s.identity, dtype=torch.long),
+            "age": torch.tensor(s.age, dtype=torch.float32),
+            "gender": torch.tensor(s.gender, dtype=torch.long),
+            "teacher": torch.from_numpy(np.asarray(t, np.float32)),
+            "severity": torch.tensor(sev, dtype=torch.float32),
+        }

@@ -1,0 +1,224 @@
+"""Embedding teacher for distillation: dlib's 128-d face recognition ResNet (PyPI `face-recognition-models`).
+
+The teacher is a training-time tool only (extra `teacher`), never a runtime dependency. It embeds every training
+face once, with dlib's own detector, 5-point shape model and 150x150 chip alignment, and stores the unit-norm
+embeddings in resumable shards (`<out>/<source>-NNNN.npz`, arrays `keys` and `emb`), so a long extraction can be
+stopped and resumed and training can start on the shards already written.
+
+A previous release of edge-mtl's own recognizer can be the teacher instead (`--from-model export/recognizer.onnx
+--crops DIR`): it embeds the cached aligned crops (`edge_mtl.data.crops`) in seconds rather than hours, and a
+model distilled towards it keeps embeddings comparable with the release's (backward-compatible training, Shen et
+al. 2020), so a gallery enrolled with that release keeps matching after an upgrade.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_mtl.data.sources import FaceRecord
+from edge_mtl.errors import InputError, MissingExtraError, ModelError
+
+log = logging.getLogger(__name__)
+SHARD = 2000
+
+
+class DlibTeacher:
+    """dlib HOG detector (box), 5-point shape predictor and the ResNet face descriptor."""
+
+    def __init__(self) -> None:
+        try:
+            import dlib
+            import face_recognition_models
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise MissingExtraError(e.name or "dlib", "teacher") from e
+        models = Path(face_recognition_models.__file__).parent / "models"
+        self._dlib = dlib
+        self.detector = dlib.get_frontal_face_detector()
+        self.shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self.rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def embed(self, rgb: npt.NDArray[np.uint8], hint: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
+        """Unit-norm descriptor of the face nearest `hint` (a box) or the image centre."""
+        dlib = self._dlib
+        h, w = rgb.shape[:2]
+        if hint is None:
+            hint = np.array([w * 0.25, h * 0.25, w * 0.75, h * 0.75], np.float32)
+        cx, cy = (hint[0] + hint[2]) / 2, (hint[1] + hint[3]) / 2
+        side = float(hint[2] - hint[0])
+        dets = self.detector(rgb, 1 if max(h, w) < 300 else 0)
+        best = None
+        for r in dets:
+            d = abs((r.left() + r.right()) / 2 - cx) + abs((r.top() + r.bottom()) / 2 - cy)
+            if d < 0.35 * side and (best is None or d < best[0]):
+                best = (d, r)
+        if best is not None:
+            rect = best[1]
+        else:  # dlib's boxes are about 0.8x the project's box rule
+            s = 0.4 * side
+            rect = dlib.rectangle(int(cx - s), int(cy - s * 0.9), int(cx + s), int(cy + s * 1.1))
+        e = np.asarray(self.rec.compute_face_descriptor(rgb, self.shape(rgb, rect)), dtype=np.float32)
+        return e / max(float(np.linalg.norm(e)), 1e-9)
+
+
+def _hint(rec: FaceRecord, shape: tuple[int, ...]) -> npt.NDArray[np.float32] | None:
+    if rec.box is not None:
+        return rec.box
+    if rec.landmarks is not None and len(rec.landmarks) == 3:  # eyes + nose base (CelebA crops)
+        c = rec.landmarks.mean(0)
+        iod = float(np.linalg.norm(rec.landmarks[1] - rec.landmarks[0]))
+        return np.array([c[0] - 1.25 * iod, c[1] - 1.1 * iod, c[0] + 1.25 * iod, c[1] + 1.4 * iod], np.float32)
+    return None
+
+
+def extract(
+    records: Sequence[FaceRecord],
+    out: str | Path,
+    source: str,
+    reverse: bool = False,
+    embed: Callable[[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None], npt.NDArray[np.float32]] | None = None,
+) -> int:
+    """Embed `records` into shards under `out`, skipping shards already written. Returns faces embedded now.
+
+    Several processes can share one extraction (dlib embeds on one core): each claims a shard with an exclusive
+    lock (`<shard>.lock`, released when the process ends however it ends) and passes over shards another holds.
+    `reverse` walks from the last shard back, so it also shares with a process of a version without the locks.
+    `embed` (rgb image, box hint -> unit-norm embedding) defaults to the dlib teacher."""
+    import fcntl
+
+    import cv2
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if embed is None:
+        embed = DlibTeacher().embed
+    done = 0
+    starts = range(0, len(records), SHARD)
+    for s in reversed(starts) if reverse else starts:
+        shard = out / f"{source}-{s // SHARD:04d}.npz"
+        if shard.exists():
+            continue
+        with open(shard.with_suffix(".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another process is on it
+            if shard.exists():  # written while we were getting here
+                continue
+            chunk = records[s : s + SHARD]
+            keys, embs = [], []
+            t0 = time.time()
+            for rec in chunk:
+                bgr = cv2.imread(rec.path, cv2.IMREAD_COLOR)
+                if bgr is None:
+                    log.warning("unreadable image %s", rec.path)
+                    continue
+                rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+                keys.append(rec.key)
+                embs.append(embed(rgb, _hint(rec, rgb.shape)))
+            tmp = shard.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, keys=np.array(keys), emb=np.stack(embs).astype(np.float16))
+            os.replace(tmp, shard)
+        done += len(keys)
+        log.info("%s: %d faces in %.0fs", shard.name, len(keys), time.time() - t0)
+    return done
+
+
+def load_targets(folder: str | Path) -> dict[str, npt.NDArray[np.float32]]:
+    """All teacher embeddings under `folder`: key -> unit-norm float32 vector."""
+    out: dict[str, npt.NDArray[np.float32]] = {}
+    for f in sorted(Path(folder).glob("*.npz")):
+        if f.name.endswith(".tmp.npz"):
+            continue
+        z = np.load(f)
+        for k, e in zip(z["keys"], z["emb"].astype(np.float32), strict=True):
+            out[str(k)] = e
+    return out
+
+
+def extract_from_model(model: str | Path, crops: str | Path, names: Sequence[str], out: str | Path) -> int:
+    """Embed the cached crops of each source in `names` with an edge-mtl recognizer ONNX into teacher shards
+    (same format and keys as the dlib teacher's). Returns the faces embedded now; finished sources are skipped."""
+    from edge_mtl.data.crops import load_source
+    from edge_mtl.runtime.registry import open_recognizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = open_recognizer(Path(model))
+    done = 0
+    for name in names:
+        cs = load_source(crops, name)
+        rows = cs.present()
+        for s in range(0, len(rows), SHARD):
+            shard = out / f"{name}-{s // SHARD:04d}.npz"
+            if shard.exists():
+                continue
+            chunk = rows[s : s + SHARD]
+            emb = rec.analyze(np.asarray(cs.images[chunk])).embeddings
+            tmp = shard.with_suffix(".tmp.npz")
+            np.savez(tmp, keys=np.array([cs.keys[i] for i in chunk]), emb=emb.astype(np.float16))
+            os.replace(tmp, shard)
+            done += len(chunk)
+        log.info("%s: %d faces embedded by %s", name, len(rows), Path(model).name)
+    return done
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from edge_mtl.data import sources as S
+
+    p = argparse.ArgumentParser(description="Embed training faces with the dlib teacher (resumable).")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", help="../shared/data (the dlib teacher)")
+    p.add_argument("--from-model", help="an edge-mtl recognizer ONNX as the teacher, over the cached crops")
+    p.add_argument("--crops", help="the crop cache folder (with --from-model)")
+    p.add_argument("--celeba-samples", help="CelebA_Samples/celeba_identity_samples")
+    p.add_argument("--utkface-full", help="AgeProgression/data/UTKFace/unlabeled")
+    p.add_argument("--celeba-gender", help="gender_detection/datasets/dataset")
+    p.add_argument("--only", nargs="*", help="restrict to these sources")
+    p.add_argument("--reverse", action="store_true",
+                   help="work from the last shard back (a second process sharing the extraction)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.from_model:
+        if not a.crops or not a.only:
+            p.error("--from-model needs --crops and --only (the cached sources to embed)")
+        try:
+            extract_from_model(a.from_model, a.crops, a.only, a.out)
+        except (InputError, ModelError) as e:
+            log.error("%s", e)
+            return 2
+        return 0
+    if not a.data:
+        p.error("--data is required (or --from-model)")
+    data = Path(a.data)
+    reserved = S.read_name_list(data / "utkface_reserved.txt")
+    _, utk_val = S.utkface_split(data / "utkface")
+    plan: list[tuple[str, list[FaceRecord]]] = [("celeba_crops", S.celeba_crops(data / "celeba_crops"))]
+    samples: list[FaceRecord] = []
+    if a.celeba_samples:
+        samples = S.celeba_samples(a.celeba_samples)
+        plan.append(("celeba_samples", samples))
+    if a.utkface_full:
+        plan.append(("utkface_full", S.utkface(a.utkface_full, "utkface_full", exclude=[*reserved, *utk_val])))
+    if a.celeba_gender:
+        used = {str(r.extra["celeba_image"]) for r in samples}
+        plan.append(("celeba_gender", S.celeba_gender(a.celeba_gender, exclude_images=used)))
+    cal = S.caltech(data / "caltech_webfaces")
+    plan.append(("caltech", [r for recs in cal.values() for r in recs]))
+    for name, recs in plan:
+        if a.only and name not in a.only:
+            continue
+        log.info("%s: %d faces", name, len(recs))
+        extract(recs, a.out, name, reverse=a.reverse)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

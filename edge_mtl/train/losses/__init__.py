@@ -1,0 +1,1 @@
+"""Losses (recognizer heads and attributes, detector) and multi-task loss weighting."""

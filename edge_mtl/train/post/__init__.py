@@ -1,0 +1,1 @@
+"""After training: checkpoint averaging, quality calibration, recovering a trainable model from a release."""

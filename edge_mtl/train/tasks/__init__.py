@@ -1,0 +1,1 @@
+"""Training tasks: detector, landmark refiner, multi-task recognizer (model, data, losses and validation of each)."""
