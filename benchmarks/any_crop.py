@@ -5,7 +5,8 @@ around it. UTKFace validation (`utkface_split`, 15%, seed 0): tight is the 200x2
 chip inside a border of a quarter of its side on every side (mid grey). LFW View 2: context is the 250x250
 deep-funneled image as stored, tight its square cut-out around the face box the detector finds on it (as an ID
 photo or another program's face crop would be). Each version goes through the runtime path of `edge-mtl
-analyze` (detector with its landmark refiner, alignment, recognizer; the largest face of each image), once with
+analyze` (detector with its landmark refiner, alignment, recognizer; the face `edge-mtl eval` takes, or with
+`--select largest` the largest), once with
 the bordered retry off (`detector.pad_retry.pad = 0`) and once with the shipped setting (`edge_mtl.vision.anycrop`).
 
 Reported: UTKFace gender accuracy and age MAE (all faces; an image without a face counts as a wrong gender and
@@ -13,7 +14,7 @@ is left out of the MAE, counted), LFW View 2 10-fold accuracy, and on LFW how of
 decisions agree and how far their ages are apart.
 
 Usage: python benchmarks/any_crop.py [--data ../shared/data] [--utk-limit N] [--lfw-pairs N] [--skip-utkface]
-    [--skip-lfw] [--out FILE.json]
+    [--skip-lfw] [--select central|largest] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edge_mtl.config import AppConfig
 from edge_mtl.data import sources as S
 from edge_mtl.data.images import read_image
+from edge_mtl.eval.suites import central_face
 from edge_mtl.eval.verification import read_pairs, ten_fold_accuracy
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
@@ -54,12 +56,22 @@ def with_context(img: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return cv2.copyMakeBorder(img, off, off, off, off, cv2.BORDER_CONSTANT, value=(128, 128, 128))
 
 
-def tight_cut(img: npt.NDArray[np.uint8], det: Detections) -> npt.NDArray[np.uint8] | None:
-    """The square around the largest face's box (side: the box's longer side), clipped to the image."""
+def pick(det: Detections, shape: tuple[int, ...], select: str) -> int:
+    """The face an image is about: `central` as `edge-mtl eval` takes it (large, confident, near the centre), or
+    the `largest` box."""
+    if select == "central":
+        j = central_face(det, shape)
+        assert j is not None
+        return j
+    wh = det.boxes[:, 2:] - det.boxes[:, :2]
+    return int(np.argmax(wh[:, 0] * wh[:, 1]))
+
+
+def tight_cut(img: npt.NDArray[np.uint8], det: Detections, select: str) -> npt.NDArray[np.uint8] | None:
+    """The square around the picked face's box (side: the box's longer side), clipped to the image."""
     if len(det) == 0:
         return None
-    wh = det.boxes[:, 2:] - det.boxes[:, :2]
-    b = det.boxes[int(np.argmax(wh[:, 0] * wh[:, 1]))]
+    b = det.boxes[pick(det, img.shape, select)]
     side = float(max(b[2] - b[0], b[3] - b[1]))
     cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
     h, w = img.shape[:2]
@@ -71,8 +83,8 @@ def tight_cut(img: npt.NDArray[np.uint8], det: Detections) -> npt.NDArray[np.uin
 class Analyzer:
     """The largest face of each image, with and without the retry; first detections shared by both."""
 
-    def __init__(self, det: FaceDetector, rec: FaceRecognizer, retry: PadRetry) -> None:
-        self.det, self.rec, self.retry = det, rec, retry
+    def __init__(self, det: FaceDetector, rec: FaceRecognizer, retry: PadRetry, select: str) -> None:
+        self.det, self.rec, self.retry, self.select = det, rec, retry, select
         det.pad_retry = None  # the retry is applied here, from the same first detections
         self.retried = 0
 
@@ -87,8 +99,7 @@ class Analyzer:
             self.retried += again is not first
             for key, d in (("off", first), ("on", again)):
                 if len(d):
-                    wh = d.boxes[:, 2:] - d.boxes[:, :2]
-                    j = int(np.argmax(wh[:, 0] * wh[:, 1]))
+                    j = pick(d, img.shape, self.select)
                     out[key].append(align_faces(img, d.landmarks[j : j + 1], self.rec.size)[0])
                     found[key].append(True)
                 else:
@@ -135,7 +146,7 @@ def lfw_part(root: Path, an: Analyzer, limit: int) -> dict[str, Any]:
     tight = []
     cut_missing = 0
     for img in context:
-        t = tight_cut(img, an.det.detect(img))
+        t = tight_cut(img, an.det.detect(img), an.select)
         cut_missing += t is None
         tight.append(t if t is not None else img)
     an.det.pad_retry = saved
@@ -169,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lfw-pairs", type=int, default=0, help="LFW View 2 pairs, spread over folds (0: all 6,000)")
     p.add_argument("--skip-lfw", action="store_true")
     p.add_argument("--skip-utkface", action="store_true")
+    p.add_argument("--select", choices=["central", "largest"], default="central",
+                   help="which face of an image is analysed (central: as edge-mtl eval takes it)")
     p.add_argument("--out", type=Path, help="also write the result here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -177,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("needs ../shared/data (--data or EDGE_MTL_DATA)")
     cfg = AppConfig()
     retry = PadRetry(**cfg.detector.pad_retry.model_dump())
-    an = Analyzer(load_detector(cfg), load_recognizer(cfg), retry)
+    an = Analyzer(load_detector(cfg), load_recognizer(cfg), retry, a.select)
     t0 = time.time()
-    out: dict[str, Any] = {"retry": retry.__dict__, "models": {"detector": an.det.meta.version,
+    out: dict[str, Any] = {"retry": retry.__dict__, "select": a.select, "models": {"detector": an.det.meta.version,
                                                              "recognizer": an.rec.meta.version}}
     if not a.skip_utkface:
         out["utkface_val"] = utkface_part(root, an, a.utk_limit)
