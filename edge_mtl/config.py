@@ -104,6 +104,28 @@ class BackendConfig(Strict):
     engine_cache: Path | None = Field(None, description="Folder for TensorRT engines and timing caches.")
 
 
+class PadRetryConfig(Strict):
+    pad: float = Field(
+        0.25, ge=0.0, le=2.0, description="A face that fills the image (an ID photo, a tight crop) is detected again "
+        "on the image with this border on every side (share of its longer side) and mapped back; 0: never.",
+    )
+    fill: float = Field(
+        0.8, gt=0.0, le=1.0,
+        description="Retry when the largest face's box spans at least this share of the image's width or height.",
+    )
+    border: Literal["replicate", "grey", "black"] = Field(
+        "black", description="How the border is filled (black: as the training crops were padded)."
+    )
+    when_empty: Literal["stills", "always", "never"] = Field(
+        "stills", description="Also retry when nothing was found: on still images (analyze, enroll; not camera "
+        "frames, where an empty frame would pay a second detection), always, or never.",
+    )
+    when_touching: Literal["stills", "always", "never"] = Field(
+        "stills", description="Also retry when a face's box touches the image's edge: on still images (not camera "
+        "frames, where people walk out of the picture), always, or never.",
+    )
+
+
 class DetectorConfig(Strict):
     model: Path | None = Field(None, description="Detector ONNX; default: the shipped export/detector.onnx.")
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -130,6 +152,7 @@ class DetectorConfig(Strict):
     refine_iterations: int = Field(
         2, ge=0, le=5, description="Landmark refinement passes per face (0: use the detector's own landmarks)."
     )
+    pad_retry: PadRetryConfig = Field(default_factory=PadRetryConfig)
 
     def resolved_score_threshold(self) -> float:
         """score_threshold, or the default for the configured precision."""

@@ -447,10 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=non_negative_int, default=0, help="evaluate at most this many images/pairs (0: all)")
     s.add_argument(
         "--split", default="val", help="attributes: val (default), all, reserved (the held-out 1,000; with "
-        "--utkface-full) or a folder of UTKFace-named images; detection: val",
+        "--utkface-full), fairface (FairFace-540; with --fairface) or a folder of UTKFace-named images; "
+        "detection: val",
     )
     s.add_argument("--utkface-full", type=Path, help="attributes --split reserved: folder of the full UTKFace")
+    s.add_argument("--fairface", type=Path, help="attributes --split fairface: the fairface/ folder of "
+                   "thlaiquid-ai/demographic-test-images (ground_truth.json beside the images)")
     s.add_argument("--pairs", default="pairs.txt", help="verification: LFW pairs file (View 2: pairs.txt)")
+    s.add_argument("--every-pair", action="store_true", help="verification: also TAR at FAR 1e-3 and 1e-4 over "
+                   "every pair of all LFW images (every impostor pair, not only the listed ones; with --limit, "
+                   "of the listed pairs' images)")
     s.add_argument("--video", type=Path, help="detection: video for false detections per frame")
     s.add_argument("--quality-bins", type=non_negative_int, default=0, help="verification: error by pair-quality bins")
     s.add_argument(

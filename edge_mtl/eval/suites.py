@@ -19,7 +19,7 @@ from edge_mtl.errors import InputError
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.recognizer import FaceRecognizer
-from edge_mtl.types import Detections
+from edge_mtl.types import Detections, FaceAnalysis
 from edge_mtl.vision.align import align_faces
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class EvalOptions:
     video: Path | None = None  # detection: video for false detections per frame
     quality_bins: int = 0  # verification: error by pair-quality bins (0: none)
     stamp: bool = False  # verification: write the measured thresholds into the recognizer file
+    every_pair: bool = False  # verification: also TAR at low FAR over every pair of all LFW images
+    fairface: Path | None = None  # attributes --split fairface: the fairface/ folder with ground_truth.json
 
 
 def _root(opts: EvalOptions) -> Path:
@@ -59,10 +61,11 @@ def central_face(det: Detections, shape: tuple[int, ...]) -> int | None:
 
 
 def crops_for_images(
-    paths: list[Path], det: FaceDetector, size: int, pad: float = 0.0
+    paths: list[Path], det: FaceDetector, size: int, pad: float = 0.0, found_out: list[bool] | None = None
 ) -> tuple[npt.NDArray[np.uint8], int, float]:
     """Aligned crop of the central face of each image; images without a detection use the median landmarks of the
-    others (counted). Returns crops, the number of fallbacks and the mean detection time per image (s)."""
+    others (counted). Returns crops, the number of fallbacks and the mean detection time per image (s); `found_out`,
+    when given, receives whether each image's face was detected."""
     from edge_mtl.data.images import read_image
 
     crops = np.zeros((len(paths), size, size, 3), np.uint8)
@@ -86,6 +89,8 @@ def crops_for_images(
         crops[i] = align_faces(img, d.landmarks[j : j + 1], size)[0]
     found = [(lm / np.array([s[1], s[0]])) for lm, s in zip(lms, imgs_shape, strict=True) if lm is not None]
     missing = [i for i, lm in enumerate(lms) if lm is None]
+    if found_out is not None:
+        found_out[:] = [lm is not None for lm in lms]
     if missing:
         med = np.median(np.stack(found), axis=0) if found else None
         for i in missing:
@@ -122,6 +127,10 @@ def eval_verification(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
         pairs = same + diff
     names = sorted({p.a for p in pairs} | {p.b for p in pairs})
     base = root / "lfw" / "images_deepfunneled"
+    listed = len(names)
+    if opts.every_pair and not opts.limit:  # every LFW image, the listed ones first
+        others = sorted({str(f.relative_to(base)) for f in base.rglob("*.jpg")} - set(names))
+        names = names + others
     det, rec = load_detector(cfg), load_recognizer(cfg)
     t0 = time.time()
     crops, missing, t_det = crops_for_images([base / n for n in names], det, rec.size)
@@ -134,8 +143,13 @@ def eval_verification(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     sims = (res.embeddings[a] * res.embeddings[b]).sum(1).astype(np.float64)
     same_arr = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
-    out: dict[str, Any] = {"pairs_file": opts.pairs, **verification_metrics(sims, same_arr, folds)}
-    out["images"] = len(names)
+    out: dict[str, Any] = {"pairs_file": opts.pairs,
+                           **verification_metrics(sims, same_arr, folds, fars=(1e-4, 1e-3, 1e-2))}
+    out["images"] = listed
+    if opts.every_pair:
+        from edge_mtl.eval.every_pair import every_pair_tar
+
+        out["every_pair"] = every_pair_tar(res.embeddings, [n.split("/")[0] for n in names])
     out["images_without_face"] = missing
     out["ms_per_image_detect"] = round(1000 * t_det, 2)
     out["ms_per_face_recognize"] = round(1000 * t_rec, 2)
@@ -224,6 +238,8 @@ def eval_attributes(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.eval.attributes import attribute_metrics
     from edge_mtl.runtime.registry import load_detector, load_recognizer
 
+    if opts.split == "fairface":
+        return eval_fairface(opts, cfg)
     root = _root(opts)
     folder = root / "utkface"
     if opts.split == "val":
@@ -243,14 +259,53 @@ def eval_attributes(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     det, rec = load_detector(cfg), load_recognizer(cfg)
     t0 = time.time()
     # UTKFace chips are tight crops: pad them so the detector sees the whole head, as a frame would show it.
-    crops, missing, _ = crops_for_images([folder / n for n in names], det, rec.size, pad=0.25)
+    found: list[bool] = []
+    crops, missing, _ = crops_for_images([folder / n for n in names], det, rec.size, pad=0.25, found_out=found)
     res = rec.analyze(crops)
     out = attribute_metrics(
         [lb[0] for lb in labels if lb], res.age_years, [lb[1] for lb in labels if lb], res.female_prob, res.age_std,
         res.quality,
     )
+    out.update(utkface_populations(names, labels, res, found, cfg))
     out["split"] = opts.split
     out["images_without_face"] = missing
+    out["seconds"] = round(time.time() - t0, 1)
+    out["models"] = _models(det, rec)
+    return out
+
+
+def utkface_populations(names: list[str], labels: list[tuple[int, int] | None], res: FaceAnalysis,
+                        found: list[bool], cfg: AppConfig) -> dict[str, Any]:
+    """`by_race` and `by_race_and_age` (edge_mtl.eval.populations) of a UTKFace evaluation."""
+    from edge_mtl.eval.populations import labelled_mask, race_age_table, utkface_race
+
+    a = cfg.attributes
+    lab = labelled_mask(res.female_prob, res.age_years, found, a.gender_min_confidence, a.gender_min_age)
+    race = [utkface_race(n) for n in names]
+    return dict(race_age_table([-1 if r is None else r for r in race], [lb[0] if lb else -1 for lb in labels],
+                               [lb[1] if lb else -1 for lb in labels], res.female_prob, res.age_years, found, lab))
+
+
+def eval_fairface(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
+    """FairFace-540 through the runtime path of `edge-mtl analyze` (no border added, the central face)."""
+    from edge_mtl.eval.fairface import read_fairface
+    from edge_mtl.eval.populations import fairface_table, labelled_mask
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
+
+    items = read_fairface(opts.fairface)
+    if opts.limit:
+        items = items[: opts.limit]
+    det, rec = load_detector(cfg), load_recognizer(cfg)
+    t0 = time.time()
+    found: list[bool] = []
+    crops, missing, _ = crops_for_images([it.path for it in items], det, rec.size, found_out=found)
+    res = rec.analyze(crops)
+    a = cfg.attributes
+    lab = labelled_mask(res.female_prob, res.age_years, found, a.gender_min_confidence, a.gender_min_age)
+    out: dict[str, Any] = {"split": "fairface", "images": len(items), "images_without_face": missing}
+    out.update(fairface_table([it.gender for it in items], [it.age_bin for it in items], res.female_prob,
+                              res.age_years, found, lab))
+    out["gender_floors"] = {"min_confidence": a.gender_min_confidence, "min_age": a.gender_min_age}
     out["seconds"] = round(time.time() - t0, 1)
     out["models"] = _models(det, rec)
     return out

@@ -12,6 +12,7 @@ from edge_mtl.runtime.engine import Engine, normalize
 from edge_mtl.runtime.landmarks import LandmarkRefiner
 from edge_mtl.runtime.postprocess import decode
 from edge_mtl.types import Detections
+from edge_mtl.vision.anycrop import PadRetry, detect_with_retry
 
 PAD = 32  # the input must be a multiple of the largest stride
 
@@ -54,6 +55,7 @@ class FaceDetector:
         min_face: int = 0,
         vote_iou: float | None = 0.6,
         refiner: LandmarkRefiner | None = None,
+        pad_retry: PadRetry | None = None,
     ) -> None:
         meta = engine.metadata
         if meta.kind != "detector":
@@ -66,6 +68,8 @@ class FaceDetector:
         self.min_face = min_face
         self.vote_iou = vote_iou
         self.refiner = refiner
+        # a face that fills the image is looked for again on a bordered copy (edge_mtl.vision.anycrop)
+        self.pad_retry = pad_retry
         names = list(meta.output_names)
         self._levels = [
             (names.index(f"score_{s}"), names.index(f"box_{s}"), names.index(f"kps_{s}")) for s in meta.strides
@@ -84,16 +88,33 @@ class FaceDetector:
         return canvas, scale
 
     def detect(self, image: npt.NDArray[np.uint8]) -> Detections:
-        return self.detect_batch([image])[0]
+        """Detect on one still image (with `pad_retry`, an image where nothing was found is retried too)."""
+        return self.detect_batch([image], still=True)[0]
 
     def detect_batch(
-        self, images: list[npt.NDArray[np.uint8]], scaled: list[npt.NDArray[np.uint8] | None] | None = None
+        self,
+        images: list[npt.NDArray[np.uint8]],
+        scaled: list[npt.NDArray[np.uint8] | None] | None = None,
+        still: bool = False,
     ) -> list[Detections]:
         """Detect on several frames; frames of equal prepared size run as one batch.
 
         `scaled[i]`, when given, is frame i already reduced (`scale_for_detection`, or a camera's low-resolution
         stream of the same view): the network sees it, boxes and landmarks come back in frame i's pixels, and the
-        landmark refiner crops from the full-resolution frame."""
+        landmark refiner crops from the full-resolution frame. With `pad_retry`, a frame whose largest face spans
+        most of it is detected again, whole, with a border around it (`still`: analyze and enroll's images)."""
+        found = self._detect_batch(images, scaled)
+        retry = self.pad_retry
+        if retry is None or not retry.enabled:
+            return found
+        return [
+            detect_with_retry(lambda im: self._detect_batch([im])[0], image, d, retry, still)
+            for image, d in zip(images, found, strict=True)
+        ]
+
+    def _detect_batch(
+        self, images: list[npt.NDArray[np.uint8]], scaled: list[npt.NDArray[np.uint8] | None] | None = None
+    ) -> list[Detections]:
         prepared: list[tuple[npt.NDArray[np.uint8], float, float]] = []
         for i, im in enumerate(images):
             small = scaled[i] if scaled is not None else None

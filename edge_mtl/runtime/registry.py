@@ -93,9 +93,12 @@ def load_detector(cfg: AppConfig) -> FaceDetector:
     path = model_path(d.model, "detector.onnx", d.backend.precision if d.backend.type == "onnxruntime" else "fp32")
     engine = load_engine(path, d.backend)
     score = d.score_threshold if d.score_threshold is not None else detector_score_threshold(d.backend.precision)
+    from edge_mtl.vision.anycrop import PadRetry
+
     refiner = load_refiner(cfg)
     with _naming(path):
-        return FaceDetector(engine, d.input_size, score, d.nms_threshold, d.min_face, refiner=refiner)
+        return FaceDetector(engine, d.input_size, score, d.nms_threshold, d.min_face, refiner=refiner,
+                            pad_retry=PadRetry(**d.pad_retry.model_dump()))
 
 
 def load_recognizer(cfg: AppConfig) -> FaceRecognizer:

@@ -107,6 +107,19 @@ class RecognizerTrain(Strict):
         "times per epoch (0: off); children are scarce in the training data and their gender is the hardest."
     )
     oversample_factor: int = Field(1, ge=1, le=20)
+    rebalance_power: float = Field(
+        1.0, ge=0, le=1, description="UTKFace faces rebalanced by race x age x gender "
+        "(edge_mtl.train.data.rebalance): a group of n faces is seen (n_max / n)^(1 - power) times per epoch "
+        "(1: off, 0: every group equal)."
+    )
+    group_weights: dict[str, float] = Field(
+        default_factory=dict, description="Extra repeats for the groups with these parts (a race, child / adult / "
+        "60+, female / male), multiplied: e.g. {female = 1.5, \"60+\" = 1.5, child = 1.5}."
+    )
+    rebalance_max_repeat: float = Field(6.0, ge=1, le=50, description="At most this many repeats of a face.")
+    wild_augment: float = Field(
+        0.0, ge=0, le=1, description="Probability of each in-the-wild augmentation (colour cast, yaw warp) per face."
+    )
     val_every: int = Field(1, ge=1)
     detector: Path | None = Field(
         None, description="Detector (ONNX or checkpoint) that aligns the training crops; needed to build the cache."

@@ -80,3 +80,100 @@ def test_reserved_split_refusals(data_dir: Path, tmp_path: Path, capsys: pytest.
     (root / "utkface_reserved.txt").unlink()
     rc, _, err = _eval(capsys, "--data", str(root), "--split", "reserved", "--utkface-full", str(full))
     assert rc == 2 and "utkface_reserved.txt" in err
+
+
+# ------------------------------------------------------------------ FairFace-style folders, populations
+def _fairface_dir(data_dir: Path, tmp_path: Path, names: list[str]) -> Path:
+    """A folder laid out like FairFace-540 (ground_truth.json beside the images) holding real UTKFace chips,
+    labelled with their own age bins and genders."""
+    from edge_mtl.eval.populations import FAIRFACE_BIN_LABELS, age_bin
+
+    folder = tmp_path / "fairface"
+    folder.mkdir()
+    entries = []
+    for i, n in enumerate(names):
+        age, gender = int(n.split("_")[0]), int(n.split("_")[1])
+        (folder / f"ff_{i}.jpg").symlink_to(data_dir / "utkface" / n)
+        entries.append({"filename": f"ff_{i}.jpg", "age": FAIRFACE_BIN_LABELS[int(age_bin([age])[0])],
+                        "gender": ["Male", "Female"][gender]})
+    (folder / "ground_truth.json").write_text(json.dumps(entries))
+    return folder
+
+
+def test_fairface_split_agrees_with_analyze(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every figure of the FairFace table recomputed by hand from `edge-mtl analyze --json` on the same images
+    (the gender label it prints, null when withheld; its age), for the face the evaluation takes (central_face)."""
+    import numpy as np
+
+    from edge_mtl.eval.populations import FAIRFACE_BIN_LABELS, age_bin
+    from edge_mtl.eval.suites import central_face
+    from edge_mtl.types import Detections
+
+    names = sorted(os.listdir(data_dir / "utkface"))[5::700][:10]
+    folder = _fairface_dir(data_dir, tmp_path, names)
+    assert main(["analyze", "--json", "--no-embedding", str(folder)]) == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    by_file = {Path(r["image"]).name: r["faces"] for r in lines}
+    single = json.loads((folder / "ground_truth.json").read_text())
+
+    def face(faces: list[dict]) -> dict:
+        d = Detections(np.array([f["box"] for f in faces], np.float32), np.array([f["score"] for f in faces],
+                       np.float32), np.array([f["landmarks"] for f in faces], np.float32))
+        return faces[central_face(d, (200, 200))]
+
+    rc, res, _ = _eval(capsys, "--split", "fairface", "--fairface", str(folder))
+    assert rc == 0 and res["images"] == len(single) and res["images_without_face"] == 0
+    labelled = right = w2m = m2w = exact = near = 0
+    for t in single:
+        f = face(by_file[t["filename"]])
+        g = f["gender"]["label"]
+        true_g = t["gender"].lower()
+        labelled += g is not None
+        right += g == true_g
+        w2m += g == "male" and true_g == "female"
+        m2w += g == "female" and true_g == "male"
+        d = abs(int(age_bin([f["age"]["years"]])[0]) - FAIRFACE_BIN_LABELS.index(t["age"]))
+        exact += d == 0
+        near += d <= 1
+    n = len(single)
+    o = res["overall"]
+    assert o["n"] == n and o["coverage"] == round(labelled / n, 4)
+    assert o["gender_accuracy_all"] == round(right / n, 4)
+    assert o["gender_accuracy_labelled"] == round(right / labelled, 4)
+    assert (o["women_read_as_men"], o["men_read_as_women"]) == (w2m, m2w)
+    assert (o["age_bin_exact"], o["age_bin_within_one"]) == (round(exact / n, 4), round(near / n, 4))
+    assert sum(r["n"] for r in res["by_age_bin"].values()) == n
+
+
+def test_fairface_split_refusals(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _eval(capsys, "--split", "fairface")
+    assert rc == 2 and "needs --fairface DIR" in err and len(err.strip().splitlines()) == 1
+    folder = _fairface_dir(data_dir, tmp_path, sorted(os.listdir(data_dir / "utkface"))[:2])
+    (folder / "ff_1.jpg").unlink()
+    rc, _, err = _eval(capsys, "--split", "fairface", "--fairface", str(folder))
+    assert rc == 2 and "ff_1.jpg is listed in ground_truth.json but absent" in err
+    (folder / "ground_truth.json").write_text(json.dumps([{"filename": "ff_0.jpg", "age": "5-9", "gender": "F"}]))
+    rc, _, err = _eval(capsys, "--split", "fairface", "--fairface", str(folder))
+    assert rc == 2 and "unknown age bin '5-9'" in err
+    (folder / "ground_truth.json").write_text("{")
+    rc, _, err = _eval(capsys, "--split", "fairface", "--fairface", str(folder))
+    assert rc == 2 and "not JSON" in err
+
+
+def test_utkface_populations_by_race(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_mtl.data import sources as S
+    from edge_mtl.eval.populations import UTKFACE_RACES, utkface_race
+
+    rc, res, _ = _eval(capsys, "--data", str(data_dir), "--limit", "24")
+    assert rc == 0
+    _, names = S.utkface_split(data_dir / "utkface")
+    races = [utkface_race(n) for n in names[:24]]
+    want = {UTKFACE_RACES[c]: races.count(c) for c in set(races) if c is not None}
+    assert {k: v["n"] for k, v in res["by_race"].items() if " " not in k} == want
+    cells = res["by_race_and_age"]
+    assert sum(v["n"] for v in cells.values()) == sum(want.values())
+    for row in [*cells.values(), *res["by_race"].values()]:
+        assert row["gender_accuracy_all"] <= row["coverage"] + 1e-9
+        assert 0 <= row["gender_ece"] <= 1

@@ -202,3 +202,26 @@ def test_read_pairs_real_view1(data_dir: Path) -> None:
     pairs = read_pairs(data_dir / "lfw" / "pairsDevTrain.txt")
     assert len(pairs) == 2200 and {p.fold for p in pairs} == {0}
     assert sum(p.same for p in pairs) == 1100
+
+
+@pytest.mark.data
+def test_eval_verification_every_pair_on_real_lfw(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`edge-mtl eval verification --every-pair` on a few real View 2 pairs: TAR at FAR 1e-4 beside 1e-3 and 1e-2,
+    and the every-pair figures over the listed pairs' images (all of LFW without --limit)."""
+    import json
+
+    from edge_mtl.commands.cli import main
+
+    assert main(["eval", "verification", "--json", "--limit", "20", "--every-pair", "--data", str(data_dir)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    pairs = read_pairs(data_dir / "lfw" / "pairs.txt")
+    listed = [p for p in pairs if p.same][:10] + [p for p in pairs if not p.same][:10]
+    names = sorted({p.a for p in listed} | {p.b for p in listed})
+    people = [n.split("/")[0] for n in names]
+    genuine = sum(a < b and people[a] == people[b] for a in range(len(names)) for b in range(len(names)))
+    ep = res["every_pair"]
+    assert res["images"] == ep["images"] == len(names)
+    assert ep["genuine_pairs"] == genuine and ep["impostor_pairs"] == len(names) * (len(names) - 1) // 2 - genuine
+    assert {"tar_at_far_0.0001", "tar_at_far_0.001", "tar_at_far_0.01"} <= set(res)
+    assert ep["threshold_at_far_0.0001"] >= ep["threshold_at_far_0.001"]
+    assert 0.5 <= ep["tar_at_far_0.001"] <= 1

@@ -86,6 +86,7 @@ class RecognizerDataset(Dataset[dict[str, torch.Tensor]]):
         train: bool = True,
         seed: int = 0,
         strength: float = 1.0,
+        wild_p: float = 0.0,
     ) -> None:
         self.crop_paths = [str(c) for c in crops]
         self._crops: list[npt.NDArray[np.uint8]] | None = None  # opened lazily in each worker process
@@ -94,6 +95,7 @@ class RecognizerDataset(Dataset[dict[str, torch.Tensor]]):
         self.train = train
         self.seed = seed
         self.strength = strength
+        self.wild_p = wild_p  # edge_mtl.train.data.rebalance.wild: colour casts, yaw
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -123,6 +125,10 @@ class RecognizerDataset(Dataset[dict[str, torch.Tensor]]):
             if rng.random() < 0.5:
                 img = np.ascontiguousarray(img[:, ::-1])
             img, sev = degrade(np.ascontiguousarray(img), rng, self.strength)
+            if self.wild_p:
+                from edge_mtl.train.data.rebalance import wild
+
+                img = wild(img, rng, self.wild_p)
         rgb = np.ascontiguousarray(img[:, :, ::-1])
         t = self.teacher[s.teacher] if (self.teacher is not None and s.teacher >= 0) else NO_TEACHER
         return {

@@ -221,12 +221,19 @@ class RecognizerTask:
                 )
             )
         samples = oversample_young(samples, t.oversample_age_below, t.oversample_factor)
+        if t.rebalance_power < 1 or t.group_weights:
+            from edge_mtl.train.data.rebalance import rebalanced
+
+            names = {(src, row): Path(rec.path).name for src, rec, row in pending if rec.source.startswith("utkface")}
+            samples = rebalanced(samples, [names.get((s.source, s.row)) for s in samples], t.rebalance_power,
+                                 t.group_weights, t.rebalance_max_repeat, self.cfg.seed)
         log.info(
             "recognizer data: %d faces, %d identity classes, %d with teacher, %d with age, %d with gender",
             len(samples), self.n_classes, sum(s.teacher >= 0 for s in samples),
             sum(s.age >= 0 for s in samples), sum(s.gender >= 0 for s in samples),
         )
-        self.dataset = RecognizerDataset(crops, samples, self.teacher, train=True, seed=self.cfg.seed)
+        self.dataset = RecognizerDataset(crops, samples, self.teacher, train=True, seed=self.cfg.seed,
+                                         wild_p=t.wild_augment)
         self.collate = None
         # validation sets
         root = self.root

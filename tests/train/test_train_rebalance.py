@@ -1,0 +1,102 @@
+"""Rebalancing by race x age x gender and the in-the-wild augmentation (edge_mtl.train.data.rebalance): hand-computed
+factors, the seeded draw, real UTKFace names, and the augmentations on a real face crop."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_mtl.train.config import RecognizerTrain
+from edge_mtl.train.data.rebalance import (
+    colour_cast,
+    group_factors,
+    rebalanced,
+    repeats,
+    utkface_group,
+    wild,
+    yaw_warp,
+)
+
+
+def test_utkface_group_from_names() -> None:
+    assert utkface_group("26_1_2_20170116174525125.jpg.chip.jpg") == "asian|adult|female"
+    assert utkface_group("5_0_1_20170110183726390.jpg.chip.jpg") == "black|child|male"
+    assert utkface_group("61_1_3_20170109142408075.jpg.chip.jpg") == "indian|60+|female"
+    assert utkface_group("000123.jpg") is None and utkface_group("61_1_20170109142408075.jpg") is None
+
+
+def test_group_factors_hand_computed() -> None:
+    groups = ["white|adult|male"] * 100 + ["asian|60+|female"] * 25 + [None] * 7
+    # power 0.5: (100 / 25) ** 0.5 = 2 for the small group, 1 for the largest
+    assert group_factors(groups, 0.5, {}, 6) == {"white|adult|male": 1.0, "asian|60+|female": 2.0}
+    # weights multiply by part: 2 x 1.5 (female) x 1.5 (60+) = 4.5
+    assert group_factors(groups, 0.5, {"female": 1.5, "60+": 1.5}, 6)["asian|60+|female"] == 4.5
+    # power 0: as large as the largest (4x), capped at max_repeat
+    assert group_factors(groups, 0.0, {}, 3)["asian|60+|female"] == 3.0
+    # a weight below 1 never drops a face
+    assert group_factors(groups, 1.0, {"male": 0.5}, 6)["white|adult|male"] == 1.0
+
+
+def test_repeats_draw_fractions_seeded() -> None:
+    groups = ["a|child|male"] * 400 + ["b|adult|female"] * 100 + [None] * 10
+    r = repeats(groups, 0.7, {}, 6, seed=0)  # (400 / 100) ** 0.3 = 1.516
+    assert (r[:400] == 1).all() and (r[-10:] == 1).all()
+    assert set(r[400:500].tolist()) == {1, 2} and abs(r[400:500].mean() - 4 ** 0.3) < 0.12
+    assert (repeats(groups, 0.7, {}, 6, seed=0) == r).all()
+
+
+def test_rebalanced_on_real_utkface_names(data_dir: Path) -> None:
+    names = sorted(os.listdir(data_dir / "utkface"))[:3000]
+    samples = list(range(len(names)))
+    out = rebalanced(samples, [*names[:-1], None], 0.5, {"60+": 1.2}, 6, seed=1)
+    assert out[: len(samples)] == samples  # the originals first, then the copies
+    groups = [utkface_group(n) for n in names[:-1]]
+    before = Counter(groups)
+    after = Counter(utkface_group(names[i]) for i in out if i < len(names) - 1)
+    # the spread of group sizes shrinks (the largest keeps its size, the small ones grow)
+    largest = max(before, key=lambda g: before[g])
+    assert "60+" not in str(largest)
+    assert after[largest] == before[largest]
+    ratio_before = max(before.values()) / min(before.values())
+    ratio_after = max(after.values()) / min(after.values())
+    assert ratio_after < ratio_before
+    assert out.count(len(names) - 1) == 1  # no group: seen once
+
+
+def test_config_fields() -> None:
+    t = RecognizerTrain(rebalance_power=0.5, group_weights={"female": 1.5, "60+": 1.5}, wild_augment=0.3)
+    assert t.rebalance_power == 0.5 and t.group_weights["60+"] == 1.5
+    with pytest.raises(ValueError):
+        RecognizerTrain(rebalance_power=1.5)
+
+
+def test_wild_augmentations_on_a_real_crop(data_dir: Path) -> None:
+    import cv2
+
+    img = cv2.resize(cv2.imread(str(data_dir / "utkface" / sorted(os.listdir(data_dir / "utkface"))[100])),
+                     (112, 112))
+    rng = np.random.default_rng(0)
+    cast = colour_cast(img, rng)
+    means = cast.reshape(-1, 3).mean(0) / np.maximum(img.reshape(-1, 3).mean(0), 1)
+    assert cast.shape == img.shape and np.ptp(means) > 0.02  # the channels moved apart
+    warped = yaw_warp(img, np.random.default_rng(1))
+    # one side narrowed: black corners appear on exactly one side
+    left, right = warped[:4, :4].sum(), warped[:4, -4:].sum()
+    assert (left == 0) != (right == 0)
+    assert wild(img, rng, 0.0) is img
+
+
+def test_stage12_config_loads(repo_root: Path) -> None:
+    """The prepared stage-12 config is valid and asks for what its comment says."""
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    cfg = load_toml(repo_root / "configs" / "recognizer_stage12.toml", TrainConfig)
+    t = cfg.task
+    assert isinstance(t, RecognizerTrain)
+    assert t.rebalance_power == 0.5 and t.group_weights == {"female": 1.5, "60+": 1.5, "child": 1.5}
+    assert t.wild_augment == 0.3 and t.oversample_factor == 1 and cfg.threads == 1
