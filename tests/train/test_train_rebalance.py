@@ -95,7 +95,7 @@ def test_stage12_config_loads(repo_root: Path) -> None:
     from edge_mtl.config import load_toml
     from edge_mtl.train.config import TrainConfig
 
-    cfg = load_toml(repo_root / "configs" / "recognizer_stage12.toml", TrainConfig)
+    cfg = load_toml(repo_root / "configs" / "experiments" / "recognizer_stage12.toml", TrainConfig)
     t = cfg.task
     assert isinstance(t, RecognizerTrain)
     assert t.rebalance_power == 0.5 and t.group_weights == {"female": 1.5, "60+": 1.5, "child": 1.5}
