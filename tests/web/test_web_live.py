@@ -298,9 +298,16 @@ def test_api_flood_does_not_hold_up_frames(live: Live) -> None:
              "/api/gallery", "/health", f"/api/events/{ids[0]}/snapshot", f"/api/events/{ids[-1]}",
              "/api/events?type=face.left&camera=ped&limit=100"]
 
+    # 6 clients at 25 requests/s each: a heavy dashboard load, paced so that the test measures whether requests
+    # hold frames up, not how much of the 2 cores an unpaced client loop on the same machine takes
+    period = 1 / 25
+
     def flood(k: int) -> None:
         i = k
+        due = time.monotonic()
         while not stop.is_set():
+            due += period
+            time.sleep(max(0.0, due - time.monotonic()))
             code = c.get(paths[i % len(paths)])[0]
             if code not in (200, 404, 503):
                 errors.append(f"{paths[i % len(paths)]}: {code}")
@@ -324,7 +331,7 @@ def test_api_flood_does_not_hold_up_frames(live: Live) -> None:
         "quiet %.2f fps; under %.0f API requests/s %.2f fps (ratio %.2f)", quiet_fps, rate, flood_fps,
         flood_fps / max(quiet_fps, 1e-9))
     assert not errors, errors[:5]
-    assert rate > 20, f"the flood reached only {rate:.1f} requests/s"
+    assert rate > 50, f"the flood reached only {rate:.1f} requests/s"
     assert quiet_fps > 0
     assert flood_fps >= 0.5 * quiet_fps, (quiet_fps, flood_fps, rate)
     assert d1 == d0 == 0  # nothing dropped (the file source waits; a frame is never skipped)
