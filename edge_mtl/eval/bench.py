@@ -101,19 +101,24 @@ def bench_recognizer(rec: Any, crops: npt.NDArray[np.uint8], batches: list[int],
     return out
 
 
+def bench_video(video: Path | str | None) -> Path:
+    """The clip a benchmark runs on: the one given, else the 1080p pedestrians clip of the data folder."""
+    if video is not None:
+        return Path(video)
+    root = data_root()
+    if root is None:
+        raise InputError("bench needs --video (or ../shared/data for the default clip)")
+    return root / "videos" / "pedestrians_1080p.mp4"
+
+
 def bench(opts: BenchOptions, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.events.queue import EventQueue
     from edge_mtl.pipeline import Pipeline
     from edge_mtl.runtime.registry import load_detector, load_recognizer
     from edge_mtl.vision.align import align_faces
 
-    video = opts.video
-    if video is None:
-        root = data_root()
-        if root is None:
-            raise InputError("bench needs --video (or ../shared/data for the default clip)")
-        video = root / "videos" / "pedestrians_1080p.mp4"
-    frames, decode_t, fps = _frames(Path(video), opts.frames)
+    video = bench_video(opts.video)
+    frames, decode_t, fps = _frames(video, opts.frames)
     batches = list(opts.batches)
     precisions = list(opts.precisions)
     result: dict[str, Any] = {"machine": _machine(), "video": Path(video).name,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_mtl.errors import ConfigError, InputError
+from edge_mtl.errors import ConfigError
 
 if TYPE_CHECKING:
     from edge_mtl.config import AppConfig
@@ -239,16 +239,9 @@ def bench_cameras(args: CamerasBenchOptions, cfg: AppConfig) -> dict[str, Any]:
     import numpy as np
 
     from edge_mtl.capture.file import open_video_file
-    from edge_mtl.eval.bench import _machine
-    from edge_mtl.paths import data_root
+    from edge_mtl.eval.bench import _machine, bench_video
 
-    video = args.video
-    if video is None:
-        root = data_root()
-        if root is None:
-            raise InputError("bench needs --video (or ../shared/data for the default clip)")
-        video = root / "videos" / "pedestrians_1080p.mp4"
-    video = Path(video)
+    video = bench_video(args.video)
     cap = open_video_file(video)
     size = [int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))]
     clip_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
