@@ -141,23 +141,31 @@ class Snapshot:
 
 
 # ------------------------------------------------------------------ exposition
+def metric_family(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    help_text: str,
+    rows: Iterable[tuple[Sequence[str], float]],
+    labels: Sequence[str] = (),
+) -> Metric:
+    """One gauge or counter family from (label values, value) rows (the daemon's and the collector's metrics)."""
+    fam = kind(name, help_text, labels=list(labels))
+    for values, v in rows:
+        fam.add_metric(list(values), float(v))
+    return fam
+
+
 def metric_families(s: Snapshot) -> list[Metric]:
     """The snapshot as prometheus-client metric families (counters end in _total; rates are left to PromQL)."""
     out: list[Metric] = []
 
     def gauge(name: str, help_text: str, rows: Iterable[tuple[Sequence[str], float]],
               labels: Sequence[str] = ()) -> None:
-        fam = GaugeMetricFamily(name, help_text, labels=list(labels))
-        for values, v in rows:
-            fam.add_metric(list(values), float(v))
-        out.append(fam)
+        out.append(metric_family(GaugeMetricFamily, name, help_text, rows, labels))
 
     def counter(name: str, help_text: str, rows: Iterable[tuple[Sequence[str], float]],
                 labels: Sequence[str] = ()) -> None:
-        fam = CounterMetricFamily(name, help_text, labels=list(labels))
-        for values, v in rows:
-            fam.add_metric(list(values), float(v))
-        out.append(fam)
+        out.append(metric_family(CounterMetricFamily, name, help_text, rows, labels))
 
     cams = s.cameras
 

@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as PromCollector
 
-from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, check_loopback, exposition
+from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, check_loopback, exposition, metric_family
 from edge_mtl.errors import InputError
 from edge_mtl.events.schema import decode_event
 from edge_mtl.fleet.broker import make_client, properties
@@ -326,11 +326,8 @@ class Collector:
 
             def fam(kind: str, name: str, help_text: str, rows: list[tuple[list[str], float]],
                     labels: tuple[str, ...] = ()) -> None:
-                f = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, help_text,
-                                                                                     labels=list(labels))
-                for values, v in rows:
-                    f.add_metric(values, float(v))
-                out.append(f)
+                cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                out.append(metric_family(cls, name, help_text, rows, labels))
 
             fam("gauge", "edge_mtl_collector_broker_connected", "1 while connected to the broker.",
                 [([], s.connected)])
