@@ -442,6 +442,13 @@ class ServiceConfig(Strict):
     watchdog_stall_s: float = Field(
         30.0, gt=0, description="Stop petting the systemd watchdog when no frame was processed for this long."
     )
+    detections_per_step: int = Field(
+        1, ge=1, le=64,
+        description="At most this many frames of cameras with a detection schedule (cameras.N.detect_fps) go "
+        "through the detector in one step of the main loop, the most overdue first; the others are carried by the "
+        "tracker and stay due. Keeps every camera's frames flowing at their frame rate when the detector cannot "
+        "keep up (cameras without detect_fps are detected on every frame regardless).",
+    )
     opencv_threads: int = Field(
         0, ge=0, le=256,
         description="Threads of OpenCV's own parallel loops (resizing, warping; cv2.setNumThreads); 0: OpenCV's "

@@ -119,20 +119,35 @@ class CameraState:
         p50, p95 = np.percentile(np.fromiter(self.latency, np.float64), [50, 95])
         return float(p50), float(p95)
 
-    def detect_due(self, ts: float) -> bool:
-        """Whether the frame captured at `ts` goes through the detector: every frame without `detect_fps`, else on
-        a schedule of 1 / detect_fps seconds (anchored, so the rate averages out to detect_fps over dropped and
-        late frames; a stall restarts it instead of bursting to catch up)."""
+    def detect_lateness(self, ts: float) -> float | None:
+        """How overdue a detection is for the frame captured at `ts` (seconds past this camera's schedule; +inf for a
+        camera that detects every frame, or for its first frame), None when the frame is not due. Changes nothing:
+        `mark_detected` commits a detection."""
         if self.detect_fps is None:
-            return True
+            return math.inf
+        if self._next_detect == -math.inf:
+            if self.phase <= 0:
+                return math.inf
+            self._next_detect = ts + self.phase * (1.0 / self.detect_fps)  # the first frame waits for its phase
+        return None if ts < self._next_detect else ts - self._next_detect
+
+    def mark_detected(self, ts: float) -> None:
+        """The frame captured at `ts` goes through the detector: the schedule moves on by 1 / detect_fps (anchored,
+        so the rate averages out to detect_fps over dropped and late frames; a stall restarts it instead of
+        bursting to catch up)."""
+        if self.detect_fps is None:
+            return
         period = 1.0 / self.detect_fps
-        if self._next_detect == -float("inf") and self.phase > 0:
-            self._next_detect = ts + self.phase * period  # the first frame waits for this camera's phase
-        if ts < self._next_detect:
-            return False
         self.last_detect_ts = ts
-        first = self._next_detect == -float("inf")
+        first = self._next_detect == -math.inf
         self._next_detect = ts + period if first else max(self._next_detect + period, ts + period / 2)
+
+    def detect_due(self, ts: float) -> bool:
+        """Whether the frame captured at `ts` goes through the detector (and if so, commit it): every frame without
+        `detect_fps`, else on a schedule of 1 / detect_fps seconds."""
+        if self.detect_lateness(ts) is None:
+            return False
+        self.mark_detected(ts)
         return True
 
 
@@ -154,6 +169,7 @@ class Pipeline:
         cams = list(cameras or cfg.cameras)
         self.detect_fps = {c.name: c.detect_fps for c in cams}
         self._phase = {c.name: k / len(cams) for k, c in enumerate(cams)}
+        self.detections_per_step = cfg.service.detections_per_step
         self.detector = detector
         # The tracker's second (low-score) association stage needs the detections the detector's own threshold
         # would drop: detect down to the tracker's low threshold and let the tracker decide. The detector's
@@ -246,13 +262,27 @@ class Pipeline:
             return []
         self.reload_gallery()
         detect: list[Frame] = []
+        scheduled: list[tuple[float, Frame]] = []
         for frame in frames:
             cam = self.camera(frame.camera)
             cam.frames += 1
             cam.last_frame_ts = frame.timestamp
             self.counters["frames"] += 1
-            if cam.detect_due(frame.timestamp):
+            late = cam.detect_lateness(frame.timestamp)
+            if late is None:
+                continue
+            if cam.detect_fps is None:
                 detect.append(frame)
+            else:
+                scheduled.append((late, frame))
+        # Cameras on a detection schedule (detect_fps): at most `detections_per_step` of their due frames per step,
+        # the most overdue first; the rest are carried and stay due. A step then costs about one detection, so every
+        # camera's frames keep flowing at its frame rate; when the detector cannot keep up, the cameras' detection
+        # rates fall below detect_fps (fairly, by lateness) instead of the whole loop falling to the detection rate.
+        scheduled.sort(key=lambda x: -x[0])
+        for _, frame in scheduled[: self.detections_per_step]:
+            self.cameras[frame.camera].mark_detected(frame.timestamp)
+            detect.append(frame)
         events: list[Event] = []
         if detect:
             t = time.perf_counter()

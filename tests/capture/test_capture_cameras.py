@@ -199,6 +199,39 @@ def test_cameras_with_the_same_detection_rate_detect_in_different_steps() -> Non
     assert da[0] == 0 and db[0] == 3  # b waits half a period (0.1 s) for its first
 
 
+def test_scheduled_detections_are_capped_per_step_most_overdue_first(pedestrian_frame: np.ndarray) -> None:
+    """Four cameras at detect_fps = 5 whose steps come 0.1 s apart (the loop is slower than the cameras): at most
+    one of them is detected per step (`service.detections_per_step`), the most overdue first, so every step stays
+    one detection long and every camera still gets its turn; a camera without a schedule is detected every step."""
+    from edge_mtl.config import AppConfig
+    from edge_mtl.pipeline import Pipeline
+    from edge_mtl.runtime.registry import load_detector, load_recognizer
+    from edge_mtl.types import Frame
+
+    cfg = AppConfig()
+    cams = [CameraConfig(name=n, source=f"{n}.mp4", detect_fps=5.0) for n in "abcd"]
+    cams.append(CameraConfig(name="e", source="e.mp4"))
+    pipe = Pipeline(cfg, load_detector(cfg), load_recognizer(cfg), cameras=cams)
+    t0 = 1000.0
+    per_step = []
+    for i in range(20):  # 2 s of steps 0.1 s apart: each of a-d is due every 2nd step on its own, so 2 per step
+        before = {n: pipe.camera(n).detected for n in "abcde"}
+        pipe.process([Frame(pedestrian_frame, n, i, t0 + i / 10) for n in "abcde"])
+        per_step.append([n for n in "abcd" if pipe.cameras[n].detected > before[n]])
+        assert pipe.cameras["e"].detected == before["e"] + 1
+    assert all(len(s) == 1 for s in per_step), per_step  # one scheduled detection per step, never none when due
+    counts = [sum(n in s for s in per_step) for n in "abcd"]
+    assert counts == [5, 5, 5, 5], (counts, per_step)  # round robin by lateness: fair, below the 10 asked for
+    assert all(pipe.cameras[n].frames == 20 for n in "abcd")  # every frame still processed (carried)
+
+    cfg2 = AppConfig.model_validate({"service": {"detections_per_step": 4}})
+    pipe2 = Pipeline(cfg2, load_detector(cfg2), load_recognizer(cfg2), cameras=cams[:4])
+    for i in range(20):
+        pipe2.process([Frame(pedestrian_frame, n, i, t0 + i / 10) for n in "abcd"])
+    # the budget allows the full rate (5/s over 2 s; c and d start later by their phases)
+    assert [pipe2.cameras[n].detected for n in "abcd"] == [10, 10, 9, 9]
+
+
 def test_rate_monitor_warns_once_per_episode(caplog: pytest.LogCaptureFixture) -> None:
     cams = {"a": CameraConfig(name="a", source="a", detect_fps=5.0), "b": CameraConfig(name="b", source="b")}
     mon = RateMonitor(cams, window_s=4.0)
