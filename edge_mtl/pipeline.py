@@ -33,7 +33,7 @@ from edge_mtl.vision.align import align_faces
 from edge_mtl.vision.draw import Label
 
 log = logging.getLogger(__name__)
-STAGES = ("detect", "track", "carry", "align", "recognize", "aggregate")
+STAGES = ("detect", "track", "carry", "refine", "align", "recognize", "aggregate")
 
 
 @dataclass
@@ -286,7 +286,10 @@ class Pipeline:
         events: list[Event] = []
         if detect:
             t = time.perf_counter()
-            dets_all = self.detector.detect_batch([f.image for f in detect], [f.detect_image for f in detect])
+            # Landmarks are refined later, only for the faces aligned for recognition (`_recognize`): a frame has
+            # many detections (down to the tracker's low threshold) and few faces due for analysis.
+            dets_all = self.detector.detect_batch([f.image for f in detect], [f.detect_image for f in detect],
+                                                  refine=False)
             dt = (time.perf_counter() - t) / len(detect)
             for _ in detect:
                 self.timer.add("detect", dt)
@@ -390,7 +393,19 @@ class Pipeline:
         todo.sort(key=lambda x: (x[0].agg.observations > 0, x[0].analysed_frame))
         todo = todo[: self.cfg.recognizer.max_batch]
         t = time.perf_counter()
-        crops = np.stack([align_faces(fr.image, lm[None], self.recognizer.size)[0] for _, fr, lm in todo])
+        by_frame: dict[int, list[int]] = {}
+        for k, (_, fr, _) in enumerate(todo):
+            by_frame.setdefault(id(fr), []).append(k)
+        lms = [lm for _, _, lm in todo]
+        for ks in by_frame.values():  # one refiner batch per frame
+            fine = self.detector.refine_landmarks(todo[ks[0]][1].image, np.stack([lms[k] for k in ks]))
+            for k, lm in zip(ks, fine, strict=True):
+                lms[k] = lm
+                todo[k][0].landmarks = lm
+        self.timer.add("refine", time.perf_counter() - t)
+        t = time.perf_counter()
+        crops = np.stack([align_faces(fr.image, lm[None], self.recognizer.size)[0]
+                          for (_, fr, _), lm in zip(todo, lms, strict=True)])
         self.timer.add("align", time.perf_counter() - t)
         t = time.perf_counter()
         res = self.recognizer.analyze(crops)

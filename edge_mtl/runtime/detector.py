@@ -96,24 +96,37 @@ class FaceDetector:
         images: list[npt.NDArray[np.uint8]],
         scaled: list[npt.NDArray[np.uint8] | None] | None = None,
         still: bool = False,
+        refine: bool = True,
     ) -> list[Detections]:
         """Detect on several frames; frames of equal prepared size run as one batch.
 
         `scaled[i]`, when given, is frame i already reduced (`scale_for_detection`, or a camera's low-resolution
         stream of the same view): the network sees it, boxes and landmarks come back in frame i's pixels, and the
         landmark refiner crops from the full-resolution frame. With `pad_retry`, a frame whose largest face spans
-        most of it is detected again, whole, with a border around it (`still`: analyze and enroll's images)."""
-        found = self._detect_batch(images, scaled)
+        most of it is detected again, whole, with a border around it (`still`: analyze and enroll's images).
+        `refine=False` returns the detector's own landmarks: the caller refines only the faces it aligns
+        (`refine_landmarks`), which on a video frame are few of those found."""
+        found = self._detect_batch(images, scaled, refine)
         retry = self.pad_retry
         if retry is None or not retry.enabled:
             return found
         return [
-            detect_with_retry(lambda im: self._detect_batch([im])[0], image, d, retry, still)
+            detect_with_retry(lambda im: self._detect_batch([im], None, refine)[0], image, d, retry, still)
             for image, d in zip(images, found, strict=True)
         ]
 
+    def refine_landmarks(self, image: npt.NDArray[np.uint8], landmarks: npt.NDArray[np.float32]
+                         ) -> npt.NDArray[np.float32]:
+        """The landmark refiner's pass over N x K x 2 detector landmarks of `image` (unchanged without a refiner)."""
+        if self.refiner is None or not len(landmarks) or landmarks.shape[1] != self.refiner.template.shape[0]:
+            return landmarks
+        return self.refiner.refine(_as_bgr(image), landmarks)
+
     def _detect_batch(
-        self, images: list[npt.NDArray[np.uint8]], scaled: list[npt.NDArray[np.uint8] | None] | None = None
+        self,
+        images: list[npt.NDArray[np.uint8]],
+        scaled: list[npt.NDArray[np.uint8] | None] | None = None,
+        refine: bool = True,
     ) -> list[Detections]:
         prepared: list[tuple[npt.NDArray[np.uint8], float, float]] = []
         for i, im in enumerate(images):
@@ -160,7 +173,7 @@ class FaceDetector:
                 if self.min_face:
                     keep = (boxes[:, 2] - boxes[:, 0]) >= self.min_face
                     boxes, scores, lms = boxes[keep], scores[keep], lms[keep]
-                if self.refiner is not None and len(lms) and lms.shape[1] == self.refiner.template.shape[0]:
-                    lms = self.refiner.refine(_as_bgr(images[i]), lms)
+                if refine:
+                    lms = self.refine_landmarks(images[i], lms)
                 results[i] = Detections(boxes.astype(np.float32), scores.astype(np.float32), lms.astype(np.float32))
         return [r if r is not None else Detections.empty(self.meta.points) for r in results]
