@@ -29,6 +29,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from edge_mtl.threads import name_this_thread
 from edge_mtl.types import Frame
 
 log = logging.getLogger(__name__)
@@ -407,6 +408,7 @@ class ThreadedSource(FrameSource):
         return self._stop.is_set() or self._limit.is_set()
 
     def _run(self) -> None:
+        name_this_thread(f"cap:{self.name}")
         try:
             self._loop()
         except Exception as e:  # a bug or an OpenCV failure we did not anticipate: report it, do not hang

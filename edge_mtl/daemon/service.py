@@ -53,6 +53,7 @@ from edge_mtl.daemon.reload import config_changes, is_live
 from edge_mtl.errors import InputError
 from edge_mtl.events.dbfaults import db_guard
 from edge_mtl.events.sink import EventSink
+from edge_mtl.threads import thread_name
 
 if TYPE_CHECKING:
     from edge_mtl.web.server import WebServer
@@ -195,8 +196,9 @@ class Service:
                             "counts as a stall until its capture times out", c.name, c.watchdog_s,
                             svc.watchdog_stall_s)
         self.notifier.notify("STATUS=loading models")
-        detector = load_detector(cfg)
-        recognizer = load_recognizer(cfg)  # (TensorRT: may build engines for minutes on a first start)
+        with thread_name("onnxrt"):  # the inference pools' threads, started now, inherit this name
+            detector = load_detector(cfg)
+            recognizer = load_recognizer(cfg)  # (TensorRT: may build engines for minutes on a first start)
         if self.stop_event.is_set():
             # Stopped while loading: nothing accepted yet, so leave the queue and the events log untouched.
             log.info("stop requested while loading models: not starting sources")

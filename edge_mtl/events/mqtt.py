@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from edge_mtl.config import MqttForwarder as MqttConfig
 from edge_mtl.errors import InputError, MissingExtraError
 from edge_mtl.events.queue import EventQueue
+from edge_mtl.threads import name_this_thread
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -198,6 +199,7 @@ class MqttForwarder:
     # -- thread ----------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        name_this_thread("mqtt")
         backoff = self._backoff_min
         down_since: float | None = None  # when the broker became unreachable (not: when it refused an event)
         logged: str | None = None  # the last problem logged as a warning (repeats go to debug)

@@ -50,6 +50,7 @@ from edge_mtl.events.snapshots import (
     snapshot_folder,
     snapshot_state,
 )
+from edge_mtl.threads import name_this_thread
 from edge_mtl.web.auth import is_loopback, token_matches
 from edge_mtl.web.store import MAX_LIMIT, EventFilter, QueryError, ReadStore, int_param
 
@@ -131,6 +132,7 @@ class WebServer:
         errors: list[BaseException] = []
 
         def run() -> None:
+            name_this_thread("http")
             asyncio.set_event_loop(self._loop)
             try:
                 self._loop.run_until_complete(self._setup())

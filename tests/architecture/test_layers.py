@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "edge_mtl"
 
-FOUNDATION = {"edge_mtl", "errors", "types", "defaults", "paths", "config", "vision"}
+FOUNDATION = {"edge_mtl", "errors", "types", "defaults", "paths", "config", "vision", "threads"}
 RUNTIME_PATH = {"capture", "runtime", "track", "identity", "events", "pipeline", "daemon", "fleet", "web"}
 TOOLING = {"data", "models", "eval", "export_tools", "train"}
 COMMANDS = {"commands", "__main__"}
