@@ -25,7 +25,8 @@ with every figure. Copying into export/ and calib/, and the model card, stay a p
 
 Usage: python scripts/release_recognizer.py --run runs/recognizer11 --candidates epoch_5 avg3_5 \
            --version recognizer-1.6 --crops $EDGE_MTL_CACHE/crops --out /tmp/release16 \
-           [--reference export/recognizer.onnx] [--min-gain 0.003] [--compat 3] [--utkface-full DIR]
+           [--reference export/recognizer.onnx] [--rule view1|attributes] [--min-gain 0.003] [--compat 3]
+           [--utkface-full DIR]
 Needs ../shared/data ($EDGE_MTL_DATA) and the crop cache the run trained from. Roughly 40 minutes on 2 CPU cores.
 """
 
@@ -71,6 +72,46 @@ def pick_winner(rows: Sequence[dict[str, Any]], reference: str, min_gain: float)
     if not passing:
         return None
     return max(passing, key=lambda r: (r["view1_10fold_accuracy"], r["every_pair_tar_at_far"]["0.001"]))
+
+
+def _lowest_adult_race(attrs: dict[str, Any]) -> float:
+    return min(float(v["gender_accuracy_all"]) for k, v in attrs["by_race"].items() if k.endswith(" 13+"))
+
+
+def attribute_figures(attrs: dict[str, Any]) -> dict[str, float]:
+    """The figures the attributes rule reads from `edge-mtl eval attributes --json` (UTKFace validation)."""
+    return {"lowest_race_13+_gender_all": _lowest_adult_race(attrs),
+            "female_60+_gender_all": float(attrs["by_gender_and_age"]["female 60+"]["gender_accuracy_all"]),
+            "age_mae": float(attrs["age_mae"])}
+
+
+def pick_winner_attributes(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]], reference: str,
+                           max_view1_loss: float = 0.002, min_gender_gain: float = 0.01,
+                           max_mae_loss: float = 0.1) -> dict[str, Any] | None:
+    """The attributes rule (configs/experiments/recognizer_stage12.toml), or None. A candidate passes when (a) its
+    View 1 10-fold accuracy is at most `max_view1_loss` below the reference's and its TAR at FAR 1e-3 over every
+    View 1 pair not lower, and (b) on the UTKFace validation split its lowest `gender_accuracy_all` over the
+    `by_race` rows aged 13+ and its `gender_accuracy_all` of women 60+ are each at least `min_gender_gain` above
+    the reference's, and its age MAE at most `max_mae_loss` years above. Of those passing: the highest lowest
+    race. `attrs` maps each row's model to its attributes JSON."""
+    ref = [r for r in rows if r["model"] == reference]
+    if len(ref) != 1:
+        raise ValueError(f"the reference {reference} must appear once among the rows")
+    r0, a0 = ref[0], attribute_figures(attrs[reference])
+    passing = []
+    for r in rows:
+        if r["model"] == reference:
+            continue
+        a = attribute_figures(attrs[r["model"]])
+        if (r["view1_10fold_accuracy"] >= r0["view1_10fold_accuracy"] - max_view1_loss - 1e-9
+                and r["every_pair_tar_at_far"]["0.001"] >= r0["every_pair_tar_at_far"]["0.001"] - 1e-9
+                and a["lowest_race_13+_gender_all"] >= a0["lowest_race_13+_gender_all"] + min_gender_gain - 1e-9
+                and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] + min_gender_gain - 1e-9
+                and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9):
+            passing.append((a["lowest_race_13+_gender_all"], r))
+    if not passing:
+        return None
+    return max(passing, key=lambda x: x[0])[1]
 
 
 def compatible_flags(margins: Sequence[tuple[str, float]]) -> list[str]:
@@ -137,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--reference", type=Path, default=Path("export/recognizer.onnx"), help="the release to beat")
     p.add_argument("--sources", nargs="+", help="crop sources for quality calibration (default: the run's)")
+    p.add_argument("--rule", choices=("view1", "attributes"), default="view1",
+                   help="view1: identity (View 1 accuracy + --min-gain); attributes: UTKFace gender of the worst "
+                   "race and of women 60+ each +1 point, age MAE +0.1 at most, identity held (pick_winner_attributes)")
     p.add_argument("--min-gain", type=float, default=0.003, help="View 1 10-fold accuracy over the reference")
     p.add_argument("--compat", type=int, default=3, help="earlier releases to declare compatible (0: none)")
     p.add_argument("--utkface-full", type=Path, help="full UTKFace folder: also the held-out 1,000's attributes")
@@ -169,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cand_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"run": str(a.run), "reference": str(a.reference),
                                "reference_version": ref_meta.version,
-                               "rule": {"threshold": ref_threshold, "min_gain": a.min_gain}}
+                               "rule": {"name": a.rule, "threshold": ref_threshold, "min_gain": a.min_gain}}
 
     # 1. candidates
     onnx_of: dict[str, Path] = {}
@@ -191,9 +235,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = read_jsonl(view1)
     summary["view1"] = {r["model"]: {"view1_10fold_accuracy": r["view1_10fold_accuracy"],
                                      "tar_at_far_0.001": r["every_pair_tar_at_far"]["0.001"]} for r in rows}
-    best = pick_winner(rows, str(a.reference), a.min_gain)
+    if a.rule == "attributes":
+        attrs: dict[str, dict[str, Any]] = {}
+        for name, model in (("reference", a.reference), *onnx_of.items()):
+            f = out / f"attributes_{name}.json"
+            run(["edge-mtl", "eval", "attributes", "--json", "--recognizer", model], stdout=f)
+            attrs[str(model)] = json.loads(f.read_text())
+        summary["attributes_rule"] = {m: attribute_figures(v) for m, v in attrs.items()}
+        best = pick_winner_attributes(rows, attrs, str(a.reference))
+    else:
+        best = pick_winner(rows, str(a.reference), a.min_gain)
     if best is None:
-        summary["decision"] = f"no candidate reaches the reference + {a.min_gain}: {summary['reference_version']} stays"
+        bar = "the attributes rule" if a.rule == "attributes" else f"the reference + {a.min_gain}"
+        summary["decision"] = f"no candidate reaches {bar}: {summary['reference_version']} stays"
         return finish(out, summary, run)
     winner = next(n for n, f in onnx_of.items() if str(f) == best["model"])
     summary["winner"] = winner

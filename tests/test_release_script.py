@@ -46,6 +46,38 @@ def test_pick_winner_needs_the_gain_and_breaks_ties_by_tar(rel: Any) -> None:
         rel.pick_winner([_row("e5", 0.99, 0.9)], ref["model"], 0.003)
 
 
+def _attrs(races: list[float], women60: float, mae: float) -> dict[str, Any]:
+    by_race = {}
+    for name, acc in zip(("white", "black", "asian"), races, strict=True):
+        by_race[name] = {"gender_accuracy_all": 0.1}  # all ages: not read by the rule
+        by_race[f"{name} 13+"] = {"gender_accuracy_all": acc}
+    return {"by_race": by_race, "by_gender_and_age": {"female 60+": {"gender_accuracy_all": women60}},
+            "age_mae": mae}
+
+
+def test_pick_winner_attributes_holds_identity_and_needs_every_gain(rel: Any) -> None:
+    ref = _row("ref", 0.9781, 0.80)
+    attrs = {"ref": _attrs([0.93, 0.97, 0.94], 0.80, 4.10)}
+    good = _attrs([0.95, 0.97, 0.96], 0.82, 4.15)  # lowest race 0.93 -> 0.95, women 60+ +2, MAE +0.05
+    cases = {
+        "ok": (_row("ok", 0.9762, 0.80), good),  # View 1 0.19 points lower: within 0.2
+        "view1": (_row("view1", 0.9760, 0.85), good),  # 0.21 points lower
+        "tar": (_row("tar", 0.9790, 0.79), good),
+        "race": (_row("race", 0.9790, 0.85), _attrs([0.9399, 0.99, 0.99], 0.90, 4.0)),  # lowest +0.99 points
+        "women": (_row("women", 0.9790, 0.85), _attrs([0.99, 0.99, 0.99], 0.8099, 4.0)),
+        "mae": (_row("mae", 0.9790, 0.85), _attrs([0.99, 0.99, 0.99], 0.90, 4.21)),
+    }
+    for name, (row, a) in cases.items():
+        got = rel.pick_winner_attributes([ref, row], {**attrs, name: a}, "ref")
+        assert (got is not None) == (name == "ok"), name
+    better = _row("better", 0.9781, 0.80)
+    rows = [ref, cases["ok"][0], better]
+    all_attrs = {**attrs, "ok": good, "better": _attrs([0.96, 0.97, 0.98], 0.85, 4.0)}
+    assert rel.pick_winner_attributes(rows, all_attrs, "ref")["model"] == "better"  # the higher lowest race
+    assert rel.attribute_figures(good) == {"lowest_race_13+_gender_all": 0.95, "female_60+_gender_all": 0.82,
+                                           "age_mae": 4.15}
+
+
 def test_compatible_flags_in_order(rel: Any) -> None:
     flags = rel.compatible_flags([("recognizer-1.5", 0.0036), ("recognizer-1.4", 0.0)])
     assert flags == ["--compatible-with=recognizer-1.5:0.0036", "--compatible-with=recognizer-1.4:0"]

@@ -165,8 +165,9 @@ def race_age_table(
     found: npt.ArrayLike,
     labelled: npt.ArrayLike,
 ) -> dict[str, dict[str, dict[str, float | int]]]:
-    """UTKFace figures per race code (`by_race`: all ages and `13+`) and per race x age band
-    (`by_race_and_age`, keys such as `asian 60+`). Faces without a race code are in no row."""
+    """UTKFace figures per race code (`by_race`: all ages and `13+`), per race x age band (`by_race_and_age`, keys
+    such as `asian 60+`), and per gender x age band over all races (`by_gender_and_age`, keys such as
+    `female 60+`). Faces without a race code are in no row."""
     rc = np.asarray(race, np.int64)
     at, gt = np.asarray(age_true, np.float64), np.asarray(gender_true, np.int64)
     fp, ap = np.asarray(female_prob, np.float64), np.asarray(age_pred, np.float64)
@@ -189,4 +190,11 @@ def race_age_table(
             m = r & (at >= lo) & (at < hi)
             if m.any():
                 by_cell[f"{name} {bin_label(lo, hi)}"] = rows(m)
-    return {"by_race": by_race, "by_race_and_age": by_cell}
+    by_gender: dict[str, dict[str, float | int]] = {}
+    coded = rc >= 0
+    for code, name in ((0, "male"), (1, "female")):
+        for lo, hi in POPULATION_BANDS:
+            m = coded & (gt == code) & (at >= lo) & (at < hi)
+            if m.any():
+                by_gender[f"{name} {bin_label(lo, hi)}"] = rows(m)
+    return {"by_race": by_race, "by_race_and_age": by_cell, "by_gender_and_age": by_gender}

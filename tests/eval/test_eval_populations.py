@@ -104,6 +104,10 @@ def test_race_age_table_cells() -> None:
     assert older["men_read_as_women"] == 1 and older["women_read_as_men"] == 1
     assert older["gender_accuracy_all"] == 0.0 and older["age_mae"] == 3.5
     assert t["by_race"]["asian 13+"]["gender_accuracy_labelled"] == round(1 / 3, 4)
+    # gender x age over the coded faces (the last face has no race code: in no row)
+    assert {k: v["n"] for k, v in t["by_gender_and_age"].items()} == {
+        "male 0-12": 1, "male 60+": 1, "female 13-39": 2, "female 60+": 1}
+    assert t["by_gender_and_age"]["female 60+"]["women_read_as_men"] == 1
 
 
 def test_utkface_race_from_real_names(data_dir: Path) -> None:
