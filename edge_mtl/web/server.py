@@ -324,7 +324,9 @@ class WebServer:
             raise QueryError(f"Last-Event-ID: expected the seq of the last event received, got {resume[:40]!r}")
         seq = int(resume) if resume is not None else int_param(request.query, "after_seq", None)
         if seq is None:
-            seq = self._last_seq  # from now on
+            # from now on: the queue's own last seq (the poller's copy can lag a commit behind under load, and an
+            # event committed before this request is not new to this client)
+            seq = await self._db(self.store.last_seq)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)

@@ -99,4 +99,6 @@ def test_stage12_config_loads(repo_root: Path) -> None:
     t = cfg.task
     assert isinstance(t, RecognizerTrain)
     assert t.rebalance_power == 0.5 and t.group_weights == {"female": 1.5, "60+": 1.5, "child": 1.5}
-    assert t.wild_augment == 0.3 and t.oversample_factor == 1 and cfg.threads == 1
+    assert t.wild_augment == 0.3 and t.oversample_factor == 1 and cfg.threads == 2
+    assert cfg.optim.epochs == 1 and not cfg.bf16 and cfg.data.teacher is not None
+    assert str(cfg.data.teacher).endswith("teacher_r15")
