@@ -121,8 +121,8 @@ class CameraState:
 
     def detect_lateness(self, ts: float) -> float | None:
         """How overdue a detection is for the frame captured at `ts` (seconds past this camera's schedule; +inf for a
-        camera that detects every frame, or for its first frame), None when the frame is not due. Changes nothing:
-        `mark_detected` commits a detection."""
+        camera that detects every frame, or for its first frame), None when the frame is not due. Only the first
+        call of a camera with a phase anchors its schedule; `mark_detected` commits a detection."""
         if self.detect_fps is None:
             return math.inf
         if self._next_detect == -math.inf:
@@ -141,14 +141,6 @@ class CameraState:
         self.last_detect_ts = ts
         first = self._next_detect == -math.inf
         self._next_detect = ts + period if first else max(self._next_detect + period, ts + period / 2)
-
-    def detect_due(self, ts: float) -> bool:
-        """Whether the frame captured at `ts` goes through the detector (and if so, commit it): every frame without
-        `detect_fps`, else on a schedule of 1 / detect_fps seconds."""
-        if self.detect_lateness(ts) is None:
-            return False
-        self.mark_detected(ts)
-        return True
 
 
 class Pipeline:

@@ -22,11 +22,15 @@ log = logging.getLogger(__name__)
 MAX_NAME = 15
 
 
+def _comm() -> Path:
+    """Where Linux keeps the calling thread's name."""
+    return Path(f"/proc/self/task/{threading.get_native_id()}/comm")
+
+
 def name_this_thread(name: str) -> bool:
     """Set the calling thread's OS name (Linux; elsewhere a no-op). False when it could not be set."""
-    comm = Path(f"/proc/self/task/{threading.get_native_id()}/comm")
     try:
-        comm.write_text(name.encode()[:MAX_NAME].decode(errors="ignore"))
+        _comm().write_text(name.encode()[:MAX_NAME].decode(errors="ignore"))
     except OSError as e:
         log.debug("thread name %r not set: %s", name, e)
         return False
@@ -35,7 +39,7 @@ def name_this_thread(name: str) -> bool:
 
 def _current_name() -> str | None:
     try:
-        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+        return _comm().read_text().strip()
     except OSError:
         return None
 

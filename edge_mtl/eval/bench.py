@@ -10,7 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -19,6 +19,10 @@ import numpy.typing as npt
 from edge_mtl.config import AppConfig
 from edge_mtl.errors import InputError
 from edge_mtl.paths import data_root
+
+if TYPE_CHECKING:
+    from edge_mtl.runtime.detector import FaceDetector
+    from edge_mtl.runtime.recognizer import FaceRecognizer
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +193,8 @@ def bench(opts: BenchOptions, cfg: AppConfig) -> dict[str, Any]:
     return result
 
 
-def end_to_end_threaded(cfg: AppConfig, det: Any, rec: Any, video: Path, n: int, warmup: int = 10) -> float:
+def end_to_end_threaded(cfg: AppConfig, det: FaceDetector, rec: FaceRecognizer, video: Path, n: int,
+                        warmup: int = 10) -> float:
     """Frames per second of the pipeline fed by the daemon's own file capture (decode and conversion in the capture
     thread, the pipeline in this one, as `edge-mtl run --source FILE` runs): `n` frames timed after `warmup`,
     the clip looped if it is shorter."""
