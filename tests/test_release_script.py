@@ -46,11 +46,11 @@ def test_pick_winner_needs_the_gain_and_breaks_ties_by_tar(rel: Any) -> None:
         rel.pick_winner([_row("e5", 0.99, 0.9)], ref["model"], 0.003)
 
 
-def _attrs(races: list[float], women60: float, mae: float) -> dict[str, Any]:
+def _attrs(races: list[float], women60: float, mae: float, sizes: tuple[int, ...] = (600, 40, 80)) -> dict[str, Any]:
     by_race = {}
-    for name, acc in zip(("white", "black", "asian"), races, strict=True):
-        by_race[name] = {"gender_accuracy_all": 0.1}  # all ages: not read by the rule
-        by_race[f"{name} 13+"] = {"gender_accuracy_all": acc}
+    for name, acc, n in zip(("white", "black", "asian"), races, sizes, strict=True):
+        by_race[name] = {"gender_accuracy_all": 0.1, "n": 1000}  # all ages: not read by the rules
+        by_race[f"{name} 13+"] = {"gender_accuracy_all": acc, "n": n}
     return {"by_race": by_race, "by_gender_and_age": {"female 60+": {"gender_accuracy_all": women60}},
             "age_mae": mae}
 
@@ -75,7 +75,31 @@ def test_pick_winner_attributes_holds_identity_and_needs_every_gain(rel: Any) ->
     all_attrs = {**attrs, "ok": good, "better": _attrs([0.96, 0.97, 0.98], 0.85, 4.0)}
     assert rel.pick_winner_attributes(rows, all_attrs, "ref")["model"] == "better"  # the higher lowest race
     assert rel.attribute_figures(good) == {"lowest_race_13+_gender_all": 0.95, "female_60+_gender_all": 0.82,
+                                           "adults_13+_gender_all": round((600 * .95 + 40 * .97 + 80 * .96) / 720, 4),
                                            "age_mae": 4.15}
+
+
+def test_pick_winner_adults_needs_a_gain_over_all_adults_and_no_loss_on_the_small_groups(rel: Any) -> None:
+    ref = _row("ref", 0.9781, 0.80)
+    attrs = {"ref": _attrs([0.93, 0.97, 0.94], 0.80, 4.10)}  # adults (600*.93 + 40*.97 + 80*.94) / 720 = 0.9333
+    good = _attrs([0.94, 0.97, 0.93], 0.80, 4.19)  # adults +0.83 points, asian -1 point, women 60+ held
+    cases = {
+        "ok": (_row("ok", 0.9762, 0.80), good),
+        "view1": (_row("view1", 0.9760, 0.85), good),
+        "tar": (_row("tar", 0.9790, 0.79), good),
+        "gain": (_row("gain", 0.9790, 0.85), _attrs([0.9355, 0.97, 0.94], 0.80, 4.10)),  # adults +0.46 points
+        "race": (_row("race", 0.9790, 0.85), _attrs([0.95, 0.97, 0.917], 0.80, 4.10)),  # lowest race -1.3 points
+        "women": (_row("women", 0.9790, 0.85), _attrs([0.95, 0.97, 0.94], 0.7999, 4.10)),
+        "mae": (_row("mae", 0.9790, 0.85), _attrs([0.95, 0.97, 0.94], 0.80, 4.21)),
+    }
+    for name, (row, a) in cases.items():
+        got = rel.pick_winner_adults([ref, row], {**attrs, name: a}, "ref")
+        assert (got is not None) == (name == "ok"), name
+    better = _row("better", 0.9781, 0.80)
+    all_attrs = {**attrs, "ok": good, "better": _attrs([0.95, 0.97, 0.94], 0.81, 4.0)}
+    assert rel.pick_winner_adults([ref, cases["ok"][0], better], all_attrs, "ref")["model"] == "better"
+    with pytest.raises(ValueError, match="reference"):
+        rel.pick_winner_adults([better], all_attrs, "ref")
 
 
 def test_compatible_flags_in_order(rel: Any) -> None:

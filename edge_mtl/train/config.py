@@ -28,6 +28,9 @@ class DataPaths(Strict):
     maskon_annotations: Path | None = Field(None, description="marellanoc/MaskON: archive/annotations")
     teacher: Path | None = Field(None, description="Teacher embeddings from `edge_mtl.train.data.teacher`.")
     crops: Path | None = Field(None, description="Cache of aligned 112x112 training crops.")
+    gender_teacher: Path | None = Field(
+        None, description="Soft gender labels (P(female)) from `edge_mtl.train.data.teacher --gender-teacher`."
+    )
 
 
 class OptimConfig(Strict):
@@ -119,6 +122,10 @@ class RecognizerTrain(Strict):
     rebalance_max_repeat: float = Field(6.0, ge=1, le=50, description="At most this many repeats of a face.")
     wild_augment: float = Field(
         0.0, ge=0, le=1, description="Probability of each in-the-wild augmentation (colour cast, yaw warp) per face."
+    )
+    gender_teacher_weight: float = Field(
+        0.0, ge=0, le=10, description="Weight of the gender teacher's soft labels (`data.gender_teacher`) on the "
+        "faces that have no gender label, beside the hard labels' cross-entropy (0: off)."
     )
     val_every: int = Field(1, ge=1)
     detector: Path | None = Field(

@@ -102,3 +102,17 @@ def test_stage12_config_loads(repo_root: Path) -> None:
     assert t.wild_augment == 0.3 and t.oversample_factor == 1 and cfg.threads == 2
     assert cfg.optim.epochs == 1 and not cfg.bf16 and cfg.data.teacher is not None
     assert str(cfg.data.teacher).endswith("teacher_r15")
+
+
+def test_stage13_config_loads(repo_root: Path) -> None:
+    """The stage-13 config continues stage 12 with the gender teacher, as its comment says."""
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    cfg = load_toml(repo_root / "configs" / "experiments" / "recognizer_stage13.toml", TrainConfig)
+    t = cfg.task
+    assert isinstance(t, RecognizerTrain)
+    assert str(cfg.init) == "runs/recognizer12/epoch_1.pt" and cfg.init_version is None
+    assert t.gender_teacher_weight == 0.5 and str(cfg.data.gender_teacher).endswith("gender_ag")
+    assert t.rebalance_power == 0.5 and t.wild_augment == 0.3 and str(cfg.data.teacher).endswith("teacher_r15")
+    assert cfg.optim.epochs == 2 and cfg.optim.lr == pytest.approx(3e-4) and not cfg.bf16

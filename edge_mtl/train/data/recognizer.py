@@ -32,6 +32,7 @@ class RecSample:
     age: float = -1.0
     gender: int = -1
     teacher: int = -1  # row in the teacher matrix
+    gender_soft: float = float("nan")  # a gender teacher's P(female), for faces without a gender label
 
 
 def degrade(
@@ -136,6 +137,7 @@ class RecognizerDataset(Dataset[dict[str, torch.Tensor]]):
             "identity": torch.tensor(s.identity, dtype=torch.long),
             "age": torch.tensor(s.age, dtype=torch.float32),
             "gender": torch.tensor(s.gender, dtype=torch.long),
+            "gender_soft": torch.tensor(s.gender_soft, dtype=torch.float32),
             "teacher": torch.from_numpy(np.asarray(t, np.float32)),
             "severity": torch.tensor(sev, dtype=torch.float32),
         }

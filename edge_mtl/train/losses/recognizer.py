@@ -83,6 +83,15 @@ def gender_loss(
     return F.cross_entropy(logits[mask], gender[mask], label_smoothing=smoothing)
 
 
+def soft_gender_loss(logits: torch.Tensor, p_female: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a teacher's soft label (P(female); logits ordered male, female)."""
+    if not mask.any():
+        return _zero(logits)
+    logp = F.log_softmax(logits[mask], dim=1)
+    p = p_female[mask].clamp(0, 1)
+    return -(p * logp[:, 1] + (1 - p) * logp[:, 0]).mean()
+
+
 def quality_loss(logit: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """BCE against a soft target in [0, 1] (how well this crop's embedding agrees with its identity's reference)."""
     if not mask.any():

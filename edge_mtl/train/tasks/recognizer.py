@@ -33,7 +33,14 @@ from edge_mtl.runtime.torch_engine import TorchEngine
 from edge_mtl.train.config import RecognizerTrain, TrainConfig
 from edge_mtl.train.data.recognizer import RecognizerDataset, RecSample
 from edge_mtl.train.data.teacher import load_targets
-from edge_mtl.train.losses.recognizer import MarginHead, age_loss, distill_loss, gender_loss, quality_loss
+from edge_mtl.train.losses.recognizer import (
+    MarginHead,
+    age_loss,
+    distill_loss,
+    gender_loss,
+    quality_loss,
+    soft_gender_loss,
+)
 from edge_mtl.train.losses.weighting import make_weighting
 
 log = logging.getLogger(__name__)
@@ -95,6 +102,14 @@ def oversample_young(samples: list[RecSample], below: float, factor: int) -> lis
     young = [s for s in samples if 0 <= s.age < below]
     log.info("oversampling %d faces younger than %g years x%d", len(young), below, factor)
     return samples + young * (factor - 1)
+
+
+def teacher_gender(rec: S.FaceRecord, soft: dict[str, npt.NDArray[np.float32]]) -> float:
+    """The gender teacher's P(female) for a face that has no gender label; NaN for a labelled face (its own label
+    is better than a 93-96% teacher's) or one the teacher did not see."""
+    if rec.gender is not None or rec.key not in soft:
+        return float("nan")
+    return float(soft[rec.key][0])
 
 
 def center_teacher(emb: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
@@ -208,6 +223,11 @@ class RecognizerTask:
             "quality" in t.tasks else []
         trow = {k: i for i, k in enumerate(keys)}
         self.teacher = center_teacher(np.stack([teacher_map[k] for k in keys])) if keys else None
+        soft: dict[str, npt.NDArray[np.float32]] = {}
+        if t.gender_teacher_weight > 0 and "gender" in t.tasks:
+            if self.cfg.data.gender_teacher is None:
+                raise InputError("gender_teacher_weight needs data.gender_teacher (soft gender labels)")
+            soft = load_targets(self.cfg.data.gender_teacher)
         samples = []
         for src, rec, row in pending:
             samples.append(
@@ -218,6 +238,7 @@ class RecognizerTask:
                     age=float(rec.age) if rec.age is not None and "age" in t.tasks else -1.0,
                     gender=int(rec.gender) if rec.gender is not None and "gender" in t.tasks else -1,
                     teacher=trow.get(rec.key, -1),
+                    gender_soft=teacher_gender(rec, soft),
                 )
             )
         samples = oversample_young(samples, t.oversample_age_below, t.oversample_factor)
@@ -228,9 +249,10 @@ class RecognizerTask:
             samples = rebalanced(samples, [names.get((s.source, s.row)) for s in samples], t.rebalance_power,
                                  t.group_weights, t.rebalance_max_repeat, self.cfg.seed)
         log.info(
-            "recognizer data: %d faces, %d identity classes, %d with teacher, %d with age, %d with gender",
-            len(samples), self.n_classes, sum(s.teacher >= 0 for s in samples),
+            "recognizer data: %d faces, %d identity classes, %d with teacher, %d with age, %d with gender, "
+            "%d with a teacher's gender", len(samples), self.n_classes, sum(s.teacher >= 0 for s in samples),
             sum(s.age >= 0 for s in samples), sum(s.gender >= 0 for s in samples),
+            sum(not np.isnan(s.gender_soft) for s in samples),
         )
         self.dataset = RecognizerDataset(crops, samples, self.teacher, train=True, seed=self.cfg.seed,
                                          wild_p=t.wild_augment)
@@ -291,6 +313,10 @@ class RecognizerTask:
             losses["age"] = age_loss(out["age"], batch["age"], batch["age"] >= 0, self.t.age_sigma)
         if "gender" in self.loss_tasks:
             losses["gender"] = gender_loss(out["gender"], batch["gender"], batch["gender"] >= 0)
+            if self.t.gender_teacher_weight > 0:
+                soft = batch["gender_soft"]
+                losses["gender"] = losses["gender"] + self.t.gender_teacher_weight * soft_gender_loss(
+                    out["gender"], soft, ~torch.isnan(soft))
         if "quality" in self.loss_tasks:
             with torch.no_grad():
                 cos = (torch.nn.functional.normalize(emb.detach(), dim=1)
