@@ -115,4 +115,4 @@ def test_stage13_config_loads(repo_root: Path) -> None:
     assert str(cfg.init) == "runs/recognizer12/epoch_1.pt" and cfg.init_version is None
     assert t.gender_teacher_weight == 0.5 and str(cfg.data.gender_teacher).endswith("gender_ag")
     assert t.rebalance_power == 0.5 and t.wild_augment == 0.3 and str(cfg.data.teacher).endswith("teacher_r15")
-    assert cfg.optim.epochs == 2 and cfg.optim.lr == pytest.approx(3e-4) and not cfg.bf16
+    assert cfg.optim.epochs == 1 and cfg.optim.lr == pytest.approx(3e-4) and not cfg.bf16
