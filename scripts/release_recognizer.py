@@ -39,7 +39,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,17 +92,15 @@ def attribute_figures(attrs: dict[str, Any]) -> dict[str, float]:
             "age_mae": float(attrs["age_mae"])}
 
 
-def pick_winner_adults(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]], reference: str,
-                       max_view1_loss: float = 0.002, min_adult_gain: float = 0.005, max_race_loss: float = 0.012,
-                       max_mae_loss: float = 0.1) -> dict[str, Any] | None:
-    """The adults rule (configs/experiments/recognizer_stage13.toml), or None: the attributes rule's gains on two
-    small groups (84 and 103 faces) were a face or two, below what one epoch can show, so this rule asks for a
-    gain where there are faces enough to see one and no loss where there are few. A candidate passes when (a) as
-    the attributes rule, identity holds (View 1 10-fold accuracy at most `max_view1_loss` lower, TAR at FAR 1e-3
-    over every View 1 pair not lower), and (b) on the UTKFace validation split its `gender_accuracy_all` over all
-    820 faces aged 13+ is at least `min_adult_gain` above the reference's, its lowest race aged 13+ at most
-    `max_race_loss` below (one face of the smallest group), women 60+ not lower, age MAE at most `max_mae_loss`
-    years higher. Of those passing: the highest adults figure."""
+Figures = dict[str, float]
+
+
+def _pick_by_attributes(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]], reference: str,
+                        max_view1_loss: float, gains: Callable[[Figures, Figures], bool],
+                        rank: str) -> dict[str, Any] | None:
+    """The candidate row whose identity holds against the reference's (View 1 10-fold accuracy at most
+    `max_view1_loss` lower, TAR at FAR 1e-3 over every View 1 pair not lower) and whose attribute figures pass
+    `gains(candidate's, reference's)`; of those, the highest figure `rank`. None when none passes."""
     ref = [r for r in rows if r["model"] == reference]
     if len(ref) != 1:
         raise ValueError(f"the reference {reference} must appear once among the rows")
@@ -114,14 +112,30 @@ def pick_winner_adults(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str
         a = attribute_figures(attrs[r["model"]])
         if (r["view1_10fold_accuracy"] >= r0["view1_10fold_accuracy"] - max_view1_loss - 1e-9
                 and r["every_pair_tar_at_far"]["0.001"] >= r0["every_pair_tar_at_far"]["0.001"] - 1e-9
-                and a["adults_13+_gender_all"] >= a0["adults_13+_gender_all"] + min_adult_gain - 1e-9
-                and a["lowest_race_13+_gender_all"] >= a0["lowest_race_13+_gender_all"] - max_race_loss - 1e-9
-                and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] - 1e-9
-                and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9):
-            passing.append((a["adults_13+_gender_all"], r))
+                and gains(a, a0)):
+            passing.append((a[rank], r))
     if not passing:
         return None
     return max(passing, key=lambda x: x[0])[1]
+
+
+def pick_winner_adults(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]], reference: str,
+                       max_view1_loss: float = 0.002, min_adult_gain: float = 0.005, max_race_loss: float = 0.012,
+                       max_mae_loss: float = 0.1) -> dict[str, Any] | None:
+    """The adults rule (configs/experiments/recognizer_stage13.toml), or None: the attributes rule's gains on two
+    small groups (84 and 103 faces) were a face or two, below what one epoch can show, so this rule asks for a
+    gain where there are faces enough to see one and no loss where there are few. A candidate passes when (a) as
+    the attributes rule, identity holds, and (b) on the UTKFace validation split its `gender_accuracy_all` over all
+    820 faces aged 13+ is at least `min_adult_gain` above the reference's, its lowest race aged 13+ at most
+    `max_race_loss` below (one face of the smallest group), women 60+ not lower, age MAE at most `max_mae_loss`
+    years higher. Of those passing: the highest adults figure."""
+    def gains(a: Figures, a0: Figures) -> bool:
+        return (a["adults_13+_gender_all"] >= a0["adults_13+_gender_all"] + min_adult_gain - 1e-9
+                and a["lowest_race_13+_gender_all"] >= a0["lowest_race_13+_gender_all"] - max_race_loss - 1e-9
+                and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] - 1e-9
+                and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9)
+
+    return _pick_by_attributes(rows, attrs, reference, max_view1_loss, gains, "adults_13+_gender_all")
 
 
 def pick_winner_attributes(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]], reference: str,
@@ -133,24 +147,12 @@ def pick_winner_attributes(rows: Sequence[dict[str, Any]], attrs: dict[str, dict
     `by_race` rows aged 13+ and its `gender_accuracy_all` of women 60+ are each at least `min_gender_gain` above
     the reference's, and its age MAE at most `max_mae_loss` years above. Of those passing: the highest lowest
     race. `attrs` maps each row's model to its attributes JSON."""
-    ref = [r for r in rows if r["model"] == reference]
-    if len(ref) != 1:
-        raise ValueError(f"the reference {reference} must appear once among the rows")
-    r0, a0 = ref[0], attribute_figures(attrs[reference])
-    passing = []
-    for r in rows:
-        if r["model"] == reference:
-            continue
-        a = attribute_figures(attrs[r["model"]])
-        if (r["view1_10fold_accuracy"] >= r0["view1_10fold_accuracy"] - max_view1_loss - 1e-9
-                and r["every_pair_tar_at_far"]["0.001"] >= r0["every_pair_tar_at_far"]["0.001"] - 1e-9
-                and a["lowest_race_13+_gender_all"] >= a0["lowest_race_13+_gender_all"] + min_gender_gain - 1e-9
+    def gains(a: Figures, a0: Figures) -> bool:
+        return (a["lowest_race_13+_gender_all"] >= a0["lowest_race_13+_gender_all"] + min_gender_gain - 1e-9
                 and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] + min_gender_gain - 1e-9
-                and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9):
-            passing.append((a["lowest_race_13+_gender_all"], r))
-    if not passing:
-        return None
-    return max(passing, key=lambda x: x[0])[1]
+                and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9)
+
+    return _pick_by_attributes(rows, attrs, reference, max_view1_loss, gains, "lowest_race_13+_gender_all")
 
 
 def compatible_flags(margins: Sequence[tuple[str, float]]) -> list[str]:
