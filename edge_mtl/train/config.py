@@ -127,6 +127,10 @@ class RecognizerTrain(Strict):
         0.0, ge=0, le=10, description="Weight of the gender teacher's soft labels (`data.gender_teacher`) on the "
         "faces that have no gender label, beside the hard labels' cross-entropy (0: off)."
     )
+    train_heads: list[Literal["embedding", "age", "gender", "quality"]] = Field(
+        default_factory=list, description="Train only these heads: the backbone and the other heads stay frozen, "
+        "BatchNorm statistics included, so their outputs stay those of `init` (empty: train everything)."
+    )
     val_every: int = Field(1, ge=1)
     detector: Path | None = Field(
         None, description="Detector (ONNX or checkpoint) that aligns the training crops; needed to build the cache."

@@ -155,3 +155,35 @@ def test_training_step_learns_gender_from_the_teacher_where_no_label() -> None:
     on["loss"].backward()
     head = [p.grad for n, p in task.model.named_parameters() if "gender" in n]  # type: ignore[attr-defined]
     assert head and all(g is not None and float(g.abs().sum()) > 0 for g in head)
+
+
+def test_train_heads_alone_leaves_every_other_output_unchanged() -> None:
+    """`train_heads = ["gender"]`: after optimiser steps in train mode, the embedding, age and quality outputs (and
+    the backbone's BatchNorm statistics) are exactly those of the start; the gender output moved."""
+    from edge_mtl.models.recognizer import Recognizer, RecognizerArgs
+    from edge_mtl.train.tasks.recognizer import PartlyFrozen, freeze_except_heads
+
+    torch.manual_seed(0)
+    model = Recognizer(RecognizerArgs(widths=(8, 8, 8, 8), depths=(1, 1, 1, 1), embedding_dim=8, embedding_hidden=16))
+    x = torch.randn(6, 3, 112, 112)
+    model.eval()
+    with torch.no_grad():
+        before = {k: v.clone() for k, v in model(x).items()}
+    mods = PartlyFrozen({"model": model}, freeze_except_heads(model, ["gender"]))
+    opt = torch.optim.SGD([p for p in mods.parameters() if p.requires_grad], lr=0.5)
+    assert {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad} == {"gender"}
+    mods.train()
+    assert not model.backbone.training and model.heads["gender"].training and not model.heads["age"].training
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(x * 2)["gender"], torch.tensor([0, 1] * 3))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        after = model(x)
+    for k in ("embedding", "age", "quality"):
+        assert torch.equal(after[k], before[k]), k
+    assert not torch.allclose(after["gender"], before["gender"])
+    with pytest.raises(Exception, match="hard-shared"):
+        freeze_except_heads(torch.nn.Linear(2, 2), ["gender"])

@@ -116,3 +116,16 @@ def test_stage13_config_loads(repo_root: Path) -> None:
     assert t.gender_teacher_weight == 0.5 and str(cfg.data.gender_teacher).endswith("gender_ag")
     assert t.rebalance_power == 0.5 and t.wild_augment == 0.3 and str(cfg.data.teacher).endswith("teacher_r15")
     assert cfg.optim.epochs == 1 and cfg.optim.lr == pytest.approx(3e-4) and not cfg.bf16
+
+
+def test_stage14_config_loads(repo_root: Path) -> None:
+    """The stage-14 config trains the gender head alone from recognizer-1.5, with the gender teacher."""
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    cfg = load_toml(repo_root / "configs" / "experiments" / "recognizer_stage14.toml", TrainConfig)
+    t = cfg.task
+    assert isinstance(t, RecognizerTrain)
+    assert str(cfg.init) == "export/recognizer.onnx" and cfg.init_version == "recognizer-1.5"
+    assert t.train_heads == ["gender"] and t.tasks == ["gender"] and t.gender_teacher_weight == 0.5
+    assert cfg.data.teacher is None and cfg.optim.epochs == 1 and cfg.optim.lr == pytest.approx(1e-3)

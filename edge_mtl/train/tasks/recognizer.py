@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,32 @@ def oversample_young(samples: list[RecSample], below: float, factor: int) -> lis
     return samples + young * (factor - 1)
 
 
+class PartlyFrozen(nn.ModuleDict):
+    """The task's modules, of which `frozen` stay in eval mode whatever `train()` asks: a frozen BatchNorm keeps
+    its running statistics and normalises with them, so frozen outputs stay exactly those of the start."""
+
+    def __init__(self, modules: dict[str, nn.Module], frozen: list[nn.Module]) -> None:
+        super().__init__(modules)
+        self._frozen = list(frozen)
+
+    def train(self, mode: bool = True) -> PartlyFrozen:
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()
+        return self
+
+
+def freeze_except_heads(model: nn.Module, heads: Sequence[str]) -> list[nn.Module]:
+    """Stop gradients to everything of a hard-shared recognizer but the named heads; returns the frozen modules."""
+    if not isinstance(model, Recognizer):
+        raise InputError("train_heads: only a hard-shared recognizer (one backbone) can train its heads alone")
+    frozen: list[nn.Module] = [model.backbone, *(m for k, m in model.heads.items() if k not in heads)]
+    for m in frozen:
+        for q in m.parameters():
+            q.requires_grad_(False)
+    return frozen
+
+
 def teacher_gender(rec: S.FaceRecord, soft: dict[str, npt.NDArray[np.float32]]) -> float:
     """The gender teacher's P(female) for a face that has no gender label; NaN for a labelled face (its own label
     is better than a 93-96% teacher's) or one the teacher did not see."""
@@ -159,7 +186,8 @@ class RecognizerTask:
             else None
         )
         self.weighting = make_weighting(t.weighting, loss_tasks, t.static_weights)
-        self._modules = nn.ModuleDict({"model": self.model, "weighting": self.weighting})
+        self._modules = PartlyFrozen({"model": self.model, "weighting": self.weighting},
+                                     freeze_except_heads(self.model, t.train_heads) if t.train_heads else [])
         if self.margin is not None:
             self._modules["margin"] = self.margin
         self._mean = torch.tensor(REC_MEAN).view(1, 3, 1, 1)
