@@ -164,6 +164,16 @@ class Collector:
             self.stats.db_up = True
         return self._store
 
+    def _open_store_at_start(self) -> None:
+        """Create the schema before subscribing, so that whoever queries the store once the collector runs (a
+        dashboard, a test) finds its tables; a database down now is retried when the first events arrive."""
+        try:
+            self._db()
+        except self.psycopg.Error as e:
+            self._db_down()
+            log.warning("PostgreSQL not reachable at start: %s; retrying when events arrive",
+                        " ".join(str(e).split())[:300] or type(e).__name__)
+
     def _db_down(self) -> None:
         self.stats.db_up = False
         if self._store is not None:
@@ -186,6 +196,7 @@ class Collector:
                 handlers[signum] = signal.signal(signum, self._on_signal)
         try:
             self._start_metrics()
+            self._open_store_at_start()
             b = self.cfg.broker
             self._client.connect_async(b.host, b.port, keepalive=30, clean_start=False,
                                        properties=self._connect_props)

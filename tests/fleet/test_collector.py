@@ -62,6 +62,8 @@ def _count(pg: Postgres, sql: str, *params: object) -> int:
 def test_two_boxes_same_camera_name_stored_once_each(
     running: Collector, postgres: Postgres, fleet_broker: Broker, tmp_path: Path
 ) -> None:
+    # the schema is there once the collector runs, before any event: a dashboard's first query finds the table
+    assert _count(postgres, "SELECT count(*) FROM edge_mtl.events") == 0
     queues = {"box-a": _box_queue(tmp_path, "box-a", "north", 300), "box-b": _box_queue(tmp_path, "box-b", None, 200)}
     fwds = [MqttForwarder(q.path, MqttConfig(host="127.0.0.1", port=fleet_broker.port, topic=TOPIC,
                                              client_id=f"fwd-{box}"), poll_s=0.05)
