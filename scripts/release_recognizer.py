@@ -25,7 +25,7 @@ with every figure. Copying into export/ and calib/, and the model card, stay a p
 
 Usage: python scripts/release_recognizer.py --run runs/recognizer11 --candidates epoch_5 avg3_5 \
            --version recognizer-1.6 --crops $EDGE_MTL_CACHE/crops --out /tmp/release16 \
-           [--reference export/recognizer.onnx] [--rule view1|attributes] [--min-gain 0.003] [--compat 3]
+           [--reference export/recognizer.onnx] [--rule view1|attributes|adults] [--min-gain 0.003] [--compat 3]
            [--utkface-full DIR]
 Needs ../shared/data ($EDGE_MTL_DATA) and the crop cache the run trained from. Roughly 40 minutes on 2 CPU cores.
 """
@@ -74,13 +74,18 @@ def pick_winner(rows: Sequence[dict[str, Any]], reference: str, min_gain: float)
     return max(passing, key=lambda r: (r["view1_10fold_accuracy"], r["every_pair_tar_at_far"]["0.001"]))
 
 
+def _adult_race_rows(attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `by_race` rows of faces aged 13+ (one per race code)."""
+    return [v for k, v in attrs["by_race"].items() if k.endswith(" 13+")]
+
+
 def _lowest_adult_race(attrs: dict[str, Any]) -> float:
-    return min(float(v["gender_accuracy_all"]) for k, v in attrs["by_race"].items() if k.endswith(" 13+"))
+    return min(float(v["gender_accuracy_all"]) for v in _adult_race_rows(attrs))
 
 
 def _adults(attrs: dict[str, Any]) -> float:
     """gender_accuracy_all over every face aged 13+ (the `by_race` rows aged 13+, weighted by their faces)."""
-    rows = [v for k, v in attrs["by_race"].items() if k.endswith(" 13+")]
+    rows = _adult_race_rows(attrs)
     return sum(float(v["gender_accuracy_all"]) * int(v["n"]) for v in rows) / max(sum(int(v["n"]) for v in rows), 1)
 
 

@@ -40,6 +40,7 @@ class CropSet:
     keys: list[str]
     status: list[str]
     path: Path
+    landmarks: npt.NDArray[np.float32] | None = None  # N x 4 x 2, source-image pixels, the ones each crop used
 
     def index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -162,4 +163,5 @@ def load_source(out_dir: str | Path, name: str) -> CropSet:
         raise InputError(f"{out_dir}: no crop cache for {name} (a recognizer training run builds it)")
     meta = json.loads((out_dir / f"{name}.json").read_text())
     images = np.load(out_dir / f"{name}.u8", mmap_mode="r")
-    return CropSet(images, list(meta["keys"]), list(meta["status"]), out_dir / f"{name}.u8")
+    lms = np.asarray(meta["landmarks"], np.float32) if meta.get("landmarks") else None
+    return CropSet(images, list(meta["keys"]), list(meta["status"]), out_dir / f"{name}.u8", lms)

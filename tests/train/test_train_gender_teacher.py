@@ -31,10 +31,21 @@ def test_box_from_landmarks_is_a_square_around_eyes_and_mouth() -> None:
 
 def test_crop_hints_cover_the_present_faces_only(tmp_path: Path) -> None:
     lm = [[40, 50], [80, 50], [60, 70], [60, 90]]
-    index = {"keys": ["a", "b", "c"], "status": ["detected", "missing", "annotated"], "landmarks": [lm, None, lm]}
+    zeros = [[0, 0]] * 4  # what the cache records for a missing face
+    index = {"keys": ["a", "b", "c"], "status": ["detected", "missing", "annotated"], "landmarks": [lm, zeros, lm]}
     (tmp_path / "src.json").write_text(json.dumps(index))
+    with open(tmp_path / "src.u8", "wb") as f:
+        np.save(f, np.zeros((3, 112, 112, 3), np.uint8))
     hints = T.crop_hints(tmp_path, "src")
     assert sorted(hints) == ["a", "c"] and np.allclose(hints["a"], T.box_from_landmarks(np.array(lm)))
+    from edge_mtl.errors import InputError
+
+    with pytest.raises(InputError, match="no crop cache"):
+        T.crop_hints(tmp_path, "other")
+    del index["landmarks"]  # a cache written before the index recorded landmarks
+    (tmp_path / "src.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="no landmarks"):
+        T.crop_hints(tmp_path, "src")
 
 
 def test_extract_with_hints_labels_only_the_hinted_faces_at_their_box(tmp_path: Path) -> None:

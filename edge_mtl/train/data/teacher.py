@@ -141,12 +141,14 @@ def box_from_landmarks(lm: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.floa
 
 
 def crop_hints(crops: str | Path, name: str) -> dict[str, npt.NDArray[np.float32]]:
-    """key -> dlib-like box from the landmarks the crop cache recorded for each present face of source `name`."""
-    import json
+    """key -> dlib-like box from the landmarks the crop cache recorded for each present face of source `name`
+    (InputError when the cache has no such source, or one written before it recorded landmarks)."""
+    from edge_mtl.data.crops import load_source
 
-    index = json.loads((Path(crops) / f"{name}.json").read_text())
-    return {k: box_from_landmarks(np.asarray(lm)) for k, st, lm in
-            zip(index["keys"], index["status"], index["landmarks"], strict=True) if st != "missing" and lm}
+    cs = load_source(crops, name)
+    if cs.landmarks is None:
+        raise InputError(f"{crops}: the crop cache of {name} records no landmarks (rebuild it)")
+    return {cs.keys[i]: box_from_landmarks(cs.landmarks[i]) for i in cs.present()}
 
 
 def _hint(rec: FaceRecord, shape: tuple[int, ...]) -> npt.NDArray[np.float32] | None:
@@ -303,17 +305,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan.append(("celeba_gender", S.celeba_gender(a.celeba_gender, exclude_images=used)))
     cal = S.caltech(data / "caltech_webfaces")
     plan.append(("caltech", [r for recs in cal.values() for r in recs]))
+    gender_teacher = GenderTeacher() if a.gender_teacher else None
     for name, recs in plan:
         if a.only and name not in a.only:
             continue
         log.info("%s: %d faces", name, len(recs))
-        if a.gender_teacher:
+        if gender_teacher is not None:
             try:
                 hints = crop_hints(a.crops, name)
-            except FileNotFoundError:
-                log.error("no crop cache for %s in %s", name, a.crops)
+            except InputError as e:
+                log.error("%s", e)
                 return 2
-            extract(recs, a.out, name, reverse=a.reverse, embed=GenderTeacher(), hints=hints)
+            extract(recs, a.out, name, reverse=a.reverse, embed=gender_teacher, hints=hints)
         else:
             extract(recs, a.out, name, reverse=a.reverse)
     return 0
