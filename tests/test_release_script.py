@@ -46,13 +46,16 @@ def test_pick_winner_needs_the_gain_and_breaks_ties_by_tar(rel: Any) -> None:
         rel.pick_winner([_row("e5", 0.99, 0.9)], ref["model"], 0.003)
 
 
-def _attrs(races: list[float], women60: float, mae: float, sizes: tuple[int, ...] = (600, 40, 80)) -> dict[str, Any]:
+def _attrs(races: list[float], women60: float, mae: float, sizes: tuple[int, ...] = (600, 40, 80),
+           children: tuple[float, float] = (0.40, 0.44)) -> dict[str, Any]:
     by_race = {}
     for name, acc, n in zip(("white", "black", "asian"), races, sizes, strict=True):
         by_race[name] = {"gender_accuracy_all": 0.1, "n": 1000}  # all ages: not read by the rules
         by_race[f"{name} 13+"] = {"gender_accuracy_all": acc, "n": n}
-    return {"by_race": by_race, "by_gender_and_age": {"female 60+": {"gender_accuracy_all": women60}},
-            "age_mae": mae}
+    return {"by_race": by_race, "age_mae": mae,
+            "by_gender_and_age": {"female 60+": {"gender_accuracy_all": women60},
+                                  "male 0-12": {"gender_accuracy_all": children[0], "n": 200},
+                                  "female 0-12": {"gender_accuracy_all": children[1], "n": 200}}}
 
 
 def test_pick_winner_attributes_holds_identity_and_needs_every_gain(rel: Any) -> None:
@@ -76,7 +79,7 @@ def test_pick_winner_attributes_holds_identity_and_needs_every_gain(rel: Any) ->
     assert rel.pick_winner_attributes(rows, all_attrs, "ref")["model"] == "better"  # the higher lowest race
     assert rel.attribute_figures(good) == {"lowest_race_13+_gender_all": 0.95, "female_60+_gender_all": 0.82,
                                            "adults_13+_gender_all": round((600 * .95 + 40 * .97 + 80 * .96) / 720, 4),
-                                           "age_mae": 4.15}
+                                           "children_0-12_gender_all": 0.42, "age_mae": 4.15}
 
 
 def test_pick_winner_adults_needs_a_gain_over_all_adults_and_no_loss_on_the_small_groups(rel: Any) -> None:
@@ -100,6 +103,40 @@ def test_pick_winner_adults_needs_a_gain_over_all_adults_and_no_loss_on_the_smal
     assert rel.pick_winner_adults([ref, cases["ok"][0], better], all_attrs, "ref")["model"] == "better"
     with pytest.raises(ValueError, match="reference"):
         rel.pick_winner_adults([better], all_attrs, "ref")
+
+
+def _wild(all_right: float, women_as_men: int) -> dict[str, Any]:
+    return {"all": {"gender_accuracy_all": all_right, "women_read_as_men": women_as_men}}
+
+
+def test_pick_winner_wild_needs_a_gain_in_the_wild_and_no_loss_on_utkface(rel: Any) -> None:
+    ref = _row("ref", 0.9781, 0.80)
+    a0 = _attrs([0.93, 0.97, 0.94], 0.80, 4.10)  # adults 0.9333, children 0.42
+    attrs, wild = {"ref": a0}, {"ref": _wild(0.80, 20)}
+    cases = {  # name: (row, UTKFace attributes, WIDER row)
+        "ok": (_row("ok", 0.9762, 0.80), _attrs([0.929, 0.97, 0.94], 0.79, 4.19, children=(0.39, 0.41)),
+               _wild(0.815, 20)),  # adults -0.3, women 60+ -1, children -2 points: all at the bar
+        "view1": (_row("view1", 0.9760, 0.85), a0, _wild(0.85, 10)),
+        "tar": (_row("tar", 0.9790, 0.79), a0, _wild(0.85, 10)),
+        "wild_gain": (_row("wild_gain", 0.9790, 0.85), a0, _wild(0.8149, 10)),
+        "women_as_men": (_row("women_as_men", 0.9790, 0.85), a0, _wild(0.85, 21)),
+        "adults": (_row("adults", 0.9790, 0.85), _attrs([0.925, 0.97, 0.94], 0.80, 4.10), _wild(0.85, 10)),
+        "race": (_row("race", 0.9790, 0.85), _attrs([0.93, 0.97, 0.917], 0.80, 4.10), _wild(0.85, 10)),  # -1.3 points
+        "women60": (_row("women60", 0.9790, 0.85), _attrs([0.93, 0.97, 0.94], 0.7899, 4.10), _wild(0.85, 10)),
+        "children": (_row("children", 0.9790, 0.85), _attrs([0.93, 0.97, 0.94], 0.80, 4.10, children=(0.37, 0.42)),
+                     _wild(0.85, 10)),
+        "mae": (_row("mae", 0.9790, 0.85), _attrs([0.93, 0.97, 0.94], 0.80, 4.21), _wild(0.85, 10)),
+    }
+    for name, (row, a, w) in cases.items():
+        got = rel.pick_winner_wild([ref, row], {**attrs, name: a}, {**wild, name: w}, "ref")
+        assert (got is not None) == (name == "ok"), name
+    better = _row("better", 0.9781, 0.80)
+    rows = [ref, cases["ok"][0], better]
+    got = rel.pick_winner_wild(rows, {**attrs, "ok": cases["ok"][1], "better": a0},
+                               {**wild, "ok": cases["ok"][2], "better": _wild(0.83, 19)}, "ref")
+    assert got["model"] == "better"  # the higher WIDER figure
+    figs = rel.attribute_figures({**a0, "_wild": _wild(0.83, 19)})
+    assert figs["wild_gender_all"] == 0.83 and figs["wild_women_read_as_men"] == 19
 
 
 def test_compatible_flags_in_order(rel: Any) -> None:
