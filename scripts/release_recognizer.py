@@ -103,8 +103,13 @@ def attribute_figures(attrs: dict[str, Any]) -> dict[str, float]:
             "adults_13+_gender_all": round(_adults(attrs), 4),
             "children_0-12_gender_all": round(children_gender_all(attrs), 4),
             "age_mae": float(attrs["age_mae"]),
-            **({"wild_gender_all": float(attrs["_wild"]["all"]["gender_accuracy_all"]),
-                "wild_women_read_as_men": float(attrs["_wild"]["all"]["women_read_as_men"])} if "_wild" in attrs else {})}
+            **(wild_figures(attrs["_wild"]) if "_wild" in attrs else {})}
+
+
+def wild_figures(row: dict[str, Any]) -> dict[str, float]:
+    """The figures the wild rule reads from a `benchmarks/wider_gender.py` row."""
+    return {"wild_gender_all": float(row["all"]["gender_accuracy_all"]),
+            "wild_women_read_as_men": float(row["all"]["women_read_as_men"])}
 
 
 Figures = dict[str, float]

@@ -4,7 +4,8 @@ Training and runtime crop faces through the same code (`FaceDetector` + `align_f
 trained on the geometry it will see. Each source is cached once as a uint8 memmap (N x 112 x 112 x 3, BGR, like
 runtime frames) with a JSON index recording, per face, how its landmarks were obtained:
 "detected" (our detector), "annotated" (the dataset's own 4 points, where the detector missed an annotated face),
-"canonical" (pre-aligned sources where the detector found nothing: the source's median landmarks), or "missing".
+"canonical" (pre-aligned sources where the detector found nothing: the source's median landmarks), or "missing" (no
+image, or a face annotated by its box in a photo that the detector does not find).
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def cache_source(
         elif rec.landmarks is not None and rec.landmarks.shape == (4, 2):
             lm = rec.landmarks + off
             status.append("annotated")
+        elif rec.box is not None:  # a face in a photo, not a pre-aligned chip: nothing to fall back on
+            status.append("missing")
+            continue
         else:
             status.append("canonical")
             pending.append(i)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from edge_mtl.errors import InputError
 from edge_mtl.vision.align import face_box_from_landmarks
 
 log = logging.getLogger(__name__)
@@ -215,28 +216,58 @@ def split_images(names: Iterable[str], val_fraction: float, seed: int) -> tuple[
 # ---------------------------------------------------------------- WIDER FACE (YOLO labels), MaskON (VOC)
 def wider_yolo(images: str | Path, labels: str | Path) -> dict[str, list[FaceRecord]]:
     """WIDER FACE subset with YOLO labels `0 cx cy w h` (normalised); boxes only, no landmarks."""
-    import cv2
-
     images, labels = Path(images), Path(labels)
     out: dict[str, list[FaceRecord]] = {}
     for f in _files(images):
-        lab = labels / (Path(f).stem + ".txt")
-        if not lab.exists():
-            continue
-        im = cv2.imread(str(images / f), cv2.IMREAD_REDUCED_COLOR_2)
-        if im is None:
-            continue
-        h, w = im.shape[0] * 2, im.shape[1] * 2
-        recs = []
-        for i, line in enumerate(lab.read_text().splitlines()):
-            p = line.split()
-            if len(p) != 5:
-                continue
-            cx, cy, bw, bh = (float(v) for v in p[1:])
-            box = np.array([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], np.float32)
-            recs.append(FaceRecord("wider", str(images / f), f"wider/{f}#{i}", box=box))
-        out[f] = recs
+        if (labels / (Path(f).stem + ".txt")).exists():
+            recs = wider_yolo_image(images, labels, f)
+            if recs is not None:
+                out[f] = recs
     return out
+
+
+def wider_yolo_image(images: Path, labels: Path, f: str) -> list[FaceRecord] | None:
+    """The faces of one WIDER FACE image `f` (its YOLO label file beside, in `labels`); None if it cannot be read."""
+    import cv2
+
+    lab = labels / (Path(f).stem + ".txt")
+    im = cv2.imread(str(images / f), cv2.IMREAD_REDUCED_COLOR_2)
+    if im is None or not lab.exists():
+        return None
+    h, w = im.shape[0] * 2, im.shape[1] * 2
+    recs = []
+    for i, line in enumerate(lab.read_text().splitlines()):
+        p = line.split()
+        if len(p) != 5:
+            continue
+        cx, cy, bw, bh = (float(v) for v in p[1:])
+        box = np.array([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], np.float32)
+        recs.append(FaceRecord("wider", str(images / f), f"wider/{f}#{i}", box=box))
+    return recs
+
+
+def wider_gender(images: str | Path, labels: str | Path, label_file: str | Path) -> list[FaceRecord]:
+    """The WIDER FACE faces of a hand-labelled gender file (lines `wider/IMAGE#INDEX M|F|?`, `#` comments), with
+    their boxes from the YOLO labels; faces labelled `?` are left out. A key the subset does not hold is an
+    InputError: the labels belong to another copy of the data."""
+    wanted: dict[str, int] = {}
+    for line in Path(label_file).read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, label = line.split()
+        if label in ("M", "F"):
+            wanted[key] = 0 if label == "M" else 1
+    images = Path(images)
+    found: dict[str, FaceRecord] = {}
+    for img in sorted({k.split("/", 1)[1].split("#")[0] for k in wanted}):
+        for r in wider_yolo_image(images, Path(labels), img) or []:
+            if r.key in wanted:
+                r.gender = wanted[r.key]
+                found[r.key] = r
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise InputError(f"{label_file}: {len(missing)} labelled faces are not in {images} (first: {missing[0]})")
+    return [found[k] for k in sorted(found)]
 
 
 def maskon_voc(images: str | Path, annotations: str | Path) -> dict[str, list[FaceRecord]]:

@@ -92,6 +92,32 @@ def _r(v: float, nd: int = 4) -> float:
     return round(float(v), nd)
 
 
+def gender_metrics(
+    gender_true: npt.ArrayLike, female_prob: npt.ArrayLike, found: npt.ArrayLike, labelled: npt.ArrayLike,
+) -> dict[str, float | int]:
+    """The gender figures of one group (see the module's docstring), for sets with no age labels."""
+    gt = np.asarray(gender_true, np.int64)
+    fp = np.asarray(female_prob, np.float64)
+    fd = np.asarray(found, bool)
+    lb = np.asarray(labelled, bool) & fd
+    n = int(gt.size)
+    nan = float("nan")
+    pred_female = fp >= 0.5
+    right = pred_female.astype(np.int64) == gt
+    out: dict[str, float | int] = {
+        "n": n,
+        "coverage": _r(lb.mean()) if n else nan,
+        "gender_accuracy_labelled": _r(right[lb].mean()) if lb.any() else nan,
+        "gender_accuracy_all": _r((right & lb).mean()) if n else nan,
+        "women_read_as_men": int((lb & (gt == 1) & ~pred_female).sum()),
+        "men_read_as_women": int((lb & (gt == 0) & pred_female).sum()),
+        "gender_ece": _r(gender_ece(gt[fd], fp[fd])) if fd.any() else nan,
+    }
+    if n and not fd.all():
+        out["without_face"] = int((~fd).sum())
+    return out
+
+
 def group_metrics(
     gender_true: npt.ArrayLike,
     female_prob: npt.ArrayLike,
@@ -102,27 +128,19 @@ def group_metrics(
     age_true: npt.ArrayLike | None = None,
 ) -> dict[str, float | int]:
     """The figures of one group (see the module's docstring). `bin_true`: the FairFace age bin of each face."""
-    gt = np.asarray(gender_true, np.int64)
-    fp = np.asarray(female_prob, np.float64)
     ap = np.asarray(age_pred, np.float64)
     fd = np.asarray(found, bool)
-    lb = np.asarray(labelled, bool) & fd
     bt = np.asarray(bin_true, np.int64)
-    n = int(gt.size)
+    n = int(fd.size)
     nan = float("nan")
-    pred_female = fp >= 0.5
-    right = pred_female.astype(np.int64) == gt
     dist = np.abs(age_bin(ap) - bt)
+    g = gender_metrics(gender_true, female_prob, found, labelled)
     out: dict[str, float | int] = {
-        "n": n,
-        "coverage": _r(lb.mean()) if n else nan,
-        "gender_accuracy_labelled": _r(right[lb].mean()) if lb.any() else nan,
-        "gender_accuracy_all": _r((right & lb).mean()) if n else nan,
-        "women_read_as_men": int((lb & (gt == 1) & ~pred_female).sum()),
-        "men_read_as_women": int((lb & (gt == 0) & pred_female).sum()),
+        **{k: g[k] for k in ("n", "coverage", "gender_accuracy_labelled", "gender_accuracy_all", "women_read_as_men",
+                             "men_read_as_women")},
         "age_bin_exact": _r(((dist == 0) & fd).mean()) if n else nan,
         "age_bin_within_one": _r(((dist <= 1) & fd).mean()) if n else nan,
-        "gender_ece": _r(gender_ece(gt[fd], fp[fd])) if fd.any() else nan,
+        "gender_ece": g["gender_ece"],
     }
     if age_true is not None:
         at = np.asarray(age_true, np.float64)

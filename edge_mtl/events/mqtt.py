@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_mtl.config import MqttForwarder as MqttConfig
 from edge_mtl.errors import InputError, MissingExtraError
+from edge_mtl.events.dbfaults import StorageError, db_guard
 from edge_mtl.events.queue import EventQueue
 from edge_mtl.threads import name_this_thread
 
@@ -239,6 +240,13 @@ class MqttForwarder:
                         logged = self.last_error
                     else:
                         log.debug("MQTT %s:%d: %s", self.cfg.host, self.cfg.port, self.last_error)
+                except StorageError as e:  # the queue damaged or full: one line, and try again after the pause
+                    if self._stop.is_set():
+                        return
+                    self.last_error = str(e)
+                    if self.last_error != logged:
+                        log.warning("MQTT forwarder %s: %s; retrying", self.cfg.client_id, self.last_error)
+                        logged = self.last_error
                 except Exception as e:  # a bug or an odd paho error: keep forwarding, but loudly
                     self.last_error = f"{type(e).__name__}: {e}"
                     log.exception("MQTT forwarder %s: unexpected error", self.cfg.client_id)
@@ -336,6 +344,10 @@ class MqttForwarder:
 
     def _session(self, client: paho.Client, link: _Link) -> None:
         """Publish from the cursor, commit acknowledged prefixes; returns when stopped, raises when lost."""
+        with db_guard(self._queue.path, "event queue"):
+            self._session_loop(client, link)
+
+    def _session_loop(self, client: paho.Client, link: _Link) -> None:
         q = self._queue
         window = min(self._window, link.receive_max or self._window)
         inflight: dict[int, tuple[int, float]] = {}  # mid -> (seq, sent at)

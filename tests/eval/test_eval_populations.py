@@ -117,3 +117,13 @@ def test_utkface_race_from_real_names(data_dir: Path) -> None:
     assert {c for c in codes if c is not None} == {0, 1, 2, 3, 4}
     assert sum(c is None for c in codes) < 5  # the few malformed names
     assert utkface_race("26_1_2_20170116174525125.jpg.chip.jpg") == 2 and utkface_race("61_1_20170109142408075") is None
+
+
+def test_gender_metrics_are_group_metrics_without_age() -> None:
+    from edge_mtl.eval.populations import gender_metrics
+
+    lab = labelled_mask(FP, AP, FOUND, 0.6, 3.0)
+    g = gender_metrics(GT, FP, FOUND, lab)
+    full = group_metrics(GT, FP, AP, FOUND, lab, BINS)
+    assert g == {k: v for k, v in full.items() if not k.startswith("age_")}
+    assert g["gender_accuracy_all"] == 0.3333 and g["without_face"] == 1

@@ -275,3 +275,26 @@ def test_missing_paho_names_the_extra(queue: EventQueue, monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "paho", None)  # makes `import paho...` raise ImportError
     with pytest.raises(MissingExtraError, match=r"edge-mtl\[mqtt\]"):
         MqttForwarder(queue.path, _cfg(1883))
+
+
+def test_damaged_queue_is_one_line_and_the_forwarder_keeps_trying(
+    queue: EventQueue, broker: Broker, forwarders: Callable[..., MqttForwarder], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queue page damaged under a running forwarder: the events before it are delivered, then one warning naming
+    the file (no traceback), and the thread keeps retrying until it is stopped."""
+    from tests.faults.fault_helpers import corrupt_page
+
+    _append(queue, 0, 400)
+    queue.close()
+    corrupt_page(queue.path)
+    fwd = forwarders(queue.path, _cfg(broker.port), window=10)
+    with caplog.at_level("DEBUG", logger="edge_mtl.events.mqtt"):
+        fwd.start()
+        wait_until(lambda: fwd.last_error is not None, 20, "the damaged page to be read")
+        time.sleep(1.0)  # several retries at 0.1-0.5 s
+        assert fwd.stop(10)
+    assert f"{queue.path}: event queue is damaged" in (fwd.last_error or ""), fwd.last_error
+    records = [r for r in caplog.records if r.name == "edge_mtl.events.mqtt" and r.levelname == "WARNING"]
+    assert [r for r in records if "event queue is damaged" in r.getMessage()], [r.getMessage() for r in records]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert 0 < fwd.delivered_seq < 400

@@ -109,3 +109,43 @@ def test_celeba_crops_real(data_dir: Path) -> None:
     assert all(r.identity is not None and r.identity.startswith("celeba:") for r in recs)
     lm = np.stack([r.landmarks for r in recs if r.landmarks is not None])
     assert lm.shape == (6015, 3, 2) and (lm[:, 0, 0] < lm[:, 1, 0]).all()
+
+
+def _fake_wider(root: Path) -> tuple[Path, Path]:
+    import cv2
+
+    images, labels = root / "images", root / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(images / f"{name}.jpg"), np.full((100, 200, 3), 128, np.uint8))
+    (labels / "a.txt").write_text("0 0.5 0.5 0.2 0.4\n0 0.25 0.25 0.1 0.2\n")
+    (labels / "b.txt").write_text("0 0.75 0.5 0.1 0.2\n")
+    return images, labels
+
+
+def test_wider_gender_reads_labels_and_boxes(tmp_path: Path) -> None:
+    from edge_mtl.data.sources import wider_gender
+
+    images, labels = _fake_wider(tmp_path)
+    lab = tmp_path / "labels.txt"
+    lab.write_text("# comment\n\nwider/a.jpg#1 F\nwider/a.jpg#0 ?\nwider/b.jpg#0 M\n")
+    recs = wider_gender(images, labels, lab)
+    assert [(r.key, r.gender) for r in recs] == [("wider/a.jpg#1", 1), ("wider/b.jpg#0", 0)]
+    np.testing.assert_allclose(recs[0].box, [40, 15, 60, 35])  # cx .25, cy .25, w .1, h .2 of 200 x 100
+    lab.write_text("wider/a.jpg#5 M\n")
+    from edge_mtl.errors import InputError
+
+    with pytest.raises(InputError, match="1 labelled faces are not in"):
+        wider_gender(images, labels, lab)
+
+
+def test_shipped_wider_gender_labels_are_well_formed() -> None:
+    import re
+
+    lines = [ln for ln in (Path(__file__).resolve().parents[2] / "benchmarks" / "wider_gender_labels.txt")
+             .read_text().splitlines() if ln and not ln.startswith("#")]
+    assert all(re.fullmatch(r"wider/\d+_[\w-]+\.jpg#\d+ [MF?]", ln) for ln in lines)
+    keys = [ln.split()[0] for ln in lines]
+    assert len(keys) == len(set(keys)) == 560
+    assert sum(ln.endswith((" M", " F")) for ln in lines) == 347

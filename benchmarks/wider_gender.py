@@ -1,0 +1,77 @@
+"""Gender on hand-labelled WIDER FACE faces from the wild: the selection set of the release rule `wild`.
+
+UTKFace's validation chips are where the recognizer's gender head is already right on about 97% of the adults it
+labels; the errors a user meets (women read as men on photos from the wild, issue 29) do not show there. This
+scores recognizers on the WIDER FACE faces labelled in `benchmarks/wider_gender_labels.txt` (crowds, parades,
+protests, sports; no recognizer training source holds WIDER). Each face is aligned once into the crop cache
+(`wider_gender`, by `edge_mtl.data.crops`): the shipped detector at the daemon's input size, the landmark refiner,
+the face picked by its annotated box. A face the detector does not find is not analysed and counts as withheld.
+Then, per model, the gender figures of `edge_mtl.eval.populations.gender_metrics` with the daemon's gender floors
+(`[attributes]` defaults): over all labelled faces, and over women and men.
+
+Usage: python benchmarks/wider_gender.py --crops $EDGE_MTL_CACHE/crops --wider DIR [--labels FILE] A.onnx B.onnx ...
+DIR: `datasets/widerface` of himanshuchopade97/Crowd-Counting @ 6c86209a (the data README's WIDER FACE subset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edge_mtl.config import AttributesConfig, DetectorConfig
+from edge_mtl.data import sources as S
+from edge_mtl.data.crops import cache_source, load_source
+from edge_mtl.errors import InputError
+from edge_mtl.eval.populations import gender_metrics, labelled_mask
+from edge_mtl.runtime.registry import open_recognizer
+
+LABELS = Path(__file__).resolve().parent / "wider_gender_labels.txt"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", type=Path)
+    p.add_argument("--crops", type=Path, required=True)
+    p.add_argument("--wider", type=Path, required=True, help="datasets/widerface (images/train, labels/train)")
+    p.add_argument("--labels", type=Path, default=LABELS)
+    p.add_argument("--detector", type=Path, default=Path("export/detector.onnx"))
+    p.add_argument("--landmarks", type=Path, default=Path("export/landmarks.onnx"))
+    a = p.parse_args(argv)
+    try:
+        recs = S.wider_gender(a.wider / "images" / "train", a.wider / "labels" / "train", a.labels)
+    except (InputError, OSError) as e:
+        p.error(str(e))
+    name = "wider_gender"
+    keys = [r.key for r in recs]
+    if (a.crops / f"{name}.json").exists() and load_source(a.crops, name).keys != keys:
+        p.error(f"{a.crops}/{name} holds other faces than {a.labels}: remove it to rebuild")
+    if not (a.crops / f"{name}.json").exists():
+        from edge_mtl.train.tasks.recognizer import load_detector
+
+        det = load_detector(a.detector, input_size=DetectorConfig().input_size, landmarks=a.landmarks)
+        cache_source(recs, det, a.crops, name)
+    cs = load_source(a.crops, name)
+    found = np.array([st != "missing" for st in cs.status])
+    gt = np.array([r.gender for r in recs], np.int64)
+    floors = AttributesConfig()
+    for m in a.models:
+        res = open_recognizer(m, max_batch=128).analyze(np.asarray(cs.images))
+        fp, ap = np.asarray(res.female_prob, np.float64), np.asarray(res.age_years, np.float64)
+        lab = labelled_mask(fp, ap, found, floors.gender_min_confidence, floors.gender_min_age)
+        rows = {"all": gender_metrics(gt, fp, found, lab)}
+        for g, gname in ((1, "women"), (0, "men")):
+            k = gt == g
+            rows[gname] = gender_metrics(gt[k], fp[k], found[k], lab[k])
+        sys.stdout.write(json.dumps({"model": str(m), "labels": str(a.labels), **rows}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""The aligned crop cache (edge_mtl.data.crops) with the shipped detector on real faces: what each face's status
+says, and that a face in a photo the detector does not find is never filled in with a guess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_mtl.data.crops import cache_source, load_source
+from edge_mtl.data.sources import FaceRecord
+from edge_mtl.train.tasks.recognizer import load_detector
+
+
+def test_box_faces_missed_are_missing_chips_missed_are_canonical(data_dir: Path, repo_root: Path,
+                                                                 tmp_path: Path) -> None:
+    chip = sorted((data_dir / "utkface").glob("3*_*.jpg"))[0]  # an adult's chip: the detector finds it
+    blank = tmp_path / "blank.jpg"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 127, np.uint8))
+    recs = [
+        FaceRecord("t", str(chip), "chip"),
+        FaceRecord("t", str(blank), "chip_missed"),  # a pre-aligned source: the median landmarks of its found faces
+        FaceRecord("t", str(blank), "photo_missed", box=np.array([50, 50, 150, 150], np.float32)),
+        FaceRecord("t", str(tmp_path / "absent.jpg"), "unreadable"),
+    ]
+    det = load_detector(repo_root / "export" / "detector.onnx", landmarks=repo_root / "export" / "landmarks.onnx")
+    cs = cache_source(recs, det, tmp_path / "crops", "t")
+    assert cs.status == ["detected", "canonical", "missing", "missing"]
+    assert load_source(tmp_path / "crops", "t").status == cs.status
+    imgs = np.asarray(cs.images)
+    assert imgs[0].std() > 10 and not imgs[2].any()  # the missed photo face stays black, not a crop of anything
