@@ -2,14 +2,14 @@
 
 UTKFace's validation chips are where the recognizer's gender head is already right on about 97% of the adults it
 labels; the errors a user meets (women read as men on photos from the wild, issue 29) do not show there. This
-scores recognizers on the WIDER FACE faces labelled in `benchmarks/wider_gender_labels.txt` (crowds, parades,
-protests, sports; no recognizer training source holds WIDER). Each face is aligned once into the crop cache
-(`wider_gender`, by `edge_mtl.data.crops`): the shipped detector at the daemon's input size, the landmark refiner,
-the face picked by its annotated box. A face the detector does not find is not analysed and counts as withheld.
-Then, per model, the gender figures of `edge_mtl.eval.populations.gender_metrics` with the daemon's gender floors
-(`[attributes]` defaults): over all labelled faces, and over women and men.
+scores recognizers on the WIDER FACE faces labelled in `benchmarks/wider_gender_labels.txt` and `..._2.txt`
+(crowds, parades, protests, sports; no recognizer training source holds WIDER). Each face is aligned once into the
+crop cache (`wider_gender_N`, N faces, by `edge_mtl.data.crops`): the shipped detector at the daemon's input size,
+the landmark refiner, the face picked by its annotated box. A face the detector does not find is not analysed and
+counts as withheld. Then, per model, the gender figures of `edge_mtl.eval.populations.gender_metrics` with the
+daemon's gender floors (`[attributes]` defaults): over all labelled faces, and over women and men.
 
-Usage: python benchmarks/wider_gender.py --crops $EDGE_MTL_CACHE/crops --wider DIR [--labels FILE] A.onnx B.onnx ...
+Usage: python benchmarks/wider_gender.py --crops $EDGE_MTL_CACHE/crops --wider DIR [--labels FILE]... A.onnx B.onnx ...
 DIR: `datasets/widerface` of himanshuchopade97/Crowd-Counting @ 6c86209a (the data README's WIDER FACE subset).
 """
 
@@ -40,18 +40,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("models", nargs="+", type=Path)
     p.add_argument("--crops", type=Path, required=True)
     p.add_argument("--wider", type=Path, required=True, help="datasets/widerface (images/train, labels/train)")
-    p.add_argument("--labels", type=Path, default=LABELS)
+    p.add_argument("--labels", type=Path, action="append",
+                   help="a label file, repeatable (default: the first batch, the wild rule's of stage 15; "
+                        "benchmarks/wider_gender_labels_2.txt is the second)")
     p.add_argument("--detector", type=Path, default=Path("export/detector.onnx"))
     p.add_argument("--landmarks", type=Path, default=Path("export/landmarks.onnx"))
     a = p.parse_args(argv)
+    a.labels = a.labels or [LABELS]
     try:
-        recs = S.wider_gender(a.wider / "images" / "train", a.wider / "labels" / "train", a.labels)
+        img_dir, lab_dir = a.wider / "images" / "train", a.wider / "labels" / "train"
+        recs = [r for f in a.labels for r in S.wider_gender(img_dir, lab_dir, f)]
     except (InputError, OSError) as e:
         p.error(str(e))
-    name = "wider_gender"
     keys = [r.key for r in recs]
+    if len(set(keys)) != len(keys):
+        p.error("a face is labelled in more than one of the label files")
+    name = f"wider_gender_{len(keys)}"
     if (a.crops / f"{name}.json").exists() and load_source(a.crops, name).keys != keys:
-        p.error(f"{a.crops}/{name} holds other faces than {a.labels}: remove it to rebuild")
+        p.error(f"{a.crops}/{name} holds other faces than {', '.join(map(str, a.labels))}: remove it to rebuild")
     if not (a.crops / f"{name}.json").exists():
         from edge_mtl.train.tasks.recognizer import load_detector
 
@@ -69,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for g, gname in ((1, "women"), (0, "men")):
             k = gt == g
             rows[gname] = gender_metrics(gt[k], fp[k], found[k], lab[k])
-        sys.stdout.write(json.dumps({"model": str(m), "labels": str(a.labels), **rows}) + "\n")
+        sys.stdout.write(json.dumps({"model": str(m), "labels": [str(f) for f in a.labels], **rows}) + "\n")
     return 0
 
 

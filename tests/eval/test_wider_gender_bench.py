@@ -38,8 +38,8 @@ def test_wider_gender_bench_scores_found_faces_and_counts_missed_ones(data_dir: 
     labels.write_text("\n".join(lines) + "\n")
     model = repo_root / "export" / "recognizer.onnx"
     cmd = [sys.executable, str(repo_root / "benchmarks" / "wider_gender.py"), "--crops", str(tmp_path / "crops"),
-           "--wider", str(wider), "--labels", str(labels), "--detector", str(repo_root / "export" / "detector.onnx"),
-           "--landmarks", str(repo_root / "export" / "landmarks.onnx"), str(model), str(model)]
+           "--wider", str(wider), "--detector", str(repo_root / "export" / "detector.onnx"),
+           "--landmarks", str(repo_root / "export" / "landmarks.onnx"), str(model), str(model), "--labels", str(labels)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(ln) for ln in r.stdout.splitlines()]
@@ -50,7 +50,7 @@ def test_wider_gender_bench_scores_found_faces_and_counts_missed_ones(data_dir: 
     assert a["coverage"] <= 0.75 and 0 <= a["gender_accuracy_all"] <= a["coverage"]
     assert a["women_read_as_men"] + a["men_read_as_women"] == round(a["coverage"] * 4) - round(
         a["gender_accuracy_all"] * 4)
-    index = json.loads((tmp_path / "crops" / "wider_gender.json").read_text())
+    index = json.loads((tmp_path / "crops" / "wider_gender_4.json").read_text())
     assert index["status"].count("missing") == 1 and index["status"].count("detected") == 3
     labels.write_text("wider/nowhere.jpg#0 M\n")  # labels of another copy of the data: one line, exit 2
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)

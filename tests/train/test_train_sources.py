@@ -143,9 +143,11 @@ def test_wider_gender_reads_labels_and_boxes(tmp_path: Path) -> None:
 def test_shipped_wider_gender_labels_are_well_formed() -> None:
     import re
 
-    lines = [ln for ln in (Path(__file__).resolve().parents[2] / "benchmarks" / "wider_gender_labels.txt")
-             .read_text().splitlines() if ln and not ln.startswith("#")]
-    assert all(re.fullmatch(r"wider/\d+_[\w-]+\.jpg#\d+ [MF?]", ln) for ln in lines)
-    keys = [ln.split()[0] for ln in lines]
-    assert len(keys) == len(set(keys)) == 560
-    assert sum(ln.endswith((" M", " F")) for ln in lines) == 347
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    keys: list[str] = []
+    for name, faces, labelled in (("wider_gender_labels.txt", 560, 347), ("wider_gender_labels_2.txt", 583, 363)):
+        lines = [ln for ln in (bench / name).read_text().splitlines() if ln and not ln.startswith("#")]
+        assert all(re.fullmatch(r"wider/\d+_[\w-]+\.jpg#\d+ [MF?]", ln) for ln in lines), name
+        assert len(lines) == faces and sum(ln.endswith((" M", " F")) for ln in lines) == labelled, name
+        keys += [ln.split()[0] for ln in lines]
+    assert len(keys) == len(set(keys)) == 1143  # the two batches are disjoint
