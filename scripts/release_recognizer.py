@@ -9,8 +9,10 @@ output lands in `--out`:
    (`edge-mtl calibrate-quality`) and exported (`edge-mtl export`);
 2. the rule, fixed before the run: `benchmarks/recognizer_view1.py` on the reference and the candidates (View 1
    only, at the reference's stamped FAR 1e-2 threshold); a candidate needs the reference's View 1 10-fold accuracy
-   plus `--min-gain`; the best passing one wins, ties broken by TAR at FAR 1e-3 over every View 1 pair. Without a
-   winner it stops there: the reference stays (exit 0, `decision` in summary.json);
+   plus `--min-gain`; the best passing one wins, ties broken by TAR at FAR 1e-3 over every View 1 pair. The rules
+   `attributes`, `adults` and `wild` hold identity instead and also read `edge-mtl eval attributes` (UTKFace
+   validation) and, for `wild`, `benchmarks/wider_gender.py` (hand-labelled WIDER FACE faces): `pick_winner_*`
+   below. Without a winner it stops there: the reference stays (exit 0, `decision` in summary.json);
 3. View 2 and UTKFace attributes of the winner (`edge-mtl eval verification / attributes`), the first time View 2
    is touched;
 4. compatibility: the margin, at the winner's own FAR 1e-2 threshold, that keeps a gallery enrolled by each
@@ -26,7 +28,7 @@ with every figure. Copying into export/ and calib/, and the model card, stay a p
 Usage: python scripts/release_recognizer.py --run runs/recognizer11 --candidates epoch_5 avg3_5 \
            --version recognizer-1.6 --crops $EDGE_MTL_CACHE/crops --out /tmp/release16 \
            [--reference export/recognizer.onnx] [--rule view1|attributes|adults|wild]
-           [--wider DIR] [--min-gain 0.003] [--compat 3]
+           [--wider DIR [--wider-labels FILE]...] [--min-gain 0.003] [--compat 3]
            [--utkface-full DIR]
 Needs ../shared/data ($EDGE_MTL_DATA) and the crop cache the run trained from. Roughly 40 minutes on 2 CPU cores.
 """
@@ -278,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--utkface-full", type=Path, help="full UTKFace folder: also the held-out 1,000's attributes")
     p.add_argument("--wider", type=Path, help="the WIDER FACE subset (datasets/widerface of "
                    "himanshuchopade97/Crowd-Counting @ 6c86209a) for --rule wild")
+    p.add_argument("--wider-labels", type=Path, action="append", default=[],
+                   help="a WIDER gender label file for --rule wild, repeatable (default: benchmarks/wider_gender.py's)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from edge_mtl.errors import ModelError
@@ -339,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             attrs[str(model)] = json.loads(f.read_text())
         if a.rule == "wild":
             wild_f = out / "wider_gender.jsonl"
-            run([sys.executable, "benchmarks/wider_gender.py", "--crops", a.crops, "--wider", a.wider,
+            labels = [x for f in a.wider_labels for x in ("--labels", f)]
+            run([sys.executable, "benchmarks/wider_gender.py", "--crops", a.crops, "--wider", a.wider, *labels,
                  a.reference, *onnx_of.values()], stdout=wild_f)
             wild = {r["model"]: r for r in read_jsonl(wild_f)}
             summary["attributes_rule"] = {m: attribute_figures({**v, "_wild": wild[m]}) for m, v in attrs.items()}
