@@ -10,9 +10,10 @@ output lands in `--out`:
 2. the rule, fixed before the run: `benchmarks/recognizer_view1.py` on the reference and the candidates (View 1
    only, at the reference's stamped FAR 1e-2 threshold); a candidate needs the reference's View 1 10-fold accuracy
    plus `--min-gain`; the best passing one wins, ties broken by TAR at FAR 1e-3 over every View 1 pair. The rules
-   `attributes`, `adults` and `wild` hold identity instead and also read `edge-mtl eval attributes` (UTKFace
-   validation) and, for `wild`, `benchmarks/wider_gender.py` (hand-labelled WIDER FACE faces): `pick_winner_*`
-   below. Without a winner it stops there: the reference stays (exit 0, `decision` in summary.json);
+   `attributes`, `adults` and `wild` hold identity instead, `identity` asks a gain of that TAR; all four also read
+   `edge-mtl eval attributes` (UTKFace validation) and, for `wild` and `identity`, `benchmarks/wider_gender.py`
+   (hand-labelled WIDER FACE faces): `pick_winner_*` below. Without a winner it stops there: the reference stays
+   (exit 0, `decision` in summary.json);
 3. View 2 and UTKFace attributes of the winner (`edge-mtl eval verification / attributes`), the first time View 2
    is touched;
 4. compatibility: the margin, at the winner's own FAR 1e-2 threshold, that keeps a gallery enrolled by each
@@ -27,7 +28,7 @@ with every figure. Copying into export/ and calib/, and the model card, stay a p
 
 Usage: python scripts/release_recognizer.py --run runs/recognizer11 --candidates epoch_5 avg3_5 \
            --version recognizer-1.6 --crops $EDGE_MTL_CACHE/crops --out /tmp/release16 \
-           [--reference export/recognizer.onnx] [--rule view1|attributes|adults|wild]
+           [--reference export/recognizer.onnx] [--rule view1|attributes|adults|wild|identity]
            [--wider DIR [--wider-labels FILE]...] [--min-gain 0.003] [--compat 3]
            [--utkface-full DIR]
 Needs ../shared/data ($EDGE_MTL_DATA) and the crop cache the run trained from. Roughly 40 minutes on 2 CPU cores.
@@ -206,6 +207,40 @@ def pick_winner_wild(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, 
     return _pick_by_attributes(rows, merged, reference, max_view1_loss, gains, "wild_gender_all")
 
 
+def pick_winner_identity(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]],
+                         wild: dict[str, dict[str, Any]], reference: str, min_tar_gain: float = 0.01,
+                         max_view1_loss: float = 0.002, max_wild_loss: float = 0.01, max_adult_loss: float = 0.003,
+                         max_race_loss: float = 0.012, max_old_loss: float = 0.01, max_child_loss: float = 0.02,
+                         max_mae_loss: float = 0.1) -> dict[str, Any] | None:
+    """The identity rule (configs/experiments/recognizer_stage16.toml), or None: issue 29 asks to select identity
+    on TAR at FAR 1e-3 over every pair of View 1's images beside View 1 accuracy. A candidate passes when (a) that
+    TAR is at least `min_tar_gain` above the reference's and its View 1 10-fold accuracy at most `max_view1_loss`
+    below; (b) the attributes hold: gender right of all WIDER faces (`wild`: `benchmarks/wider_gender.py` rows) at
+    most `max_wild_loss` below the reference's, and on UTKFace validation the wild rule's no-loss bars (adults
+    13+, lowest race, women 60+, children 0-12, age MAE). Of those passing: the highest TAR."""
+    ref = [r for r in rows if r["model"] == reference]
+    if len(ref) != 1:
+        raise ValueError(f"the reference {reference} must appear once among the rows")
+    r0 = ref[0]
+    a0 = attribute_figures({**attrs[reference], "_wild": wild[reference]})
+    passing = []
+    for r in rows:
+        if r["model"] == reference:
+            continue
+        a = attribute_figures({**attrs[r["model"]], "_wild": wild[r["model"]]})
+        tar, tar0 = r["every_pair_tar_at_far"]["0.001"], r0["every_pair_tar_at_far"]["0.001"]
+        if (tar >= tar0 + min_tar_gain - 1e-9
+                and r["view1_10fold_accuracy"] >= r0["view1_10fold_accuracy"] - max_view1_loss - 1e-9
+                and a["wild_gender_all"] >= a0["wild_gender_all"] - max_wild_loss - 1e-9
+                and a["adults_13+_gender_all"] >= a0["adults_13+_gender_all"] - max_adult_loss - 1e-9
+                and a["lowest_race_13+_gender_all"] >= a0["lowest_race_13+_gender_all"] - max_race_loss - 1e-9
+                and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] - max_old_loss - 1e-9
+                and a["children_0-12_gender_all"] >= a0["children_0-12_gender_all"] - max_child_loss - 1e-9
+                and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9):
+            passing.append((tar, r))
+    return max(passing, key=lambda x: x[0])[1] if passing else None
+
+
 def compatible_flags(margins: Sequence[tuple[str, float]]) -> list[str]:
     """`edge-mtl export` arguments declaring each (version, margin), in order of preference."""
     return [f"--compatible-with={v}:{m:g}" for v, m in margins]
@@ -270,11 +305,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--reference", type=Path, default=Path("export/recognizer.onnx"), help="the release to beat")
     p.add_argument("--sources", nargs="+", help="crop sources for quality calibration (default: the run's)")
-    p.add_argument("--rule", choices=("view1", "attributes", "adults", "wild"), default="view1",
+    p.add_argument("--rule", choices=("view1", "attributes", "adults", "wild", "identity"), default="view1",
                    help="view1: identity (View 1 accuracy + --min-gain); attributes: UTKFace gender of the worst "
                    "race and of women 60+ each +1 point, age MAE +0.1 at most, identity held (pick_winner_attributes); "
                    "adults: UTKFace gender of all faces 13+ +0.5 point, worst race -1.2 at most, women 60+ held, "
-                   "age MAE +0.1 at most, identity held (pick_winner_adults)")
+                   "age MAE +0.1 at most, identity held (pick_winner_adults); wild: WIDER gender +1.5 points "
+                   "(pick_winner_wild); identity: every-pair View 1 TAR at FAR 1e-3 +1 point, attributes held "
+                   "(pick_winner_identity)")
     p.add_argument("--min-gain", type=float, default=0.003, help="View 1 10-fold accuracy over the reference")
     p.add_argument("--compat", type=int, default=3, help="earlier releases to declare compatible (0: none)")
     p.add_argument("--utkface-full", type=Path, help="full UTKFace folder: also the held-out 1,000's attributes")
@@ -296,8 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [str(a.run / f"epoch_{e}.pt") for e in needed if not (a.run / f"epoch_{e}.pt").exists()]
     if missing or not a.reference.exists():
         p.error(f"missing: {', '.join(missing or [str(a.reference)])}")
-    if a.rule == "wild" and a.wider is None:
-        p.error("--rule wild needs --wider (the WIDER FACE subset its hand-labelled faces come from)")
+    if a.rule in ("wild", "identity") and a.wider is None:
+        p.error(f"--rule {a.rule} needs --wider (the WIDER FACE subset its hand-labelled faces come from)")
     ref_meta = read_metadata(a.reference)
     if "0.01" not in ref_meta.operating_points.get("plain", {}):
         p.error(f"{a.reference}: no stamped FAR 1e-2 threshold (edge-mtl eval verification --stamp)")
@@ -335,20 +372,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = read_jsonl(view1)
     summary["view1"] = {r["model"]: {"view1_10fold_accuracy": r["view1_10fold_accuracy"],
                                      "tar_at_far_0.001": r["every_pair_tar_at_far"]["0.001"]} for r in rows}
-    if a.rule in ("attributes", "adults", "wild"):
+    if a.rule in ("attributes", "adults", "wild", "identity"):
         attrs: dict[str, dict[str, Any]] = {}
         for name, model in (("reference", a.reference), *onnx_of.items()):
             f = out / f"attributes_{name}.json"
             run(["edge-mtl", "eval", "attributes", "--json", "--recognizer", model], stdout=f)
             attrs[str(model)] = json.loads(f.read_text())
-        if a.rule == "wild":
+        if a.rule in ("wild", "identity"):
             wild_f = out / "wider_gender.jsonl"
             labels = [x for f in a.wider_labels for x in ("--labels", f)]
             run([sys.executable, "benchmarks/wider_gender.py", "--crops", a.crops, "--wider", a.wider, *labels,
                  a.reference, *onnx_of.values()], stdout=wild_f)
             wild = {r["model"]: r for r in read_jsonl(wild_f)}
             summary["attributes_rule"] = {m: attribute_figures({**v, "_wild": wild[m]}) for m, v in attrs.items()}
-            best = pick_winner_wild(rows, attrs, wild, str(a.reference))
+            pick_wild = pick_winner_wild if a.rule == "wild" else pick_winner_identity
+            best = pick_wild(rows, attrs, wild, str(a.reference))
         else:
             summary["attributes_rule"] = {m: attribute_figures(v) for m, v in attrs.items()}
             pick = pick_winner_attributes if a.rule == "attributes" else pick_winner_adults

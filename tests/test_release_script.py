@@ -139,6 +139,34 @@ def test_pick_winner_wild_needs_a_gain_in_the_wild_and_no_loss_on_utkface(rel: A
     assert figs["wild_gender_all"] == 0.83 and figs["wild_women_read_as_men"] == 19
 
 
+def test_pick_winner_identity_needs_a_tar_gain_and_attributes_held(rel: Any) -> None:
+    ref = _row("ref", 0.9781, 0.80)
+    a0 = _attrs([0.93, 0.97, 0.94], 0.80, 4.10)
+    attrs, wild = {"ref": a0}, {"ref": _wild(0.80, 20)}
+    cases = {  # name: (row, UTKFace attributes, WIDER row)
+        "ok": (_row("ok", 0.9762, 0.81), _attrs([0.929, 0.97, 0.94], 0.79, 4.19, children=(0.39, 0.41)),
+               _wild(0.79, 30)),  # TAR +1, View 1 -0.19, WIDER -1, the UTKFace bars at their edge
+        "tar": (_row("tar", 0.9790, 0.8099), a0, _wild(0.80, 20)),
+        "view1": (_row("view1", 0.9760, 0.85), a0, _wild(0.80, 20)),
+        "wild": (_row("wild", 0.9790, 0.85), a0, _wild(0.7899, 20)),
+        "adults": (_row("adults", 0.9790, 0.85), _attrs([0.925, 0.97, 0.94], 0.80, 4.10), _wild(0.80, 20)),
+        "race": (_row("race", 0.9790, 0.85), _attrs([0.93, 0.97, 0.917], 0.80, 4.10), _wild(0.80, 20)),
+        "women60": (_row("women60", 0.9790, 0.85), _attrs([0.93, 0.97, 0.94], 0.7899, 4.10), _wild(0.80, 20)),
+        "children": (_row("children", 0.9790, 0.85), _attrs([0.93, 0.97, 0.94], 0.80, 4.10, children=(0.37, 0.42)),
+                     _wild(0.80, 20)),
+        "mae": (_row("mae", 0.9790, 0.85), _attrs([0.93, 0.97, 0.94], 0.80, 4.21), _wild(0.80, 20)),
+    }
+    for name, (row, a, w) in cases.items():
+        got = rel.pick_winner_identity([ref, row], {**attrs, name: a}, {**wild, name: w}, "ref")
+        assert (got is not None) == (name == "ok"), name
+    better = _row("better", 0.9781, 0.83)
+    got = rel.pick_winner_identity([ref, cases["ok"][0], better], {**attrs, "ok": cases["ok"][1], "better": a0},
+                                   {**wild, "ok": cases["ok"][2], "better": _wild(0.80, 20)}, "ref")
+    assert got["model"] == "better"  # the higher TAR
+    with pytest.raises(ValueError, match="reference"):
+        rel.pick_winner_identity([better], {"better": a0}, {"better": _wild(0.8, 1)}, "ref")
+
+
 def test_compatible_flags_in_order(rel: Any) -> None:
     flags = rel.compatible_flags([("recognizer-1.5", 0.0036), ("recognizer-1.4", 0.0)])
     assert flags == ["--compatible-with=recognizer-1.5:0.0036", "--compatible-with=recognizer-1.4:0"]
