@@ -1,4 +1,4 @@
-"""Fixtures for the fault-injection suite: tiny models and short clips made once per session."""
+"""Fixtures for the fault-injection suite: short clips made once per session (the tiny models: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """{'detector', 'quiet_detector', 'recognizer'} -> tiny ONNX files (real ONNX Runtime runs them)."""
-    from tests.service.service_helpers import export_models
-
-    return export_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="session")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests.service.service_helpers import write_video
 
@@ -27,8 +19,3 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "noise": write_video(d / "noise.mp4", 40, "noise"),  # 4 s at 10 fps: many random detections (events)
         "loop": write_video(d / "loop.mp4", 10, "noise", seed=2),  # 1 s: a looping camera stand-in restarts often
     }
-
-
-@pytest.fixture
-def model_args(models: dict[str, Path]) -> list[str]:
-    return ["--detector", str(models["detector"]), "--recognizer", str(models["recognizer"])]

@@ -1,4 +1,5 @@
-"""Fixtures for the service tests: tiny models and synthetic clips made once per session, and a seeded queue."""
+"""Fixtures for the service tests: synthetic clips made once per session, and a seeded queue (the tiny models:
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import NotifySocket, corrupt_middle, export_models, populate, write_video
+from service_helpers import NotifySocket, corrupt_middle, populate, write_video
 
 pytest.importorskip("onnx")
 pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """{'detector', 'quiet_detector', 'recognizer'} -> tiny ONNX files."""
-    return export_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +23,6 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "gray": write_video(d / "gray.mp4", 10, "gray"),
         "damaged": corrupt_middle(noise, d / "damaged.mp4"),
     }
-
-
-@pytest.fixture
-def model_args(models: dict[str, Path]) -> list[str]:
-    return ["--detector", str(models["detector"]), "--recognizer", str(models["recognizer"])]
 
 
 @pytest.fixture
