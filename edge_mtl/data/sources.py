@@ -178,6 +178,21 @@ def celeba_gender(
     return out
 
 
+def gender_by_identity(records: Iterable[FaceRecord], min_agreement: float = 0.8) -> dict[str, int]:
+    """One gender per identity from gender-labelled records (e.g. `celeba_gender`'s): the majority label where at
+    least `min_agreement` of that identity's labelled images agree; identities below it are left out (CelebA's
+    per-image attribute disagrees with itself on some identities)."""
+    votes: dict[str, list[int]] = {}
+    for r in records:
+        if r.identity and r.gender is not None:
+            votes.setdefault(r.identity, [0, 0])[r.gender] += 1
+    out = {}
+    for ident, (m, f) in votes.items():
+        if max(m, f) >= min_agreement * (m + f):
+            out[ident] = int(f > m)
+    return out
+
+
 # ---------------------------------------------------------------- Caltech WebFaces
 def caltech(folder: str | Path) -> dict[str, list[FaceRecord]]:
     """Caltech 10k Web Faces: image -> its annotated faces (4 points; box by `face_box_from_landmarks`)."""

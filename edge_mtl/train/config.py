@@ -127,6 +127,10 @@ class RecognizerTrain(Strict):
         0.0, ge=0, le=10, description="Weight of the gender teacher's soft labels (`data.gender_teacher`) on the "
         "faces that have no gender label, beside the hard labels' cross-entropy (0: off)."
     )
+    celeba_samples_gender: bool = Field(
+        False, description="Give CelebA_Samples faces a gender label by identity: the majority of that identity's "
+        "`celeba_gender` labels where at least 80% agree (needs data.celeba_gender and data.celeba_identity_file)."
+    )
     train_heads: list[Literal["embedding", "age", "gender", "quality"]] = Field(
         default_factory=list, description="Train only these heads: the backbone and the other heads stay frozen, "
         "BatchNorm statistics included, so their outputs stay those of `init` (empty: train everything)."

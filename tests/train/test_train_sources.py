@@ -151,3 +151,16 @@ def test_shipped_wider_gender_labels_are_well_formed() -> None:
         assert len(lines) == faces and sum(ln.endswith((" M", " F")) for ln in lines) == labelled, name
         keys += [ln.split()[0] for ln in lines]
     assert len(keys) == len(set(keys)) == 1143  # the two batches are disjoint
+
+
+def test_gender_by_identity_keeps_identities_that_agree() -> None:
+    from edge_mtl.data.sources import FaceRecord, gender_by_identity
+
+    def rec(ident: str | None, g: int | None) -> FaceRecord:
+        return FaceRecord("celeba_gender", "p", "k", identity=ident, gender=g)
+
+    recs = [rec("a", 1)] * 4 + [rec("a", 0)]  # 80% female: kept
+    recs += [rec("b", 0)] * 3 + [rec("b", 1)] * 2  # 60%: left out
+    recs += [rec("c", 0), rec(None, 1), rec("d", None)]
+    assert gender_by_identity(recs) == {"a": 1, "c": 0}
+    assert gender_by_identity(recs, min_agreement=0.6) == {"a": 1, "b": 0, "c": 0}

@@ -209,7 +209,16 @@ class RecognizerTask:
         if name == "celeba_crops":
             return S.celeba_crops(root / "celeba_crops")
         if name == "celeba_samples" and d.celeba_samples:
-            return S.celeba_samples(d.celeba_samples)
+            recs = S.celeba_samples(d.celeba_samples)
+            if self.t.celeba_samples_gender:
+                if not (d.celeba_gender and d.celeba_identity_file):
+                    raise InputError("celeba_samples_gender needs data.celeba_gender and data.celeba_identity_file")
+                by_id = S.gender_by_identity(S.celeba_gender(d.celeba_gender, d.celeba_identity_file))
+                for r in recs:
+                    r.gender = by_id.get(r.identity or "")
+                log.info("celeba_samples: %d of %d faces labelled by identity", sum(r.gender is not None for r in recs),
+                         len(recs))
+            return recs
         if name == "utkface":
             return S.utkface(root / "utkface", "utkface", exclude=[*reserved, *utk_val])
         if name == "utkface_full" and d.utkface_full:
