@@ -178,6 +178,17 @@ def pick_winner_attributes(rows: Sequence[dict[str, Any]], attrs: dict[str, dict
     return _pick_by_attributes(rows, attrs, reference, max_view1_loss, gains, "lowest_race_13+_gender_all")
 
 
+def utkface_held(a: Figures, a0: Figures, max_adult_loss: float, max_race_loss: float, max_old_loss: float,
+                 max_child_loss: float, max_mae_loss: float) -> bool:
+    """The UTKFace validation figures `a` lose at most these to the reference's `a0` (adults 13+, lowest race 13+,
+    women 60+, children 0-12: gender right of all faces; age MAE in years)."""
+    return (a["adults_13+_gender_all"] >= a0["adults_13+_gender_all"] - max_adult_loss - 1e-9
+            and a["lowest_race_13+_gender_all"] >= a0["lowest_race_13+_gender_all"] - max_race_loss - 1e-9
+            and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] - max_old_loss - 1e-9
+            and a["children_0-12_gender_all"] >= a0["children_0-12_gender_all"] - max_child_loss - 1e-9
+            and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9)
+
+
 def pick_winner_wild(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]],
                      wild: dict[str, dict[str, Any]], reference: str, max_view1_loss: float = 0.002,
                      min_wild_gain: float = 0.015, max_adult_loss: float = 0.003, max_race_loss: float = 0.012,
@@ -197,11 +208,7 @@ def pick_winner_wild(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, 
     def gains(a: Figures, a0: Figures) -> bool:
         return (a["wild_gender_all"] >= a0["wild_gender_all"] + min_wild_gain - 1e-9
                 and a["wild_women_read_as_men"] <= a0["wild_women_read_as_men"]
-                and a["adults_13+_gender_all"] >= a0["adults_13+_gender_all"] - max_adult_loss - 1e-9
-                and a["lowest_race_13+_gender_all"] >= a0["lowest_race_13+_gender_all"] - max_race_loss - 1e-9
-                and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] - max_old_loss - 1e-9
-                and a["children_0-12_gender_all"] >= a0["children_0-12_gender_all"] - max_child_loss - 1e-9
-                and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9)
+                and utkface_held(a, a0, max_adult_loss, max_race_loss, max_old_loss, max_child_loss, max_mae_loss))
 
     merged = {m: {**attrs[m], "_wild": wild[m]} for m in attrs}
     return _pick_by_attributes(rows, merged, reference, max_view1_loss, gains, "wild_gender_all")
@@ -232,11 +239,7 @@ def pick_winner_identity(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[s
         if (tar >= tar0 + min_tar_gain - 1e-9
                 and r["view1_10fold_accuracy"] >= r0["view1_10fold_accuracy"] - max_view1_loss - 1e-9
                 and a["wild_gender_all"] >= a0["wild_gender_all"] - max_wild_loss - 1e-9
-                and a["adults_13+_gender_all"] >= a0["adults_13+_gender_all"] - max_adult_loss - 1e-9
-                and a["lowest_race_13+_gender_all"] >= a0["lowest_race_13+_gender_all"] - max_race_loss - 1e-9
-                and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] - max_old_loss - 1e-9
-                and a["children_0-12_gender_all"] >= a0["children_0-12_gender_all"] - max_child_loss - 1e-9
-                and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9):
+                and utkface_held(a, a0, max_adult_loss, max_race_loss, max_old_loss, max_child_loss, max_mae_loss)):
             passing.append((tar, r))
     return max(passing, key=lambda x: x[0])[1] if passing else None
 
