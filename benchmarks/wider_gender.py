@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--labels", type=Path, action="append",
                    help="a label file, repeatable (default: the first batch, the wild rule's of stage 15; "
                         "benchmarks/wider_gender_labels_2.txt is the second)")
+    p.add_argument("--min-confidence", type=float, help="the gender floor (default: attributes.gender_min_confidence)")
     p.add_argument("--detector", type=Path, default=Path("export/detector.onnx"))
     p.add_argument("--landmarks", type=Path, default=Path("export/landmarks.onnx"))
     a = p.parse_args(argv)
@@ -70,12 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in a.models:
         res = open_recognizer(m, max_batch=128).analyze(np.asarray(cs.images))
         fp, ap = np.asarray(res.female_prob, np.float64), np.asarray(res.age_years, np.float64)
-        lab = labelled_mask(fp, ap, found, floors.gender_min_confidence, floors.gender_min_age)
+        floor = floors.gender_min_confidence if a.min_confidence is None else a.min_confidence
+        lab = labelled_mask(fp, ap, found, floor, floors.gender_min_age)
         rows = {"all": gender_metrics(gt, fp, found, lab)}
         for g, gname in ((1, "women"), (0, "men")):
             k = gt == g
             rows[gname] = gender_metrics(gt[k], fp[k], found[k], lab[k])
-        sys.stdout.write(json.dumps({"model": str(m), "labels": [str(f) for f in a.labels], **rows}) + "\n")
+        sys.stdout.write(json.dumps({"model": str(m), "labels": [str(f) for f in a.labels], "min_confidence": floor,
+                                     **rows}) + "\n")
     return 0
 
 

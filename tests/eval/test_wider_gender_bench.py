@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 
+from edge_mtl.config import AttributesConfig
 from edge_mtl.data.sources import caltech
 
 
@@ -44,6 +45,7 @@ def test_wider_gender_bench_scores_found_faces_and_counts_missed_ones(data_dir: 
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(ln) for ln in r.stdout.splitlines()]
     assert len(rows) == 2 and rows[0] == rows[1]  # one line per model, the same model twice
+    assert rows[0]["min_confidence"] == AttributesConfig().gender_min_confidence  # the daemon's floor by default
     a = rows[0]["all"]
     assert a["n"] == 4 and a["without_face"] == 1  # three photos' faces and the corner that is no face
     assert rows[0]["women"]["n"] == 1 and rows[0]["men"]["n"] == 3
@@ -52,6 +54,9 @@ def test_wider_gender_bench_scores_found_faces_and_counts_missed_ones(data_dir: 
         a["gender_accuracy_all"] * 4)
     index = json.loads((tmp_path / "crops" / "wider_gender_4.json").read_text())
     assert index["status"].count("missing") == 1 and index["status"].count("detected") == 3
+    r = subprocess.run([*cmd, "--min-confidence", "0.5"], capture_output=True, text=True, cwd=repo_root, timeout=300)
+    low = json.loads(r.stdout.splitlines()[0])
+    assert low["min_confidence"] == 0.5 and low["all"]["coverage"] >= a["coverage"]  # a lower floor withholds less
     labels.write_text("wider/nowhere.jpg#0 M\n")  # labels of another copy of the data: one line, exit 2
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert r.returncode == 2 and "not in" in r.stderr and "Traceback" not in r.stderr
