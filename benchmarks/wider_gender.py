@@ -68,10 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = np.array([st != "missing" for st in cs.status])
     gt = np.array([r.gender for r in recs], np.int64)
     floors = AttributesConfig()
+    floor = floors.gender_min_confidence if a.min_confidence is None else a.min_confidence
     for m in a.models:
         res = open_recognizer(m, max_batch=128).analyze(np.asarray(cs.images))
         fp, ap = np.asarray(res.female_prob, np.float64), np.asarray(res.age_years, np.float64)
-        floor = floors.gender_min_confidence if a.min_confidence is None else a.min_confidence
         lab = labelled_mask(fp, ap, found, floor, floors.gender_min_age)
         rows = {"all": gender_metrics(gt, fp, found, lab)}
         for g, gname in ((1, "women"), (0, "men")):

@@ -99,14 +99,15 @@ def children_gender_all(attrs: dict[str, Any]) -> float:
     return sum(float(v["gender_accuracy_all"]) * int(v["n"]) for v in rows) / max(sum(int(v["n"]) for v in rows), 1)
 
 
-def attribute_figures(attrs: dict[str, Any]) -> dict[str, float]:
-    """The figures the attributes rules read from `edge-mtl eval attributes --json` (UTKFace validation)."""
+def attribute_figures(attrs: dict[str, Any], wild: dict[str, Any] | None = None) -> dict[str, float]:
+    """The figures the attributes rules read from `edge-mtl eval attributes --json` (UTKFace validation), and from
+    a `benchmarks/wider_gender.py` row when `wild` is given."""
     return {"lowest_race_13+_gender_all": _lowest_adult_race(attrs),
             "female_60+_gender_all": float(attrs["by_gender_and_age"]["female 60+"]["gender_accuracy_all"]),
             "adults_13+_gender_all": round(_adults(attrs), 4),
             "children_0-12_gender_all": round(children_gender_all(attrs), 4),
             "age_mae": float(attrs["age_mae"]),
-            **(wild_figures(attrs["_wild"]) if "_wild" in attrs else {})}
+            **(wild_figures(wild) if wild is not None else {})}
 
 
 def wild_figures(row: dict[str, Any]) -> dict[str, float]:
@@ -118,28 +119,35 @@ def wild_figures(row: dict[str, Any]) -> dict[str, float]:
 Figures = dict[str, float]
 
 
-def _pick_by_attributes(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]], reference: str,
+def _pick_by_attributes(rows: Sequence[dict[str, Any]], figures: dict[str, Figures], reference: str,
                         max_view1_loss: float, gains: Callable[[Figures, Figures], bool],
-                        rank: str) -> dict[str, Any] | None:
+                        rank: Callable[[dict[str, Any], Figures], float],
+                        min_tar_gain: float = 0.0) -> dict[str, Any] | None:
     """The candidate row whose identity holds against the reference's (View 1 10-fold accuracy at most
-    `max_view1_loss` lower, TAR at FAR 1e-3 over every View 1 pair not lower) and whose attribute figures pass
-    `gains(candidate's, reference's)`; of those, the highest figure `rank`. None when none passes."""
+    `max_view1_loss` lower, TAR at FAR 1e-3 over every View 1 pair at least `min_tar_gain` higher: not lower by
+    default) and whose figures (`figures`: model -> `attribute_figures`) pass `gains(candidate's, reference's)`; of
+    those, the highest `rank(row, figures)`. None when none passes."""
     ref = [r for r in rows if r["model"] == reference]
     if len(ref) != 1:
         raise ValueError(f"the reference {reference} must appear once among the rows")
-    r0, a0 = ref[0], attribute_figures(attrs[reference])
+    r0, a0 = ref[0], figures[reference]
     passing = []
     for r in rows:
         if r["model"] == reference:
             continue
-        a = attribute_figures(attrs[r["model"]])
+        a = figures[r["model"]]
         if (r["view1_10fold_accuracy"] >= r0["view1_10fold_accuracy"] - max_view1_loss - 1e-9
-                and r["every_pair_tar_at_far"]["0.001"] >= r0["every_pair_tar_at_far"]["0.001"] - 1e-9
+                and r["every_pair_tar_at_far"]["0.001"] >= r0["every_pair_tar_at_far"]["0.001"] + min_tar_gain - 1e-9
                 and gains(a, a0)):
-            passing.append((a[rank], r))
+            passing.append((rank(r, a), r))
     if not passing:
         return None
     return max(passing, key=lambda x: x[0])[1]
+
+
+def _figure(name: str) -> Callable[[dict[str, Any], Figures], float]:
+    """Rank by one attribute figure."""
+    return lambda _row, a: a[name]
 
 
 def pick_winner_adults(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]], reference: str,
@@ -158,7 +166,8 @@ def pick_winner_adults(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str
                 and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] - 1e-9
                 and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9)
 
-    return _pick_by_attributes(rows, attrs, reference, max_view1_loss, gains, "adults_13+_gender_all")
+    figures = {m: attribute_figures(v) for m, v in attrs.items()}
+    return _pick_by_attributes(rows, figures, reference, max_view1_loss, gains, _figure("adults_13+_gender_all"))
 
 
 def pick_winner_attributes(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]], reference: str,
@@ -175,7 +184,8 @@ def pick_winner_attributes(rows: Sequence[dict[str, Any]], attrs: dict[str, dict
                 and a["female_60+_gender_all"] >= a0["female_60+_gender_all"] + min_gender_gain - 1e-9
                 and a["age_mae"] <= a0["age_mae"] + max_mae_loss + 1e-9)
 
-    return _pick_by_attributes(rows, attrs, reference, max_view1_loss, gains, "lowest_race_13+_gender_all")
+    figures = {m: attribute_figures(v) for m, v in attrs.items()}
+    return _pick_by_attributes(rows, figures, reference, max_view1_loss, gains, _figure("lowest_race_13+_gender_all"))
 
 
 def utkface_held(a: Figures, a0: Figures, max_adult_loss: float, max_race_loss: float, max_old_loss: float,
@@ -210,8 +220,8 @@ def pick_winner_wild(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, 
                 and a["wild_women_read_as_men"] <= a0["wild_women_read_as_men"]
                 and utkface_held(a, a0, max_adult_loss, max_race_loss, max_old_loss, max_child_loss, max_mae_loss))
 
-    merged = {m: {**attrs[m], "_wild": wild[m]} for m in attrs}
-    return _pick_by_attributes(rows, merged, reference, max_view1_loss, gains, "wild_gender_all")
+    figures = {m: attribute_figures(v, wild[m]) for m, v in attrs.items()}
+    return _pick_by_attributes(rows, figures, reference, max_view1_loss, gains, _figure("wild_gender_all"))
 
 
 def pick_winner_identity(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]],
@@ -225,23 +235,13 @@ def pick_winner_identity(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[s
     below; (b) the attributes hold: gender right of all WIDER faces (`wild`: `benchmarks/wider_gender.py` rows) at
     most `max_wild_loss` below the reference's, and on UTKFace validation the wild rule's no-loss bars (adults
     13+, lowest race, women 60+, children 0-12, age MAE). Of those passing: the highest TAR."""
-    ref = [r for r in rows if r["model"] == reference]
-    if len(ref) != 1:
-        raise ValueError(f"the reference {reference} must appear once among the rows")
-    r0 = ref[0]
-    a0 = attribute_figures({**attrs[reference], "_wild": wild[reference]})
-    passing = []
-    for r in rows:
-        if r["model"] == reference:
-            continue
-        a = attribute_figures({**attrs[r["model"]], "_wild": wild[r["model"]]})
-        tar, tar0 = r["every_pair_tar_at_far"]["0.001"], r0["every_pair_tar_at_far"]["0.001"]
-        if (tar >= tar0 + min_tar_gain - 1e-9
-                and r["view1_10fold_accuracy"] >= r0["view1_10fold_accuracy"] - max_view1_loss - 1e-9
-                and a["wild_gender_all"] >= a0["wild_gender_all"] - max_wild_loss - 1e-9
-                and utkface_held(a, a0, max_adult_loss, max_race_loss, max_old_loss, max_child_loss, max_mae_loss)):
-            passing.append((tar, r))
-    return max(passing, key=lambda x: x[0])[1] if passing else None
+    def held(a: Figures, a0: Figures) -> bool:
+        return (a["wild_gender_all"] >= a0["wild_gender_all"] - max_wild_loss - 1e-9
+                and utkface_held(a, a0, max_adult_loss, max_race_loss, max_old_loss, max_child_loss, max_mae_loss))
+
+    figures = {m: attribute_figures(v, wild[m]) for m, v in attrs.items()}
+    return _pick_by_attributes(rows, figures, reference, max_view1_loss, held,
+                               lambda row, _a: float(row["every_pair_tar_at_far"]["0.001"]), min_tar_gain)
 
 
 def compatible_flags(margins: Sequence[tuple[str, float]]) -> list[str]:
@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run([sys.executable, "benchmarks/wider_gender.py", "--crops", a.crops, "--wider", a.wider, *labels,
                  a.reference, *onnx_of.values()], stdout=wild_f)
             wild = {r["model"]: r for r in read_jsonl(wild_f)}
-            summary["attributes_rule"] = {m: attribute_figures({**v, "_wild": wild[m]}) for m, v in attrs.items()}
+            summary["attributes_rule"] = {m: attribute_figures(v, wild[m]) for m, v in attrs.items()}
             pick_wild = pick_winner_wild if a.rule == "wild" else pick_winner_identity
             best = pick_wild(rows, attrs, wild, str(a.reference))
         else:

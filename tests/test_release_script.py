@@ -135,7 +135,7 @@ def test_pick_winner_wild_needs_a_gain_in_the_wild_and_no_loss_on_utkface(rel: A
     got = rel.pick_winner_wild(rows, {**attrs, "ok": cases["ok"][1], "better": a0},
                                {**wild, "ok": cases["ok"][2], "better": _wild(0.83, 19)}, "ref")
     assert got["model"] == "better"  # the higher WIDER figure
-    figs = rel.attribute_figures({**a0, "_wild": _wild(0.83, 19)})
+    figs = rel.attribute_figures(a0, _wild(0.83, 19))
     assert figs["wild_gender_all"] == 0.83 and figs["wild_women_read_as_men"] == 19
 
 

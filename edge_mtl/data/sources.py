@@ -234,20 +234,22 @@ def wider_yolo(images: str | Path, labels: str | Path) -> dict[str, list[FaceRec
     images, labels = Path(images), Path(labels)
     out: dict[str, list[FaceRecord]] = {}
     for f in _files(images):
-        if (labels / (Path(f).stem + ".txt")).exists():
-            recs = wider_yolo_image(images, labels, f)
-            if recs is not None:
-                out[f] = recs
+        recs = wider_yolo_image(images, labels, f)
+        if recs is not None:
+            out[f] = recs
     return out
 
 
 def wider_yolo_image(images: Path, labels: Path, f: str) -> list[FaceRecord] | None:
-    """The faces of one WIDER FACE image `f` (its YOLO label file beside, in `labels`); None if it cannot be read."""
+    """The faces of one WIDER FACE image `f` (its YOLO label file beside, in `labels`); None when it has no label
+    file or cannot be read."""
     import cv2
 
     lab = labels / (Path(f).stem + ".txt")
+    if not lab.exists():
+        return None
     im = cv2.imread(str(images / f), cv2.IMREAD_REDUCED_COLOR_2)
-    if im is None or not lab.exists():
+    if im is None:
         return None
     h, w = im.shape[0] * 2, im.shape[1] * 2
     recs = []
