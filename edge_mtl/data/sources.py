@@ -263,17 +263,30 @@ def wider_yolo_image(images: Path, labels: Path, f: str) -> list[FaceRecord] | N
     return recs
 
 
+def read_gender_labels(label_file: str | Path) -> dict[str, int]:
+    """A hand-labelled gender file: lines `KEY M|F|?` (`#` comments, blank lines allowed) -> {key: 0 man / 1 woman};
+    faces labelled `?` are left out. A malformed line, or a key given twice, is an InputError naming the line."""
+    out: dict[str, int] = {}
+    seen: set[str] = set()
+    for n, line in enumerate(Path(label_file).read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or parts[1] not in ("M", "F", "?"):
+            raise InputError(f"{label_file}:{n}: expected 'KEY M|F|?', got {line.strip()!r}")
+        if parts[0] in seen:
+            raise InputError(f"{label_file}:{n}: {parts[0]} is labelled twice")
+        seen.add(parts[0])
+        if parts[1] != "?":
+            out[parts[0]] = 0 if parts[1] == "M" else 1
+    return out
+
+
 def wider_gender(images: str | Path, labels: str | Path, label_file: str | Path) -> list[FaceRecord]:
     """The WIDER FACE faces of a hand-labelled gender file (lines `wider/IMAGE#INDEX M|F|?`, `#` comments), with
     their boxes from the YOLO labels; faces labelled `?` are left out. A key the subset does not hold is an
     InputError: the labels belong to another copy of the data."""
-    wanted: dict[str, int] = {}
-    for line in Path(label_file).read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, label = line.split()
-        if label in ("M", "F"):
-            wanted[key] = 0 if label == "M" else 1
+    wanted = read_gender_labels(label_file)
     images = Path(images)
     found: dict[str, FaceRecord] = {}
     for img in sorted({k.split("/", 1)[1].split("#")[0] for k in wanted}):

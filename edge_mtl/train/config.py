@@ -131,6 +131,15 @@ class RecognizerTrain(Strict):
         False, description="Give CelebA_Samples faces a gender label by identity: the majority of that identity's "
         "`celeba_gender` labels where at least 80% agree (needs data.celeba_gender and data.celeba_identity_file)."
     )
+    gender_labels: list[Path] = Field(
+        default_factory=list, description="Hand-labelled gender files (lines `KEY M|F|?`, e.g. "
+        "configs/labels/caltech_gender.txt) that give faces of the sources above, by crop key, a gender label; "
+        "a key no source holds is an error (the labels belong to another copy of the data)."
+    )
+    gender_labels_repeat: int = Field(
+        1, ge=1, le=50, description="Faces labelled by `gender_labels` are seen this many times per epoch (a few "
+        "thousand faces from the wild beside about a hundred thousand chips and celebrities)."
+    )
     train_heads: list[Literal["embedding", "age", "gender", "quality"]] = Field(
         default_factory=list, description="Train only these heads: the backbone and the other heads stay frozen, "
         "BatchNorm statistics included, so their outputs stay those of `init` (empty: train everything)."

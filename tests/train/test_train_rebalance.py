@@ -129,3 +129,17 @@ def test_stage14_config_loads(repo_root: Path) -> None:
     assert str(cfg.init) == "export/recognizer.onnx" and cfg.init_version == "recognizer-1.5"
     assert t.train_heads == ["gender"] and t.tasks == ["gender"] and t.gender_teacher_weight == 0.5
     assert cfg.data.teacher is None and cfg.optim.epochs == 1 and cfg.optim.lr == pytest.approx(1e-3)
+
+
+def test_stage18_config_loads(repo_root: Path) -> None:
+    """The stage-18 config trains the gender head alone from recognizer-1.5 with hand labels on Caltech faces, no
+    teacher."""
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    cfg = load_toml(repo_root / "configs" / "experiments" / "recognizer_stage18.toml", TrainConfig)
+    t = cfg.task
+    assert isinstance(t, RecognizerTrain)
+    assert str(cfg.init) == "export/recognizer.onnx" and cfg.init_version == "recognizer-1.5"
+    assert t.train_heads == ["gender"] and t.gender_teacher_weight == 0 and not t.celeba_samples_gender
+    assert [str(p) for p in t.gender_labels] == ["configs/labels/caltech_gender.txt"] and t.gender_labels_repeat == 6

@@ -164,3 +164,34 @@ def test_gender_by_identity_keeps_identities_that_agree() -> None:
     recs += [rec("c", 0), rec(None, 1), rec("d", None)]
     assert gender_by_identity(recs) == {"a": 1, "c": 0}
     assert gender_by_identity(recs, min_agreement=0.6) == {"a": 1, "b": 0, "c": 0}
+
+
+def test_read_gender_labels_parses_and_rejects_bad_lines(tmp_path: Path) -> None:
+    from edge_mtl.data.sources import read_gender_labels
+    from edge_mtl.errors import InputError
+
+    lab = tmp_path / "labels.txt"
+    lab.write_text("# who labelled, how\n\ncaltech/a.jpg#0 F\ncaltech/a.jpg#1 ?\ncaltech/b.jpg#0 M\n")
+    assert read_gender_labels(lab) == {"caltech/a.jpg#0": 1, "caltech/b.jpg#0": 0}
+    lab.write_text("caltech/a.jpg#0 F\ncaltech/a.jpg#0 ?\n")
+    with pytest.raises(InputError, match=r"labels.txt:2: caltech/a.jpg#0 is labelled twice"):
+        read_gender_labels(lab)
+    lab.write_text("caltech/a.jpg#0 female\n")
+    with pytest.raises(InputError, match=r"labels.txt:1: expected 'KEY M\|F\|\?'"):
+        read_gender_labels(lab)
+
+
+def test_apply_gender_labels_labels_by_key_and_rejects_unknown_keys(tmp_path: Path) -> None:
+    from edge_mtl.data.sources import FaceRecord
+    from edge_mtl.errors import InputError
+    from edge_mtl.train.tasks.recognizer import apply_gender_labels
+
+    recs = [FaceRecord("caltech", f"/x/{n}.jpg", f"caltech/{n}.jpg#0") for n in "abc"]
+    recs[2].gender = 0
+    lab = tmp_path / "labels.txt"
+    lab.write_text("caltech/a.jpg#0 F\ncaltech/b.jpg#0 ?\ncaltech/c.jpg#0 F\n")
+    assert apply_gender_labels(recs, [lab]) == {"caltech/a.jpg#0", "caltech/c.jpg#0"}
+    assert [r.gender for r in recs] == [1, None, 1]  # a hand label overrides a source's own
+    lab.write_text("caltech/z.jpg#0 M\n")
+    with pytest.raises(InputError, match="1 labelled faces are in none of the sources"):
+        apply_gender_labels(recs, [lab])

@@ -96,6 +96,24 @@ def subsample(recs: list[S.FaceRecord], n: int, seed: int) -> list[S.FaceRecord]
     return [recs[i] for i in sorted(rng.choice(len(recs), n, replace=False))]
 
 
+def apply_gender_labels(records: list[S.FaceRecord], label_files: list[Path]) -> set[str]:
+    """Give the records the gender of hand-labelled files (`S.read_gender_labels`), by key, over any label they
+    had; returns the keys labelled. A key of the files that no record holds is an InputError: the files belong
+    to another copy of the data, or to a source left out of the run."""
+    by_key = {r.key: r for r in records}
+    done: set[str] = set()
+    for f in label_files:
+        labels = S.read_gender_labels(f)
+        unknown = sorted(set(labels) - set(by_key))
+        if unknown:
+            raise InputError(f"{f}: {len(unknown)} labelled faces are in none of the sources (first: {unknown[0]})")
+        for key, g in labels.items():
+            by_key[key].gender = g
+        done |= set(labels)
+        log.info("%s: %d faces labelled (%d women)", f, len(labels), sum(labels.values()))
+    return done
+
+
 def oversample_young(samples: list[RecSample], below: float, factor: int) -> list[RecSample]:
     """Each face with an age label under `below` years repeated `factor` times (appended after the originals)."""
     if below <= 0 or factor <= 1:
@@ -252,6 +270,7 @@ class RecognizerTask:
                 if status == "missing":
                     continue
                 pending.append((src, rec, row))
+        labelled = apply_gender_labels([r for _, r, _ in pending], t.gender_labels) if t.gender_labels else set()
         ident_counts = Counter(r.identity for _, r, _ in pending if r.identity)
         keep = sorted(i for i, c in ident_counts.items() if c >= t.min_images_per_identity)
         self.classes = {k: i for i, k in enumerate(keep)}
@@ -279,6 +298,9 @@ class RecognizerTask:
                 )
             )
         samples = oversample_young(samples, t.oversample_age_below, t.oversample_factor)
+        if labelled and t.gender_labels_repeat > 1:
+            extra = [s for s, (_, rec, _) in zip(samples, pending) if rec.key in labelled]
+            samples = samples + extra * (t.gender_labels_repeat - 1)
         if t.rebalance_power < 1 or t.group_weights:
             from edge_mtl.train.data.rebalance import rebalanced
 
