@@ -299,7 +299,7 @@ class RecognizerTask:
             )
         samples = oversample_young(samples, t.oversample_age_below, t.oversample_factor)
         if labelled and t.gender_labels_repeat > 1:
-            extra = [s for s, (_, rec, _) in zip(samples, pending) if rec.key in labelled]
+            extra = [s for s, (_, rec, _) in zip(samples[: len(pending)], pending, strict=True) if rec.key in labelled]
             samples = samples + extra * (t.gender_labels_repeat - 1)
         if t.rebalance_power < 1 or t.group_weights:
             from edge_mtl.train.data.rebalance import rebalanced
