@@ -195,3 +195,21 @@ def test_apply_gender_labels_labels_by_key_and_rejects_unknown_keys(tmp_path: Pa
     lab.write_text("caltech/z.jpg#0 M\n")
     with pytest.raises(InputError, match="1 labelled faces are in none of the sources"):
         apply_gender_labels(recs, [lab])
+
+
+def test_shipped_caltech_gender_labels_match_the_caltech_faces(data_dir: Path, repo_root: Path) -> None:
+    """configs/labels/caltech_gender.txt names faces of the shared Caltech WebFaces copy, each once, and gives the
+    faces stage 18 trains on their labels through the training path."""
+    from edge_mtl.data.sources import caltech, read_gender_labels
+    from edge_mtl.train.tasks.recognizer import apply_gender_labels
+
+    path = repo_root / "configs" / "labels" / "caltech_gender.txt"
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert len(lines) == 2880 and len({ln.split()[0] for ln in lines}) == 2880
+    labels = read_gender_labels(path)
+    assert len(labels) == 2576 and sum(labels.values()) == 997
+    recs = [r for rs in caltech(data_dir / "caltech_webfaces").values() for r in rs]
+    assert apply_gender_labels(recs, [path]) == set(labels)
+    by_key = {r.key: r for r in recs}
+    assert all(by_key[k].gender == g for k, g in labels.items())
+    assert sum(r.gender is not None for r in recs) == 2576
