@@ -198,18 +198,22 @@ def test_apply_gender_labels_labels_by_key_and_rejects_unknown_keys(tmp_path: Pa
 
 
 def test_shipped_caltech_gender_labels_match_the_caltech_faces(data_dir: Path, repo_root: Path) -> None:
-    """configs/labels/caltech_gender.txt names faces of the shared Caltech WebFaces copy, each once, and gives the
-    faces stage 18 trains on their labels through the training path."""
+    """configs/labels/caltech_gender*.txt name faces of the shared Caltech WebFaces copy, each once, and give the
+    faces their labels through the training path."""
     from edge_mtl.data.sources import caltech, read_gender_labels
     from edge_mtl.train.tasks.recognizer import apply_gender_labels
 
-    path = repo_root / "configs" / "labels" / "caltech_gender.txt"
-    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
-    assert len(lines) == 2880 and len({ln.split()[0] for ln in lines}) == 2880
-    labels = read_gender_labels(path)
-    assert len(labels) == 2576 and sum(labels.values()) == 997
+    paths = [repo_root / "configs" / "labels" / f for f in ("caltech_gender.txt", "caltech_gender_2.txt")]
+    keys = []
+    for path, faces, labelled, women in zip(paths, (2880, 1604), (2576, 1445), (997, 565), strict=True):
+        lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+        keys += [ln.split()[0] for ln in lines]
+        labels = read_gender_labels(path)
+        assert len(lines) == faces and len(labels) == labelled and sum(labels.values()) == women, path.name
+    assert len(keys) == len(set(keys)) == 4484  # the two batches are disjoint
     recs = [r for rs in caltech(data_dir / "caltech_webfaces").values() for r in rs]
-    assert apply_gender_labels(recs, [path]) == set(labels)
+    labels = {**read_gender_labels(paths[0]), **read_gender_labels(paths[1])}
+    assert apply_gender_labels(recs, paths) == set(labels)
     by_key = {r.key: r for r in recs}
     assert all(by_key[k].gender == g for k, g in labels.items())
-    assert sum(r.gender is not None for r in recs) == 2576
+    assert sum(r.gender is not None for r in recs) == 2576 + 1445
