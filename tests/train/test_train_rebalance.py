@@ -143,3 +143,18 @@ def test_stage18_config_loads(repo_root: Path) -> None:
     assert str(cfg.init) == "export/recognizer.onnx" and cfg.init_version == "recognizer-1.5"
     assert t.train_heads == ["gender"] and t.gender_teacher_weight == 0 and not t.celeba_samples_gender
     assert [str(p) for p in t.gender_labels] == ["configs/labels/caltech_gender.txt"] and t.gender_labels_repeat == 6
+
+
+def test_stage19_config_is_stage18_with_both_label_batches(repo_root: Path) -> None:
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    d = repo_root / "configs" / "experiments"
+    s18 = load_toml(d / "recognizer_stage18.toml", TrainConfig).model_dump()
+    s19 = load_toml(d / "recognizer_stage19.toml", TrainConfig).model_dump()
+    assert [str(p) for p in s19["task"].pop("gender_labels")] == [
+        "configs/labels/caltech_gender.txt", "configs/labels/caltech_gender_2.txt"]
+    s18["task"].pop("gender_labels")
+    assert (s19.pop("out"), s19.pop("seed"), s18.pop("out"), s18.pop("seed")) == (
+        Path("runs/recognizer19"), 19, Path("runs/recognizer18"), 18)
+    assert s19 == s18
