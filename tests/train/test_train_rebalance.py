@@ -158,3 +158,20 @@ def test_stage19_config_is_stage18_with_both_label_batches(repo_root: Path) -> N
     assert (s19.pop("out"), s19.pop("seed"), s18.pop("out"), s18.pop("seed")) == (
         Path("runs/recognizer19"), 19, Path("runs/recognizer18"), 18)
     assert s19 == s18
+
+
+def test_stage20_config_is_stage19_with_small_faces_and_more_repeats(repo_root: Path) -> None:
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    d = repo_root / "configs" / "experiments"
+    s19 = load_toml(d / "recognizer_stage19.toml", TrainConfig).model_dump()
+    s20 = load_toml(d / "recognizer_stage20.toml", TrainConfig).model_dump()
+    assert [p.name for p in s20["task"].pop("gender_labels")] == [
+        "caltech_gender.txt", "caltech_gender_2.txt", "caltech_gender_3.txt"]
+    got = (s20["task"].pop("gender_labels_repeat"), s20.pop("out"), s20.pop("seed"))
+    assert got == (8, Path("runs/recognizer20"), 20)
+    for k in ("gender_labels", "gender_labels_repeat"):
+        s19["task"].pop(k)
+    s19.pop("out"), s19.pop("seed")
+    assert s20 == s19
