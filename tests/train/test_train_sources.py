@@ -203,17 +203,18 @@ def test_shipped_caltech_gender_labels_match_the_caltech_faces(data_dir: Path, r
     from edge_mtl.data.sources import caltech, read_gender_labels
     from edge_mtl.train.tasks.recognizer import apply_gender_labels
 
-    paths = [repo_root / "configs" / "labels" / f for f in ("caltech_gender.txt", "caltech_gender_2.txt")]
+    paths = [repo_root / "configs" / "labels" / f"caltech_gender{n}.txt" for n in ("", "_2", "_3")]
     keys = []
-    for path, faces, labelled, women in zip(paths, (2880, 1604), (2576, 1445), (997, 565), strict=True):
+    counts = ((2880, 2576, 997), (1604, 1445, 565), (1327, 1108, 450))  # faces, labelled, women
+    for path, (faces, labelled, women) in zip(paths, counts, strict=True):
         lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
         keys += [ln.split()[0] for ln in lines]
         labels = read_gender_labels(path)
         assert len(lines) == faces and len(labels) == labelled and sum(labels.values()) == women, path.name
-    assert len(keys) == len(set(keys)) == 4484  # the two batches are disjoint
+    assert len(keys) == len(set(keys)) == 5811  # the batches are disjoint
     recs = [r for rs in caltech(data_dir / "caltech_webfaces").values() for r in rs]
-    labels = {**read_gender_labels(paths[0]), **read_gender_labels(paths[1])}
+    labels = {k: g for f in paths for k, g in read_gender_labels(f).items()}
     assert apply_gender_labels(recs, paths) == set(labels)
     by_key = {r.key: r for r in recs}
     assert all(by_key[k].gender == g for k, g in labels.items())
-    assert sum(r.gender is not None for r in recs) == 2576 + 1445
+    assert sum(r.gender is not None for r in recs) == 2576 + 1445 + 1108
