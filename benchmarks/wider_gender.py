@@ -9,7 +9,8 @@ the landmark refiner, the face picked by its annotated box. A face the detector 
 counts as withheld. Then, per model, the gender figures of `edge_mtl.eval.populations.gender_metrics` with the
 daemon's gender floors (`[attributes]` defaults): over all labelled faces, and over women and men.
 
-Usage: python benchmarks/wider_gender.py --crops $EDGE_MTL_CACHE/crops --wider DIR [--labels FILE]... A.onnx B.onnx ...
+Usage: python benchmarks/wider_gender.py --crops $EDGE_MTL_CACHE/crops --wider DIR [--labels FILE]... [--input-size N]
+           A.onnx B.onnx ...
 DIR: `datasets/widerface` of himanshuchopade97/Crowd-Counting @ 6c86209a (the data README's WIDER FACE subset).
 """
 
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a label file, repeatable (default: the first batch, the wild rule's of stage 15; "
                         "benchmarks/wider_gender_labels_2.txt is the second)")
     p.add_argument("--min-confidence", type=float, help="the gender floor (default: attributes.gender_min_confidence)")
+    p.add_argument("--input-size", type=int, help="the detector's input size (default: detector.input_size, 640; "
+                   "another size aligns into its own crop cache, wider_gender_N_SIZE)")
     p.add_argument("--detector", type=Path, default=Path("export/detector.onnx"))
     p.add_argument("--landmarks", type=Path, default=Path("export/landmarks.onnx"))
     a = p.parse_args(argv)
@@ -56,13 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = [r.key for r in recs]
     if len(set(keys)) != len(keys):
         p.error("a face is labelled in more than one of the label files")
-    name = f"wider_gender_{len(keys)}"
+    size = a.input_size or DetectorConfig().input_size
+    name = f"wider_gender_{len(keys)}" + ("" if size == DetectorConfig().input_size else f"_{size}")
     if (a.crops / f"{name}.json").exists() and load_source(a.crops, name).keys != keys:
         p.error(f"{a.crops}/{name} holds other faces than {', '.join(map(str, a.labels))}: remove it to rebuild")
     if not (a.crops / f"{name}.json").exists():
         from edge_mtl.train.tasks.recognizer import load_detector
 
-        det = load_detector(a.detector, input_size=DetectorConfig().input_size, landmarks=a.landmarks)
+        det = load_detector(a.detector, input_size=size, landmarks=a.landmarks)
         cache_source(recs, det, a.crops, name)
     cs = load_source(a.crops, name)
     found = np.array([st != "missing" for st in cs.status])
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             k = gt == g
             rows[gname] = gender_metrics(gt[k], fp[k], found[k], lab[k])
         sys.stdout.write(json.dumps({"model": str(m), "labels": [str(f) for f in a.labels], "min_confidence": floor,
-                                     **rows}) + "\n")
+                                     "input_size": size, **rows}) + "\n")
     return 0
 
 

@@ -57,6 +57,12 @@ def test_wider_gender_bench_scores_found_faces_and_counts_missed_ones(data_dir: 
     r = subprocess.run([*cmd, "--min-confidence", "0.5"], capture_output=True, text=True, cwd=repo_root, timeout=300)
     low = json.loads(r.stdout.splitlines()[0])
     assert low["min_confidence"] == 0.5 and low["all"]["coverage"] >= a["coverage"]  # a lower floor withholds less
+    assert rows[0]["input_size"] == 640
+    r = subprocess.run([*cmd, "--input-size", "960"], capture_output=True, text=True, cwd=repo_root, timeout=300)
+    big_input = json.loads(r.stdout.splitlines()[0])
+    assert big_input["input_size"] == 960 and big_input["all"]["n"] == 4  # aligned again, into a cache of its own
+    assert (tmp_path / "crops" / "wider_gender_4_960.json").exists()
+    assert json.loads((tmp_path / "crops" / "wider_gender_4.json").read_text()) == index  # the 640 cache untouched
     labels.write_text("wider/nowhere.jpg#0 M\n")  # labels of another copy of the data: one line, exit 2
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=repo_root, timeout=300)
     assert r.returncode == 2 and "not in" in r.stderr and "Traceback" not in r.stderr
