@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,42 @@ def test_margin_centres_load_only_for_the_same_classes(caplog: pytest.LogCapture
         other.load_extra_state(state)
     assert all(torch.equal(v, other.margin.state_dict()[k]) for k, v in before.items())
     assert "differ" in caplog.text
+
+
+def test_source_records_list_each_celeba_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `celeba_samples_gender`, CelebA_Samples and naheri's folders are read once per data build, and the
+    sources come out as reading them apart gives: samples labelled by identity, naheri without the samples' images."""
+    from edge_mtl.data import sources as S
+    from edge_mtl.train.config import TrainConfig
+
+    samples, naheri = tmp_path / "samples", tmp_path / "naheri"
+    samples.mkdir()
+    for f in ("1_000001.jpg", "1_000002.jpg", "2_000003.jpg"):
+        (samples / f).write_bytes(b"")
+    for split, g, imgs in (("Train", "male", ["000003", "000005"]), ("Train", "female", ["000001", "000004"]),
+                           ("Validation", "female", ["000002", "000004"])):
+        (naheri / split / g).mkdir(parents=True, exist_ok=True)
+        for i in imgs:
+            (naheri / split / g / f"{i}.jpg.jpg").write_bytes(b"")
+    ident = tmp_path / "identity_CelebA.txt"
+    ident.write_text("000001.jpg 1\n000002.jpg 1\n000003.jpg 2\n000004.jpg 1\n000005.jpg 2\n")
+    cfg = TrainConfig.model_validate({
+        "data": {"celeba_samples": str(samples), "celeba_gender": str(naheri), "celeba_identity_file": str(ident)},
+        "task": {"kind": "recognizer", "sources": ["celeba_samples", "celeba_gender"], "celeba_samples_gender": True},
+    })
+    calls: list[str] = []
+    for fn in ("celeba_samples", "celeba_gender"):
+        real = getattr(S, fn)
+        monkeypatch.setattr(S, fn, lambda *a, _real=real, _fn=fn, **k: calls.append(_fn) or _real(*a, **k))
+    task = RecognizerTask.__new__(RecognizerTask)
+    task.cfg, task.t, task.root = cfg, cfg.task, tmp_path
+    read: dict[str, object] = {}
+    got = {name: task._source_records(name, read) for name in ("celeba_samples", "celeba_gender")}
+    assert sorted(calls) == ["celeba_gender", "celeba_samples"]  # each folder listed once
+    # identity 1: female in all three naheri images; identity 2: male in both
+    assert [(r.key, r.gender) for r in got["celeba_samples"]] == [
+        ("celeba_samples/1_000001.jpg", 1), ("celeba_samples/1_000002.jpg", 1), ("celeba_samples/2_000003.jpg", 0)]
+    apart = S.celeba_gender(naheri, ident, exclude_images={"000001.jpg", "000002.jpg", "000003.jpg"})
+    assert [(r.key, r.gender, r.identity) for r in got["celeba_gender"]] == [
+        (r.key, r.gender, r.identity) for r in apart] == [("celeba_gender/000005.jpg", 0, "celeba:2"),
+                                                          ("celeba_gender/000004.jpg", 1, "celeba:1")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,31 +220,48 @@ class RecognizerTask:
         assert self.detector is not None or (self.crop_dir / f"{name}.json").exists()
         return cache_source(records, self.detector, self.crop_dir, name)  # type: ignore[arg-type]
 
-    def _source_records(self, name: str) -> list[S.FaceRecord]:
+    def _source_records(self, name: str, read: dict[str, Any]) -> list[S.FaceRecord]:
+        """The records of source `name`. `read` holds what one `_build_data` has read already (the UTKFace
+        exclusions, naheri's faces, CelebA_Samples' images), so that no folder is listed twice."""
         d, root = self.cfg.data, self.root
-        reserved = S.read_name_list(root / "utkface_reserved.txt")
-        _, utk_val = S.utkface_split(root / "utkface", self.t.utk_val_fraction, self.t.utk_split_seed)
+
+        def once(key: str, fn: Callable[[], Any]) -> Any:
+            if key not in read:
+                read[key] = fn()
+            return read[key]
+
+        def utk_exclude() -> list[str]:
+            reserved = S.read_name_list(root / "utkface_reserved.txt")
+            _, utk_val = S.utkface_split(root / "utkface", self.t.utk_val_fraction, self.t.utk_split_seed)
+            return [*reserved, *utk_val]
+
+        def naheri() -> list[S.FaceRecord]:  # every naheri face, none excluded
+            return S.celeba_gender(d.celeba_gender or "", d.celeba_identity_file)
+
         if name == "celeba_crops":
             return S.celeba_crops(root / "celeba_crops")
         if name == "celeba_samples" and d.celeba_samples:
-            recs = S.celeba_samples(d.celeba_samples)
+            recs: list[S.FaceRecord] = once("celeba_samples", lambda: S.celeba_samples(d.celeba_samples or ""))
             if self.t.celeba_samples_gender:
                 if not (d.celeba_gender and d.celeba_identity_file):
                     raise InputError("celeba_samples_gender needs data.celeba_gender and data.celeba_identity_file")
-                by_id = S.gender_by_identity(S.celeba_gender(d.celeba_gender, d.celeba_identity_file))
+                by_id = S.gender_by_identity(once("naheri", naheri))
                 for r in recs:
                     r.gender = by_id.get(r.identity or "")
                 log.info("celeba_samples: %d of %d faces labelled by identity", sum(r.gender is not None for r in recs),
                          len(recs))
             return recs
         if name == "utkface":
-            return S.utkface(root / "utkface", "utkface", exclude=[*reserved, *utk_val])
+            return S.utkface(root / "utkface", "utkface", exclude=once("utk_exclude", utk_exclude))
         if name == "utkface_full" and d.utkface_full:
-            return S.utkface(d.utkface_full, "utkface_full", exclude=[*reserved, *utk_val])
+            return S.utkface(d.utkface_full, "utkface_full", exclude=once("utk_exclude", utk_exclude))
         if name == "celeba_gender" and d.celeba_gender:
             used = set()
             if d.celeba_samples:
-                used = {str(r.extra["celeba_image"]) for r in S.celeba_samples(d.celeba_samples)}
+                samples = once("celeba_samples", lambda: S.celeba_samples(d.celeba_samples or ""))
+                used = {str(r.extra["celeba_image"]) for r in samples}
+            if "naheri" in read:  # the same faces as reading again with `exclude_images=used`, in the same order
+                return [r for r in read["naheri"] if r.extra["celeba_image"] not in used]
             return S.celeba_gender(d.celeba_gender, d.celeba_identity_file, exclude_images=used)
         if name == "caltech":
             cal = S.caltech(root / "caltech_webfaces")
@@ -257,8 +274,9 @@ class RecognizerTask:
         teacher_map = load_targets(self.cfg.data.teacher) if self.cfg.data.teacher else {}
         crops: list[Path] = []
         pending: list[tuple[int, S.FaceRecord, int]] = []
+        read: dict[str, Any] = {}
         for name in t.sources:
-            recs = self._source_records(name)
+            recs = self._source_records(name, read)
             if t.max_per_source and len(recs) > t.max_per_source:
                 recs = subsample(recs, t.max_per_source, self.cfg.seed)
                 cs = self._crops(f"{name}-{t.max_per_source}", recs)
