@@ -59,8 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = [r.key for r in recs]
     if len(set(keys)) != len(keys):
         p.error("a face is labelled in more than one of the label files")
-    size = a.input_size or DetectorConfig().input_size
-    name = f"wider_gender_{len(keys)}" + ("" if size == DetectorConfig().input_size else f"_{size}")
+    daemon_size = DetectorConfig().input_size
+    size = a.input_size or daemon_size
+    name = f"wider_gender_{len(keys)}" + ("" if size == daemon_size else f"_{size}")
     if (a.crops / f"{name}.json").exists() and load_source(a.crops, name).keys != keys:
         p.error(f"{a.crops}/{name} holds other faces than {', '.join(map(str, a.labels))}: remove it to rebuild")
     if not (a.crops / f"{name}.json").exists():

@@ -260,9 +260,8 @@ class RecognizerTask:
             if d.celeba_samples:
                 samples = once("celeba_samples", lambda: S.celeba_samples(d.celeba_samples or ""))
                 used = {str(r.extra["celeba_image"]) for r in samples}
-            if "naheri" in read:  # the same faces as reading again with `exclude_images=used`, in the same order
-                return [r for r in read["naheri"] if r.extra["celeba_image"] not in used]
-            return S.celeba_gender(d.celeba_gender, d.celeba_identity_file, exclude_images=used)
+            # naheri's faces less CelebA_Samples' images: what `exclude_images=used` gives, in the same order
+            return [r for r in once("naheri", naheri) if r.extra["celeba_image"] not in used]
         if name == "caltech":
             cal = S.caltech(root / "caltech_webfaces")
             return [r for recs in cal.values() for r in recs]
@@ -315,10 +314,9 @@ class RecognizerTask:
                     gender_soft=teacher_gender(rec, soft),
                 )
             )
+        hand_labelled = [s for s, (_, rec, _) in zip(samples, pending, strict=True) if rec.key in labelled]
         samples = oversample_young(samples, t.oversample_age_below, t.oversample_factor)
-        if labelled and t.gender_labels_repeat > 1:
-            extra = [s for s, (_, rec, _) in zip(samples[: len(pending)], pending, strict=True) if rec.key in labelled]
-            samples = samples + extra * (t.gender_labels_repeat - 1)
+        samples += hand_labelled * (t.gender_labels_repeat - 1)
         if t.rebalance_power < 1 or t.group_weights:
             from edge_mtl.train.data.rebalance import rebalanced
 
