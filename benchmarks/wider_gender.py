@@ -6,8 +6,9 @@ scores recognizers on the WIDER FACE faces labelled in `benchmarks/wider_gender_
 (crowds, parades, protests, sports; no recognizer training source holds WIDER). Each face is aligned once into the
 crop cache (`wider_gender_N`, N faces, by `edge_mtl.data.crops`): the shipped detector at the daemon's input size,
 the landmark refiner, the face picked by its annotated box. A face the detector does not find is not analysed and
-counts as withheld. Then, per model, the gender figures of `edge_mtl.eval.populations.gender_metrics` with the
-daemon's gender floors (`[attributes]` defaults): over all labelled faces, and over women and men.
+counts as withheld (`face_width_px`: the median box width of the faces found and of those not). Then, per model,
+the gender figures of `edge_mtl.eval.populations.gender_metrics` with the daemon's gender floors (`[attributes]`
+defaults): over all labelled faces, and over women and men.
 
 Usage: python benchmarks/wider_gender.py --crops $EDGE_MTL_CACHE/crops --wider DIR [--labels FILE]... [--input-size N]
            A.onnx B.onnx ...
@@ -72,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cs = load_source(a.crops, name)
     found = np.array([st != "missing" for st in cs.status])
     gt = np.array([r.gender for r in recs], np.int64)
+    width = np.array([float(r.box[2] - r.box[0]) for r in recs])  # of the annotated box, in the photo's pixels
+    widths = {"found_median": float(np.median(width[found])) if found.any() else None,
+              "not_found_median": float(np.median(width[~found])) if (~found).any() else None}
     floors = AttributesConfig()
     floor = floors.gender_min_confidence if a.min_confidence is None else a.min_confidence
     for m in a.models:
@@ -83,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             k = gt == g
             rows[gname] = gender_metrics(gt[k], fp[k], found[k], lab[k])
         sys.stdout.write(json.dumps({"model": str(m), "labels": [str(f) for f in a.labels], "min_confidence": floor,
-                                     "input_size": size, **rows}) + "\n")
+                                     "input_size": size, "face_width_px": widths, **rows}) + "\n")
     return 0
 
 

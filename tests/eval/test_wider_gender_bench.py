@@ -58,6 +58,8 @@ def test_wider_gender_bench_scores_found_faces_and_counts_missed_ones(data_dir: 
     low = json.loads(r.stdout.splitlines()[0])
     assert low["min_confidence"] == 0.5 and low["all"]["coverage"] >= a["coverage"]  # a lower floor withholds less
     assert rows[0]["input_size"] == 640
+    widths = rows[0]["face_width_px"]  # faces picked wider than 80 px; the corner box: 3% of a <= 480 px photo
+    assert widths["found_median"] > 80 and widths["not_found_median"] < 15
     r = subprocess.run([*cmd, "--input-size", "960"], capture_output=True, text=True, cwd=repo_root, timeout=300)
     big_input = json.loads(r.stdout.splitlines()[0])
     assert big_input["input_size"] == 960 and big_input["all"]["n"] == 4  # aligned again, into a cache of its own
