@@ -42,6 +42,12 @@ class OptimConfig(Strict):
     warmup_steps: int = Field(300, ge=0)
     grad_clip: float = Field(10.0, ge=0)
     max_steps: int | None = Field(None, ge=1, description="Stop early after this many steps (smoke tests).")
+    lr_scales: dict[str, Annotated[float, Field(gt=0, le=100)]] = Field(
+        default_factory=dict,
+        description="Learning-rate multipliers by parameter-name prefix of the task's trained modules, e.g. "
+        "{ \"model.backbone\" = 0.1 } fine-tunes a backbone ten times slower than its heads. The longest matching "
+        "prefix wins; each prefix must name at least one trained parameter.",
+    )
 
 
 class DetectorModelConfig(Strict):

@@ -175,3 +175,23 @@ def test_stage20_config_is_stage19_with_small_faces_and_more_repeats(repo_root: 
         s19["task"].pop(k)
     s19.pop("out"), s19.pop("seed")
     assert s20 == s19
+
+
+def test_stage21_config_is_stage12_whole_network_with_stage20_gender_recipe(repo_root: Path) -> None:
+    """Stage 21 = stage 12's whole-network recipe + stage 20's hand labels, the gender head at stage 20's rate."""
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    d = repo_root / "configs" / "experiments"
+    s12 = load_toml(d / "recognizer_stage12.toml", TrainConfig).model_dump()
+    s20 = load_toml(d / "recognizer_stage20.toml", TrainConfig).model_dump()
+    s21 = load_toml(d / "recognizer_stage21.toml", TrainConfig).model_dump()
+    assert s21["optim"].pop("lr_scales") == {"model.heads.gender": 10.0}
+    assert s21["optim"]["lr"] * 10.0 == s20["optim"]["lr"]
+    for k in ("gender_labels", "gender_labels_repeat"):
+        assert s21["task"].pop(k) == s20["task"][k]
+        s12["task"].pop(k)
+    assert (s21.pop("out"), s21.pop("seed"), s12.pop("out"), s12.pop("seed")) == (
+        Path("runs/recognizer21"), 21, Path("runs/recognizer12"), 9)
+    s12["optim"].pop("lr_scales")
+    assert s21 == s12

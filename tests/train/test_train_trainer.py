@@ -14,7 +14,7 @@ pytest.importorskip("tqdm")
 from torch import nn  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
-from edge_mtl.errors import ModelError  # noqa: E402
+from edge_mtl.errors import InputError, ModelError  # noqa: E402
 from edge_mtl.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from edge_mtl.train.loop import trainer as T  # noqa: E402
 
@@ -67,11 +67,12 @@ class ToyTask:
         self.epochs_started.append(epoch)
 
 
-def _trainer(task: ToyTask, out: Path, max_steps: int | None = None, keep_epochs: int = 0) -> Any:
+def _trainer(task: ToyTask, out: Path, max_steps: int | None = None, keep_epochs: int = 0,
+             lr_scales: dict[str, float] | None = None) -> Any:
     return T.Trainer(
         task, task.dataset(), None, out, config={"toy": True}, kind="toy", epochs=3, batch_size=8, lr=0.05,
         weight_decay=0.01, warmup_steps=4, grad_clip=1.0, workers=0, seed=5, max_steps=max_steps,
-        keep_epochs=keep_epochs,
+        keep_epochs=keep_epochs, lr_scales=lr_scales,
     )
 
 
@@ -300,3 +301,45 @@ def test_resume_keeps_best_only_when_chosen_by_the_same_metric(tmp_path: Path) -
     old = _trainer(OtherMetric(), tmp_path / "a")
     old.resume(tmp_path / "old.pt")
     assert old.best == tr.best
+
+
+def test_lr_scales_split_the_groups_by_prefix() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1)))
+    model[1][1].weight.requires_grad_(False)
+    groups = T.param_groups(model, 0.05, {"1": 0.1, "1.0.bias": 0.5})
+    got = {(g["lr_scale"], g["weight_decay"]): [p.shape for p in g["params"]] for g in groups}
+    assert got == {
+        (1.0, 0.05): [torch.Size([8, 4])], (1.0, 0.0): [torch.Size([8])],  # layer 0
+        (0.1, 0.05): [torch.Size([8, 8])], (0.1, 0.0): [torch.Size([1])],  # layer 1's, frozen weight left out
+        (0.5, 0.0): [torch.Size([8])],  # the longest prefix wins
+    }
+    assert [g["lr_scale"] for g in groups][:2] == [1.0, 1.0], "unscaled groups first, as before the option"
+    with pytest.raises(InputError, match="names no trained parameter"):
+        T.param_groups(model, 0.05, {"1.1.weight": 0.1})  # frozen
+    with pytest.raises(InputError, match="2"):
+        T.param_groups(model, 0.05, {"2": 0.1})
+
+
+def test_lr_scales_slow_the_named_parameters_and_resume_exactly(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    moves = {}
+    for scale in (1.0, 0.01):
+        task = ToyTask()
+        before = _weights(task)
+        _trainer(task, tmp_path / f"s{scale}", lr_scales={"0": scale}).fit()
+        after = _weights(task)
+        moves[scale] = {k: float((after[k] - before[k]).abs().max()) for k in before}
+    assert moves[0.01]["0.weight"] < 0.1 * moves[1.0]["0.weight"], moves
+    assert moves[0.01]["2.weight"] > 0.1 * moves[1.0]["2.weight"], "the unscaled layer still learns"
+
+    ref = ToyTask()
+    _trainer(ref, tmp_path / "a", lr_scales={"0": 0.01}).fit()
+    first = ToyTask()
+    _trainer(first, tmp_path / "b", max_steps=7, lr_scales={"0": 0.01}).fit()
+    resumed = ToyTask()
+    tr = _trainer(resumed, tmp_path / "b", lr_scales={"0": 0.01})
+    tr.resume(tmp_path / "b" / "last.pt")
+    assert {g["lr_scale"] for g in tr.opt.param_groups} == {1.0, 0.01}
+    tr.fit()
+    for name, w in _weights(resumed).items():
+        torch.testing.assert_close(w, _weights(ref)[name], atol=1e-6, rtol=0, msg=name)

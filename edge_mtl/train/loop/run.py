@@ -74,6 +74,7 @@ def train(config_path: str | Path, resume: bool = True, max_steps: int | None = 
         keep_epochs=cfg.keep_epochs,
         max_steps=max_steps or o.max_steps,
         validate_every=getattr(cfg.task, "val_every", 1),
+        lr_scales=o.lr_scales,
     )
     if resuming:
         trainer.resume(last)

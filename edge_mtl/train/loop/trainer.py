@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from edge_mtl.errors import ModelError
+from edge_mtl.errors import InputError, ModelError
 from edge_mtl.models.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def param_groups(modules: nn.Module, weight_decay: float, lr_scales: dict[str, float]) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the trainable parameters of `modules` split by weight decay (none on
+    biases and norms) and by learning-rate multiplier (`lr_scale`, from the longest prefix of `lr_scales` that
+    matches the parameter's name; 1 where none does). A prefix that names no trainable parameter is an error."""
+    def scale_of(name: str) -> tuple[str, float]:
+        hits = [k for k in lr_scales if name == k or name.startswith(k + ".")]
+        if not hits:
+            return "", 1.0
+        k = max(hits, key=len)
+        return k, lr_scales[k]
+
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    used: set[str] = set()
+    for name, p in modules.named_parameters():
+        if not p.requires_grad:
+            continue
+        k, scale = scale_of(name)
+        if k:
+            used.add(k)
+        buckets.setdefault((scale, p.ndim > 1), []).append(p)
+    unused = sorted(set(lr_scales) - used)
+    if unused:
+        raise InputError(f"optim.lr_scales: {', '.join(unused)} names no trained parameter")
+    order = sorted(buckets, key=lambda k: (k[0] != 1.0, k[0], not k[1]))  # unscaled first, decayed before not
+    return [{"params": buckets[k], "weight_decay": weight_decay if k[1] else 0.0, "lr_scale": k[0]} for k in order]
+
+
 def lr_at(step: int, total: int, warmup: int, base: float, final_ratio: float = 0.01) -> float:
     """Linear warm-up, then cosine decay to final_ratio x base."""
     if step < warmup:
@@ -112,6 +139,7 @@ class Trainer:
         keep_epochs: int = 0,
         max_steps: int | None = None,
         validate_every: int = 1,
+        lr_scales: dict[str, float] | None = None,
     ) -> None:
         self.task, self.dataset, self.collate = task, dataset, collate
         self.out = Path(out_dir)
@@ -126,10 +154,7 @@ class Trainer:
         self.steps_per_epoch = len(dataset) // batch_size  # type: ignore[arg-type]
         self.total_steps = self.steps_per_epoch * epochs
         self.warmup = min(warmup_steps, max(1, self.total_steps // 10))
-        params = [p for p in task.train_modules().parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = param_groups(task.train_modules(), weight_decay, lr_scales or {})
         self.opt: torch.optim.Optimizer
         if optimizer == "sgd":
             self.opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
@@ -283,7 +308,7 @@ class Trainer:
             for batch in bar:
                 lr = lr_at(self.global_step, self.total_steps, self.warmup, self.base_lr)
                 for g in self.opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
                 out = self.task.training_step(batch, self.global_step)
                 loss = out["loss"]
                 if not torch.isfinite(loss):
