@@ -329,6 +329,17 @@ def maskon_voc(images: str | Path, annotations: str | Path) -> dict[str, list[Fa
     return out
 
 
+MASKON_MIN_WIDTH = 32.0  # px: a face narrower than this can be neither aligned reliably nor labelled by eye
+
+
+def maskon_faces(images: str | Path, annotations: str | Path, min_width: float = MASKON_MIN_WIDTH) -> list[FaceRecord]:
+    """MaskON's faces (masked, badly masked and bare; `maskon_voc`) at least `min_width` px wide, in image order:
+    the recognizer's source of faces from the wild with masks. Boxes only, so the crop cache aligns each at the face
+    the detector finds in its box; a face it misses is left out of training."""
+    return [r for recs in maskon_voc(images, annotations).values() for r in recs
+            if r.box is not None and float(r.box[2] - r.box[0]) >= min_width]
+
+
 # ------------------------------------------------------------------ per-image view (detector training, evaluation)
 @dataclass
 class DetImage:

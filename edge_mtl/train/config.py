@@ -93,7 +93,7 @@ class RecognizerTrain(Strict):
         default_factory=lambda: ["identity", "distill", "age", "gender", "quality"]  # type: ignore[arg-type]
     )
     sources: list[
-        Literal["celeba_crops", "celeba_samples", "celeba_gender", "utkface", "utkface_full", "caltech"]
+        Literal["celeba_crops", "celeba_samples", "celeba_gender", "utkface", "utkface_full", "caltech", "maskon"]
     ] = Field(
         default_factory=lambda: ["celeba_crops", "celeba_samples", "utkface_full", "celeba_gender", "caltech"]  # type: ignore[arg-type]
     )

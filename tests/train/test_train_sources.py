@@ -218,3 +218,33 @@ def test_shipped_caltech_gender_labels_match_the_caltech_faces(data_dir: Path, r
     by_key = {r.key: r for r in recs}
     assert all(by_key[k].gender == g for k, g in labels.items())
     assert sum(r.gender is not None for r in recs) == 2576 + 1445 + 1108
+
+
+def _voc(path: Path, filename: str, boxes: list[tuple[str, int, int, int, int]]) -> None:
+    objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+                   f"<ymax>{d}</ymax></bndbox></object>" for n, a, b, c, d in boxes)
+    path.write_text(f"<annotation><filename>{filename}</filename>{objs}</annotation>")
+
+
+def test_maskon_faces_keep_faces_wide_enough_to_label(tmp_path: Path) -> None:
+    import cv2
+
+    from edge_mtl.data.sources import MASKON_MIN_WIDTH, maskon_faces, maskon_voc
+
+    images, ann = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    ann.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(images / name), np.zeros((100, 200, 3), np.uint8))
+    _voc(ann / "a.xml", "a.png", [("con_mascarilla", 10, 10, 50, 60), ("sin_mascarilla", 60, 10, 80, 30)])
+    _voc(ann / "b.xml", "b.png", [("mascarilla_mal_puesta", 100, 20, 132, 60)])
+    _voc(ann / "c.xml", "c.png", [("con_mascarilla", 10, 10, 90, 90)])  # its image is absent: skipped
+    assert sum(len(v) for v in maskon_voc(images, ann).values()) == 3
+    recs = maskon_faces(images, ann)
+    assert MASKON_MIN_WIDTH == 32.0
+    assert [(r.key, r.extra["label"]) for r in recs] == [
+        ("maskon/a.png#0", "con_mascarilla"), ("maskon/b.png#0", "mascarilla_mal_puesta")]  # 20 px wide: left out
+    np.testing.assert_allclose(recs[1].box, [100, 20, 132, 60])
+    assert all(r.gender is None and r.landmarks is None for r in recs)
+    assert [r.key for r in maskon_faces(images, ann, min_width=10)] == [
+        "maskon/a.png#0", "maskon/a.png#1", "maskon/b.png#0"]

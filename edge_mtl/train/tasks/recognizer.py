@@ -265,6 +265,8 @@ class RecognizerTask:
         if name == "caltech":
             cal = S.caltech(root / "caltech_webfaces")
             return [r for recs in cal.values() for r in recs]
+        if name == "maskon" and d.maskon_images and d.maskon_annotations:
+            return S.maskon_faces(d.maskon_images, d.maskon_annotations)
         log.warning("source %s is not configured; skipped", name)
         return []
 
