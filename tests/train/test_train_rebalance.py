@@ -195,3 +195,21 @@ def test_stage21_config_is_stage12_whole_network_with_stage20_gender_recipe(repo
         Path("runs/recognizer21"), 21, Path("runs/recognizer12"), 9)
     s12["optim"].pop("lr_scales")
     assert s21 == s12
+
+
+def test_stage22_config_is_stage20_with_maskon_labels(repo_root: Path) -> None:
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    d = repo_root / "configs" / "experiments"
+    s20 = load_toml(d / "recognizer_stage20.toml", TrainConfig).model_dump()
+    s22 = load_toml(d / "recognizer_stage22.toml", TrainConfig).model_dump()
+    assert [p.name for p in s22["task"].pop("gender_labels")] == [
+        *(p.name for p in s20["task"].pop("gender_labels")), "maskon_gender.txt"]
+    assert s22["task"].pop("sources") == [*s20["task"].pop("sources"), "maskon"]
+    assert (s22["data"].pop("maskon_images").parts[-3:], s22["data"].pop("maskon_annotations").parts[-3:]) == (
+        ("maskon", "archive", "images"), ("maskon", "archive", "annotations"))
+    assert (s22.pop("out"), s22.pop("seed"), s20.pop("out"), s20.pop("seed")) == (
+        Path("runs/recognizer22"), 22, Path("runs/recognizer20"), 20)
+    s20["data"].pop("maskon_images"), s20["data"].pop("maskon_annotations")
+    assert s22 == s20
