@@ -248,3 +248,19 @@ def test_maskon_faces_keep_faces_wide_enough_to_label(tmp_path: Path) -> None:
     assert all(r.gender is None and r.landmarks is None for r in recs)
     assert [r.key for r in maskon_faces(images, ann, min_width=10)] == [
         "maskon/a.png#0", "maskon/a.png#1", "maskon/b.png#0"]
+
+
+def test_shipped_maskon_gender_labels_are_well_formed(repo_root: Path) -> None:
+    """configs/labels/maskon_gender.txt: one line per face of the `maskon` source the detector finds, each once.
+    (MaskON is not in the shared data; a run with a copy checks the keys: `apply_gender_labels` rejects unknown ones.)"""
+    import re
+
+    from edge_mtl.data.sources import read_gender_labels
+
+    path = repo_root / "configs" / "labels" / "maskon_gender.txt"
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert all(re.fullmatch(r"maskon/[\w.-]+\.(jpg|jpeg|png)#\d+ [MF?]", ln) for ln in lines)
+    keys = [ln.split()[0] for ln in lines]
+    labels = read_gender_labels(path)
+    assert len(keys) == len(set(keys)) == 2423
+    assert (len(labels), sum(labels.values())) == (1060 + 897, 897)
