@@ -18,24 +18,24 @@ DETECTOR_SCORE_THRESHOLD_INT8 = 0.35
 DETECTOR_NMS_THRESHOLD = 0.4
 
 # Cosine similarity for a name, for recognizers that carry no measured thresholds of their own (each shipped one does:
-# `edge-mtl eval verification --stamp`, and an unset `identity.threshold` follows them). These are recognizer-1.5's
-# LFW View 2 points: 1% of mismatched pairs falsely accepted at 0.434, 0.1% at 0.555; export/recognizer.md.
-IDENTITY_THRESHOLD = 0.43
-IDENTITY_THRESHOLD_FAR_1E3 = 0.56
+# `edge-mtl eval verification --stamp`, and an unset `identity.threshold` follows them). These are recognizer-1.6's
+# LFW View 2 points: 1% of mismatched pairs falsely accepted at 0.381, 0.1% at 0.492; export/recognizer.md.
+IDENTITY_THRESHOLD = 0.38
+IDENTITY_THRESHOLD_FAR_1E3 = 0.49
 IDENTITY_FALSE_ACCEPT_RATE = 0.01
 # the rates every recognizer's thresholds are measured at (`edge-mtl eval verification --stamp`)
 IDENTITY_FALSE_ACCEPT_RATES = (0.01, 0.001)
 IDENTITY_MARGIN = 0.05
-#: Below this aggregated confidence an event's gender is null. recognizer-1.5 on the UTKFace validation split
-#: (`edge-mtl eval attributes --json`, gender_selective): 0.6 keeps 96.1% of faces at 90.9% accuracy (89.5% at
-#: 0.5, all faces); 61% of the faces it leaves out are children under 13 (30% of the split), whose gender the
+#: Below this aggregated confidence an event's gender is null. recognizer-1.6 on the UTKFace validation split
+#: (`edge-mtl eval attributes --json`, gender_selective): 0.6 keeps 95.1% of faces at 91.5% accuracy (89.5% at
+#: 0.5, all faces); 70% of the faces it leaves out are children under 13 (30% of the split), whose gender the
 #: face barely shows.
 GENDER_MIN_CONFIDENCE = 0.6
 #: Below this estimated age (years) an event's gender is null whatever its confidence: an infant's sex is barely in
 #: the face (recognizer-1.5: 65.5% on the 194 UTKFace validation faces aged 0-2, as often confidently wrong as
 #: not), and the age estimate tells infants well (MAE 1.3 years at 0-2). With the 0.6 confidence floor, 3 years keeps
-#: 82.8% of the validation faces at 94.6% accuracy (the confidence floor alone: 96.1% at 90.9%) and costs the faces
-#: aged 13 and over nothing more (`edge-mtl eval attributes --json`, gender_selective_by_age).
+#: 82.3% of the validation faces at 94.9% accuracy with recognizer-1.6 (the confidence floor alone: 95.1% at 91.5%)
+#: and costs the faces aged 13 and over nothing more (`edge-mtl eval attributes --json`, gender_selective_by_age).
 GENDER_MIN_AGE = 3.0
 IDENTITY_MIN_OBSERVATIONS = 2
 

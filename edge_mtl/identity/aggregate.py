@@ -133,8 +133,8 @@ def resolve_threshold(
     """The identity threshold to run with, and where it comes from (for the log).
 
     A configured number wins. Otherwise the loaded recognizer's own measured threshold for `false_accept_rate`
-    (its `operating_points`; with `flip`, the flip measurement, else the plain one: flip moves it little, 0.426 vs
-    0.434 for recognizer-1.5), else the built-in default (`edge_mtl.defaults`), right only for the model it was
+    (its `operating_points`; with `flip`, the flip measurement, else the plain one: flip moves it little, 0.378 vs
+    0.381 for recognizer-1.6), else the built-in default (`edge_mtl.defaults`), right only for the model it was
     measured on."""
     key = far_key(false_accept_rate)
     measured = next(((mode, th) for mode in (("flip", "plain") if flip else ("plain",))

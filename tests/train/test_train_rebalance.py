@@ -185,7 +185,7 @@ def test_stage21_config_is_stage12_whole_network_with_stage20_gender_recipe(repo
     d = repo_root / "configs" / "experiments"
     s12 = load_toml(d / "recognizer_stage12.toml", TrainConfig).model_dump()
     s20 = load_toml(d / "recognizer_stage20.toml", TrainConfig).model_dump()
-    s21 = load_toml(d / "recognizer_stage21.toml", TrainConfig).model_dump()
+    s21 = load_toml(repo_root / "configs" / "shipped" / "13_recognizer_stage21.toml", TrainConfig).model_dump()
     assert s21["optim"].pop("lr_scales") == {"model.heads.gender": 10.0}
     assert s21["optim"]["lr"] * 10.0 == s20["optim"]["lr"]
     for k in ("gender_labels", "gender_labels_repeat"):
@@ -213,3 +213,21 @@ def test_stage22_config_is_stage20_with_maskon_labels(repo_root: Path) -> None:
         Path("runs/recognizer22"), 22, Path("runs/recognizer20"), 20)
     s20["data"].pop("maskon_images"), s20["data"].pop("maskon_annotations")
     assert s22 == s20
+
+
+def test_stage23_config_is_stage21_from_recognizer_16_with_maskon_labels(repo_root: Path) -> None:
+    from edge_mtl.config import load_toml
+    from edge_mtl.train.config import TrainConfig
+
+    s21 = load_toml(repo_root / "configs" / "shipped" / "13_recognizer_stage21.toml", TrainConfig).model_dump()
+    s23 = load_toml(repo_root / "configs" / "experiments" / "recognizer_stage23.toml", TrainConfig).model_dump()
+    assert [p.name for p in s23["task"].pop("gender_labels")] == [
+        *(p.name for p in s21["task"].pop("gender_labels")), "maskon_gender.txt"]
+    assert s23["task"].pop("sources") == [*s21["task"].pop("sources"), "maskon"]
+    assert s23["data"].pop("teacher").name == "teacher_r16" and s21["data"].pop("teacher").name == "teacher_r15"
+    assert s23["data"].pop("maskon_images").parts[-3:] == ("maskon", "archive", "images")
+    s23["data"].pop("maskon_annotations"), s21["data"].pop("maskon_images"), s21["data"].pop("maskon_annotations")
+    assert (s23.pop("out"), s23.pop("seed"), s23.pop("init_version"), s21.pop("out"), s21.pop("seed"),
+            s21.pop("init_version")) == (Path("runs/recognizer23"), 23, "recognizer-1.6", Path("runs/recognizer21"), 21,
+                                         "recognizer-1.5")
+    assert s23 == s21

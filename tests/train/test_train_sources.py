@@ -252,7 +252,8 @@ def test_maskon_faces_keep_faces_wide_enough_to_label(tmp_path: Path) -> None:
 
 def test_shipped_maskon_gender_labels_are_well_formed(repo_root: Path) -> None:
     """configs/labels/maskon_gender.txt: one line per face of the `maskon` source the detector finds, each once.
-    (MaskON is not in the shared data; a run with a copy checks the keys: `apply_gender_labels` rejects unknown ones.)"""
+    (MaskON is not in the shared data; a run with a copy checks the keys: `apply_gender_labels` rejects unknown
+    ones.)"""
     import re
 
     from edge_mtl.data.sources import read_gender_labels
