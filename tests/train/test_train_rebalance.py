@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,13 +146,16 @@ def test_stage18_config_loads(repo_root: Path) -> None:
     assert [str(p) for p in t.gender_labels] == ["configs/labels/caltech_gender.txt"] and t.gender_labels_repeat == 6
 
 
-def test_stage19_config_is_stage18_with_both_label_batches(repo_root: Path) -> None:
+def _dumps(repo_root: Path, *names: str) -> list[dict[str, Any]]:
+    """The configs `names` (under configs/, e.g. "experiments/recognizer_stage19.toml"), each as `model_dump()`."""
     from edge_mtl.config import load_toml
     from edge_mtl.train.config import TrainConfig
 
-    d = repo_root / "configs" / "experiments"
-    s18 = load_toml(d / "recognizer_stage18.toml", TrainConfig).model_dump()
-    s19 = load_toml(d / "recognizer_stage19.toml", TrainConfig).model_dump()
+    return [load_toml(repo_root / "configs" / n, TrainConfig).model_dump() for n in names]
+
+
+def test_stage19_config_is_stage18_with_both_label_batches(repo_root: Path) -> None:
+    s18, s19 = _dumps(repo_root, "experiments/recognizer_stage18.toml", "experiments/recognizer_stage19.toml")
     assert [str(p) for p in s19["task"].pop("gender_labels")] == [
         "configs/labels/caltech_gender.txt", "configs/labels/caltech_gender_2.txt"]
     s18["task"].pop("gender_labels")
@@ -161,12 +165,7 @@ def test_stage19_config_is_stage18_with_both_label_batches(repo_root: Path) -> N
 
 
 def test_stage20_config_is_stage19_with_small_faces_and_more_repeats(repo_root: Path) -> None:
-    from edge_mtl.config import load_toml
-    from edge_mtl.train.config import TrainConfig
-
-    d = repo_root / "configs" / "experiments"
-    s19 = load_toml(d / "recognizer_stage19.toml", TrainConfig).model_dump()
-    s20 = load_toml(d / "recognizer_stage20.toml", TrainConfig).model_dump()
+    s19, s20 = _dumps(repo_root, "experiments/recognizer_stage19.toml", "experiments/recognizer_stage20.toml")
     assert [p.name for p in s20["task"].pop("gender_labels")] == [
         "caltech_gender.txt", "caltech_gender_2.txt", "caltech_gender_3.txt"]
     got = (s20["task"].pop("gender_labels_repeat"), s20.pop("out"), s20.pop("seed"))
@@ -179,13 +178,8 @@ def test_stage20_config_is_stage19_with_small_faces_and_more_repeats(repo_root: 
 
 def test_stage21_config_is_stage12_whole_network_with_stage20_gender_recipe(repo_root: Path) -> None:
     """Stage 21 = stage 12's whole-network recipe + stage 20's hand labels, the gender head at stage 20's rate."""
-    from edge_mtl.config import load_toml
-    from edge_mtl.train.config import TrainConfig
-
-    d = repo_root / "configs" / "experiments"
-    s12 = load_toml(d / "recognizer_stage12.toml", TrainConfig).model_dump()
-    s20 = load_toml(d / "recognizer_stage20.toml", TrainConfig).model_dump()
-    s21 = load_toml(repo_root / "configs" / "shipped" / "13_recognizer_stage21.toml", TrainConfig).model_dump()
+    s12, s20, s21 = _dumps(repo_root, "experiments/recognizer_stage12.toml", "experiments/recognizer_stage20.toml",
+                           "shipped/13_recognizer_stage21.toml")
     assert s21["optim"].pop("lr_scales") == {"model.heads.gender": 10.0}
     assert s21["optim"]["lr"] * 10.0 == s20["optim"]["lr"]
     for k in ("gender_labels", "gender_labels_repeat"):
@@ -198,12 +192,7 @@ def test_stage21_config_is_stage12_whole_network_with_stage20_gender_recipe(repo
 
 
 def test_stage22_config_is_stage20_with_maskon_labels(repo_root: Path) -> None:
-    from edge_mtl.config import load_toml
-    from edge_mtl.train.config import TrainConfig
-
-    d = repo_root / "configs" / "experiments"
-    s20 = load_toml(d / "recognizer_stage20.toml", TrainConfig).model_dump()
-    s22 = load_toml(d / "recognizer_stage22.toml", TrainConfig).model_dump()
+    s20, s22 = _dumps(repo_root, "experiments/recognizer_stage20.toml", "experiments/recognizer_stage22.toml")
     assert [p.name for p in s22["task"].pop("gender_labels")] == [
         *(p.name for p in s20["task"].pop("gender_labels")), "maskon_gender.txt"]
     assert s22["task"].pop("sources") == [*s20["task"].pop("sources"), "maskon"]
@@ -216,11 +205,7 @@ def test_stage22_config_is_stage20_with_maskon_labels(repo_root: Path) -> None:
 
 
 def test_stage23_config_is_stage21_from_recognizer_16_with_maskon_labels(repo_root: Path) -> None:
-    from edge_mtl.config import load_toml
-    from edge_mtl.train.config import TrainConfig
-
-    s21 = load_toml(repo_root / "configs" / "shipped" / "13_recognizer_stage21.toml", TrainConfig).model_dump()
-    s23 = load_toml(repo_root / "configs" / "experiments" / "recognizer_stage23.toml", TrainConfig).model_dump()
+    s21, s23 = _dumps(repo_root, "shipped/13_recognizer_stage21.toml", "experiments/recognizer_stage23.toml")
     assert [p.name for p in s23["task"].pop("gender_labels")] == [
         *(p.name for p in s21["task"].pop("gender_labels")), "maskon_gender.txt"]
     assert s23["task"].pop("sources") == [*s21["task"].pop("sources"), "maskon"]
