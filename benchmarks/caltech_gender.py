@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_mtl.data import sources as S
-from edge_mtl.data.crops import cache_source, load_source
+from edge_mtl.data.crops import ensure_source
 from edge_mtl.errors import InputError
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.registry import open_recognizer
@@ -49,14 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     recs = [r for rs in S.caltech(root / "caltech_webfaces").values() for r in rs if r.key in labels]
     if len(recs) != len(labels):
         p.error(f"{len(labels) - len(recs)} labelled faces are not in {root / 'caltech_webfaces'}")
-    name = f"caltech_gender_{len(recs)}"
-    if (a.crops / f"{name}.json").exists() and load_source(a.crops, name).keys != [r.key for r in recs]:
-        p.error(f"{a.crops}/{name} holds other faces than the label files: remove it to rebuild")
-    if not (a.crops / f"{name}.json").exists():
-        from edge_mtl.train.tasks.recognizer import load_detector
+    from edge_mtl.train.tasks.recognizer import load_detector
 
-        cache_source(recs, load_detector(a.detector, landmarks=a.landmarks), a.crops, name)
-    cs = load_source(a.crops, name)
+    try:
+        cs = ensure_source(recs, lambda: load_detector(a.detector, landmarks=a.landmarks), a.crops,
+                           f"caltech_gender_{len(recs)}", "the label files")
+    except InputError as e:
+        p.error(str(e))
     found = np.array([st != "missing" for st in cs.status])
     gt = np.array([labels[r.key] for r in recs])[found]
     images = np.asarray(cs.images)[found]

@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_mtl.data import sources as S
-from edge_mtl.data.crops import cache_source, load_source
+from edge_mtl.data.crops import ensure_source
+from edge_mtl.errors import InputError
 from edge_mtl.eval.every_pair import every_pair_tar
 from edge_mtl.eval.verification import read_pairs, verification_metrics
 from edge_mtl.paths import data_root
@@ -45,14 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("needs ../shared/data (--data or EDGE_MTL_DATA)")
     base = root / "lfw" / "images_deepfunneled"
     names = sorted(str(f.relative_to(base)) for f in base.glob("*/*.jpg"))
-    if not (a.crops / "lfw_all.json").exists():
-        from edge_mtl.train.tasks.recognizer import load_detector
+    from edge_mtl.train.tasks.recognizer import load_detector
 
-        det = load_detector(a.detector, landmarks=a.landmarks)
-        cache_source([S.FaceRecord("lfw", str(base / n), n) for n in names], det, a.crops, "lfw_all")
-    cs = load_source(a.crops, "lfw_all")
-    if cs.keys != names:
-        p.error(f"{a.crops}/lfw_all holds other images than {base}: remove it to rebuild")
+    try:
+        cs = ensure_source([S.FaceRecord("lfw", str(base / n), n) for n in names],
+                           lambda: load_detector(a.detector, landmarks=a.landmarks), a.crops, "lfw_all", str(base))
+    except InputError as e:
+        p.error(str(e))
     idx = cs.index()
     pairs = read_pairs(root / "lfw" / "pairs.txt")
     ia = np.array([idx[q.a] for q in pairs])

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_mtl.config import AttributesConfig, DetectorConfig
 from edge_mtl.data import sources as S
-from edge_mtl.data.crops import cache_source, load_source
+from edge_mtl.data.crops import ensure_source
 from edge_mtl.errors import InputError
 from edge_mtl.eval.populations import gender_metrics, labelled_mask
 from edge_mtl.runtime.registry import open_recognizer
@@ -63,14 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon_size = DetectorConfig().input_size
     size = a.input_size or daemon_size
     name = f"wider_gender_{len(keys)}" + ("" if size == daemon_size else f"_{size}")
-    if (a.crops / f"{name}.json").exists() and load_source(a.crops, name).keys != keys:
-        p.error(f"{a.crops}/{name} holds other faces than {', '.join(map(str, a.labels))}: remove it to rebuild")
-    if not (a.crops / f"{name}.json").exists():
-        from edge_mtl.train.tasks.recognizer import load_detector
+    from edge_mtl.train.tasks.recognizer import load_detector
 
-        det = load_detector(a.detector, input_size=size, landmarks=a.landmarks)
-        cache_source(recs, det, a.crops, name)
-    cs = load_source(a.crops, name)
+    try:
+        cs = ensure_source(recs, lambda: load_detector(a.detector, input_size=size, landmarks=a.landmarks), a.crops,
+                           name, ", ".join(map(str, a.labels)))
+    except InputError as e:
+        p.error(str(e))
     found = np.array([st != "missing" for st in cs.status])
     gt = np.array([r.gender for r in recs], np.int64)
     width = np.array([float(r.box[2] - r.box[0]) for r in recs])  # of the annotated box, in the photo's pixels

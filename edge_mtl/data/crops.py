@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +158,19 @@ def cache_source(
                                    "landmarks": lms_used.round(2).tolist()}))
     log.info("%s: cached %d faces in %.0fs: %s", name, n, time.time() - t0, counts)
     return load_source(out_dir, name)
+
+
+def ensure_source(records: Sequence[FaceRecord], detector: Callable[[], FaceDetector], out_dir: str | Path,
+                  name: str, what: str) -> CropSet:
+    """The crop cache `name` of exactly `records`: built with `detector()` (called only then) when absent; an
+    InputError when one of that name holds other faces (from other records, `what` names them for the message)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / f"{name}.json").exists():
+        return cache_source(records, detector(), out_dir, name)
+    cs = load_source(out_dir, name)
+    if cs.keys != [r.key for r in records]:
+        raise InputError(f"{out_dir}/{name} holds other faces than {what}: remove it to rebuild")
+    return cs
 
 
 def load_source(out_dir: str | Path, name: str) -> CropSet:

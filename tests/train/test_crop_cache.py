@@ -30,3 +30,27 @@ def test_box_faces_missed_are_missing_chips_missed_are_canonical(data_dir: Path,
     assert load_source(tmp_path / "crops", "t").status == cs.status
     imgs = np.asarray(cs.images)
     assert imgs[0].std() > 10 and not imgs[2].any()  # the missed photo face stays black, not a crop of anything
+
+
+def test_ensure_source_builds_once_and_refuses_a_cache_of_other_faces(data_dir: Path, repo_root: Path,
+                                                                      tmp_path: Path) -> None:
+    import pytest
+
+    from edge_mtl.data.crops import ensure_source
+    from edge_mtl.errors import InputError
+
+    chips = sorted((data_dir / "utkface").glob("3*_*.jpg"))[:2]
+    recs = [FaceRecord("t", str(c), c.name) for c in chips]
+    calls: list[int] = []
+
+    def detector() -> object:
+        calls.append(1)
+        return load_detector(repo_root / "export" / "detector.onnx", landmarks=repo_root / "export" / "landmarks.onnx")
+
+    built = ensure_source(recs, detector, tmp_path, "t", "two chips")  # type: ignore[arg-type]
+    again = ensure_source(recs, detector, tmp_path, "t", "two chips")  # type: ignore[arg-type]
+    assert len(calls) == 1, "the detector is loaded only to build the cache"
+    assert again.keys == built.keys == [c.name for c in chips] and again.status == built.status
+    with pytest.raises(InputError, match=r"t holds other faces than one chip: remove it to rebuild"):
+        ensure_source(recs[:1], detector, tmp_path, "t", "one chip")  # type: ignore[arg-type]
+    assert len(calls) == 1
