@@ -99,3 +99,28 @@ def test_source_records_list_each_celeba_folder_once(tmp_path: Path, monkeypatch
     assert [(r.key, r.gender, r.identity) for r in got["celeba_gender"]] == [
         (r.key, r.gender, r.identity) for r in apart] == [("celeba_gender/000005.jpg", 0, "celeba:2"),
                                                           ("celeba_gender/000004.jpg", 1, "celeba:1")]
+
+
+def test_training_refuses_a_crop_cache_of_other_faces(data_dir: Path, repo_root: Path, tmp_path: Path) -> None:
+    """A source whose records changed since its crop cache was built (a folder grew, an exclusion list moved) must
+    not train on the old crops paired with the new labels: the run stops with a one-line InputError instead. Without
+    a detector, a missing cache is an InputError too."""
+    from edge_mtl.data.sources import FaceRecord
+    from edge_mtl.errors import InputError
+    from edge_mtl.train.tasks.recognizer import load_detector
+
+    chips = sorted((data_dir / "utkface").glob("3*_*.jpg"))[:3]
+    recs = [FaceRecord("utkface", str(c), f"utkface/{c.name}") for c in chips]
+    task = RecognizerTask.__new__(RecognizerTask)
+    task.crop_dir = tmp_path / "crops"
+    task.detector = None
+    with pytest.raises(InputError, match="no crop cache for utk in .* and no detector to make one"):
+        task._crops("utk", recs)
+    task.detector = load_detector(repo_root / "export" / "detector.onnx",
+                                  landmarks=repo_root / "export" / "landmarks.onnx")
+    built = task._crops("utk", recs)
+    assert built.keys == [r.key for r in recs] and built.status.count("missing") == 0
+    task.detector = None  # the cache exists now: no detector needed to reuse it
+    assert task._crops("utk", recs).keys == built.keys
+    with pytest.raises(InputError, match="holds other faces than the utk source's records"):
+        task._crops("utk", [recs[0], recs[2], recs[1]])  # same count, another order: labels would pair wrongly

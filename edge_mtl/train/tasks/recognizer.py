@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edge_mtl.data import sources as S
-from edge_mtl.data.crops import CropSet, cache_source
+from edge_mtl.data.crops import CropSet, ensure_source
 from edge_mtl.errors import InputError, ModelError
 from edge_mtl.eval.attributes import attribute_metrics
 from edge_mtl.eval.verification import read_pairs, view1
@@ -215,10 +215,16 @@ class RecognizerTask:
 
     # ------------------------------------------------------------ data
     def _crops(self, name: str, records: list[S.FaceRecord]) -> CropSet:
-        if not (self.crop_dir / f"{name}.json").exists() and self.detector is None:
-            raise InputError(f"no crop cache for {name} in {self.crop_dir} and no detector to make one")
-        assert self.detector is not None or (self.crop_dir / f"{name}.json").exists()
-        return cache_source(records, self.detector, self.crop_dir, name)  # type: ignore[arg-type]
+        """The crop cache of exactly `records` (row i is record i's face): built with the detector when absent; an
+        InputError when a cache of that name holds other faces (a source folder or exclusion list that changed
+        since it was built would otherwise pair labels with the wrong crops)."""
+
+        def detector() -> FaceDetector:
+            if self.detector is None:
+                raise InputError(f"no crop cache for {name} in {self.crop_dir} and no detector to make one")
+            return self.detector
+
+        return ensure_source(records, detector, self.crop_dir, name, f"the {name} source's records")
 
     def _source_records(self, name: str, read: dict[str, Any]) -> list[S.FaceRecord]:
         """The records of source `name`. `read` holds what one `_build_data` has read already (the UTKFace
