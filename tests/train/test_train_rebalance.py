@@ -216,3 +216,13 @@ def test_stage23_config_is_stage21_from_recognizer_16_with_maskon_labels(repo_ro
             s21.pop("init_version")) == (Path("runs/recognizer23"), 23, "recognizer-1.6", Path("runs/recognizer21"), 21,
                                          "recognizer-1.5")
     assert s23 == s21
+
+
+def test_stage24_config_is_stage23_with_the_dlib_teacher(repo_root: Path) -> None:
+    """Stage 24 changes one thing against stage 23: the embedding teacher is dlib's network (teacher_dlib), not
+    recognizer-1.6 itself; same init, recipe and labels."""
+    s23, s24 = _dumps(repo_root, "experiments/recognizer_stage23.toml", "experiments/recognizer_stage24.toml")
+    assert s24["data"].pop("teacher").name == "teacher_dlib" and s23["data"].pop("teacher").name == "teacher_r16"
+    assert (s24.pop("out"), s24.pop("seed"), s23.pop("out"), s23.pop("seed")) == (
+        Path("runs/recognizer24"), 24, Path("runs/recognizer23"), 23)
+    assert s24 == s23
