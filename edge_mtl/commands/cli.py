@@ -277,6 +277,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
     f = load_collector_config(args.config)
     if args.log_level is None:
         logging.getLogger().setLevel(f.log_level)
+    if args.import_files:
+        from edge_mtl.fleet.backfill import import_events
+
+        _emit(import_events(f.collector, args.import_files))
+        return 0
     return collect(f.collector)
 
 
@@ -405,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("collect", help="store the events of many boxes from an MQTT broker in PostgreSQL")
     s.add_argument("--config", type=Path, required=True, help="collector.toml ([collector] section)")
+    s.add_argument("--import", dest="import_files", type=Path, nargs="+", metavar="FILE",
+                   help="instead of running: store the events of these files (a box's events.db queue or its "
+                   "JSON-lines log) in the database, skipping those already stored, print counts as JSON, exit")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("events", help="read the event queue")

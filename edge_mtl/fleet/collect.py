@@ -42,7 +42,7 @@ from edge_mtl.errors import InputError
 from edge_mtl.events.schema import decode_event
 from edge_mtl.fleet.broker import make_client, properties
 from edge_mtl.fleet.config import CollectorConfig
-from edge_mtl.fleet.store import EventStore, import_psycopg, ts_epoch
+from edge_mtl.fleet.store import EventStore, import_psycopg, open_store, read_db_password, ts_epoch
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,7 @@ class Collector:
         self._stop = threading.Event()
         self._generation = 0
         self._store: EventStore | None = None
-        self._db_password: str | None = None
-        if cfg.database.password_file is not None:
-            try:
-                self._db_password = cfg.database.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as e:
-                raise InputError(f"{cfg.database.password_file}: cannot read the database password: {e}") from None
+        self._db_password = read_db_password(cfg.database)
         if cfg.metrics_port is not None:
             check_loopback(cfg.metrics_host)
         b = cfg.broker
@@ -149,18 +144,7 @@ class Collector:
     # -- database ----------------------------------------------------------------------------------------------
     def _db(self) -> EventStore:
         if self._store is None:
-            db = self.cfg.database
-            kwargs: dict[str, Any] = {"connect_timeout": db.connect_timeout_s, "application_name": "edge-mtl collect"}
-            if self._db_password is not None:
-                kwargs["password"] = self._db_password
-            conn = self.psycopg.connect(db.dsn, **kwargs)
-            try:
-                store = EventStore(conn, db.db_schema)
-                store.create()
-            except BaseException:
-                conn.close()
-                raise
-            self._store = store
+            self._store = open_store(self.cfg.database, self._db_password, "edge-mtl collect")
             self.stats.db_up = True
         return self._store
 

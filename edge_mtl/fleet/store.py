@@ -21,9 +21,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_mtl.errors import MissingExtraError
+from edge_mtl.errors import InputError, MissingExtraError
+
+if TYPE_CHECKING:
+    from edge_mtl.fleet.config import CollectorDatabase
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,32 @@ def import_psycopg() -> Any:
     except ImportError:
         raise MissingExtraError("psycopg", "fleet") from None
     return psycopg
+
+
+def read_db_password(db: CollectorDatabase) -> str | None:
+    """The database password from `password_file` (None without one); InputError when it cannot be read."""
+    if db.password_file is None:
+        return None
+    try:
+        return db.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{db.password_file}: cannot read the database password: {e}") from None
+
+
+def open_store(db: CollectorDatabase, password: str | None, application: str) -> EventStore:
+    """A connection to the central database with the tables created (psycopg's errors pass through)."""
+    psycopg = import_psycopg()
+    kwargs: dict[str, Any] = {"connect_timeout": db.connect_timeout_s, "application_name": application}
+    if password is not None:
+        kwargs["password"] = password
+    conn = psycopg.connect(db.dsn, **kwargs)
+    try:
+        store = EventStore(conn, db.db_schema)
+        store.create()
+    except BaseException:
+        conn.close()
+        raise
+    return store
 
 
 def ts_epoch(ts: str) -> float:
