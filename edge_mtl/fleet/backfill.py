@@ -22,7 +22,7 @@ from edge_mtl.errors import EdgeMtlError, InputError
 from edge_mtl.events.queue import EventQueue
 from edge_mtl.events.schema import decode_event
 from edge_mtl.fleet.config import CollectorConfig
-from edge_mtl.fleet.store import EventStore, import_psycopg, open_store, read_db_password
+from edge_mtl.fleet.store import EventStore, db_error_text, import_psycopg, open_store, read_db_password
 
 log = logging.getLogger(__name__)
 
@@ -77,43 +77,46 @@ def check_sources(paths: Sequence[Path]) -> None:
             EventQueue(p, create=False).close()  # InputError now for a database that is not an event queue
 
 
+def _import_file(store: EventStore, path: Path, batch: int, boxes: Counter[str]) -> dict[str, Any]:
+    """One file's events into `store`, `batch` per transaction; its counts; `boxes` counts what each box got."""
+    row: dict[str, Any] = {"file": str(path), "read": 0, "stored": 0, "duplicates": 0, "invalid": 0}
+    pending: list[tuple[dict[str, Any], str]] = []
+
+    def flush() -> None:
+        if pending:
+            marks = store.insert(pending)
+            stored = sum(m.stored for m in marks.values())
+            row["stored"] += stored
+            row["duplicates"] += len(pending) - stored
+            for box, m in marks.items():
+                boxes[box or "(unnamed)"] += m.stored
+            pending.clear()
+
+    for where, raw in event_texts(path):
+        row["read"] += 1
+        try:
+            ev = decode_event(raw)
+            pending.append((ev, raw if isinstance(raw, str) else raw.decode("utf-8")))
+        except ValueError as e:
+            row["invalid"] += 1
+            if row["invalid"] <= LOGGED_INVALID:
+                log.warning("%s, %s: not an event (not stored): %s", path, where, " ".join(str(e).split())[:200])
+            continue
+        if len(pending) >= batch:
+            flush()
+    flush()
+    if row["invalid"] > LOGGED_INVALID:
+        log.warning("%s: %d invalid events in all", path, row["invalid"])
+    log.info("%s: %d events read, %d stored, %d already stored, %d invalid", path, row["read"], row["stored"],
+             row["duplicates"], row["invalid"])
+    return row
+
+
 def import_files(store: EventStore, paths: Sequence[Path], batch: int = 1000) -> dict[str, Any]:
     """Insert every valid event of `paths` into `store`, `batch` per transaction. Returns per file and in all:
     events read, stored (new), duplicates (already stored), invalid; and per box the events stored."""
-    files: list[dict[str, Any]] = []
     boxes: Counter[str] = Counter()
-    for path in paths:
-        row: dict[str, Any] = {"file": str(path), "read": 0, "stored": 0, "duplicates": 0, "invalid": 0}
-        pending: list[tuple[dict[str, Any], str]] = []
-
-        def flush(row: dict[str, Any] = row, pending: list[tuple[dict[str, Any], str]] = pending) -> None:
-            if pending:
-                marks = store.insert(pending)
-                stored = sum(m.stored for m in marks.values())
-                row["stored"] += stored
-                row["duplicates"] += len(pending) - stored
-                for box, m in marks.items():
-                    boxes[box or "(unnamed)"] += m.stored
-                pending.clear()
-
-        for where, raw in event_texts(path):
-            row["read"] += 1
-            try:
-                ev = decode_event(raw)
-                pending.append((ev, raw if isinstance(raw, str) else raw.decode("utf-8")))
-            except ValueError as e:
-                row["invalid"] += 1
-                if row["invalid"] <= LOGGED_INVALID:
-                    log.warning("%s, %s: not an event (not stored): %s", path, where, " ".join(str(e).split())[:200])
-                continue
-            if len(pending) >= batch:
-                flush()
-        flush()
-        if row["invalid"] > LOGGED_INVALID:
-            log.warning("%s: %d invalid events in all", path, row["invalid"])
-        log.info("%s: %d events read, %d stored, %d already stored, %d invalid", path, row["read"], row["stored"],
-                 row["duplicates"], row["invalid"])
-        files.append(row)
+    files = [_import_file(store, path, batch, boxes) for path in paths]
     total = {k: sum(f[k] for f in files) for k in ("read", "stored", "duplicates", "invalid")}
     return {"files": files, **total, "stored_by_box": dict(sorted(boxes.items()))}
 
@@ -128,12 +131,11 @@ def import_events(cfg: CollectorConfig, paths: Sequence[Path], batch: int = 1000
     try:
         store = open_store(cfg.database, password, "edge-mtl collect --import")
     except psycopg.Error as e:
-        raise DatabaseUnavailableError(f"PostgreSQL: {' '.join(str(e).split())[:300] or type(e).__name__}") from None
+        raise DatabaseUnavailableError(f"PostgreSQL: {db_error_text(e)}") from None
     try:
         return import_files(store, paths, batch)
     except psycopg.Error as e:
         raise DatabaseUnavailableError(
-            f"PostgreSQL: {' '.join(str(e).split())[:300] or type(e).__name__} (what was committed stays; "
-            "import again to complete)") from None
+            f"PostgreSQL: {db_error_text(e)} (what was committed stays; import again to complete)") from None
     finally:
         store.conn.close()

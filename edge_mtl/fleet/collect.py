@@ -42,7 +42,7 @@ from edge_mtl.errors import InputError
 from edge_mtl.events.schema import decode_event
 from edge_mtl.fleet.broker import make_client, properties
 from edge_mtl.fleet.config import CollectorConfig
-from edge_mtl.fleet.store import EventStore, import_psycopg, open_store, read_db_password, ts_epoch
+from edge_mtl.fleet.store import EventStore, db_error_text, import_psycopg, open_store, read_db_password, ts_epoch
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,7 @@ class Collector:
             self._db()
         except self.psycopg.Error as e:
             self._db_down()
-            log.warning("PostgreSQL not reachable at start: %s; retrying when events arrive",
-                        " ".join(str(e).split())[:300] or type(e).__name__)
+            log.warning("PostgreSQL not reachable at start: %s; retrying when events arrive", db_error_text(e))
 
     def _db_down(self) -> None:
         self.stats.db_up = False
@@ -280,9 +279,8 @@ class Collector:
             except self.psycopg.Error as e:
                 self._db_down()
                 down_since = down_since or time.monotonic()
-                why = " ".join(str(e).split())[:300] or type(e).__name__
-                (log.debug if logged else log.warning)(
-                    "PostgreSQL: %s; retrying in %.1f s (%d events held, none acknowledged)", why, backoff, len(good))
+                (log.debug if logged else log.warning)("PostgreSQL: %s; retrying in %.1f s (%d events held, none "
+                                                       "acknowledged)", db_error_text(e), backoff, len(good))
                 logged = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.cfg.database.reconnect_max_s)

@@ -94,6 +94,11 @@ def read_db_password(db: CollectorDatabase) -> str | None:
         raise InputError(f"{db.password_file}: cannot read the database password: {e}") from None
 
 
+def db_error_text(e: BaseException) -> str:
+    """A database error as one log or error line (psycopg's messages span lines), at most 300 characters."""
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
 def open_store(db: CollectorDatabase, password: str | None, application: str) -> EventStore:
     """A connection to the central database with the tables created (psycopg's errors pass through)."""
     psycopg = import_psycopg()
