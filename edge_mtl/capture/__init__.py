@@ -88,18 +88,9 @@ def _open_one(
     cfg: CameraConfig, source: str, *, max_frames: int | None, decode: DecodeOptions | None
 ) -> FrameSource:
     kind = source_kind(source)
-    if kind == "network":
-        return NetworkSource(
-            cfg.name,
-            source,
-            max_frames=max_frames,
-            reconnect_initial_s=cfg.reconnect_initial_s,
-            reconnect_max_s=cfg.reconnect_max_s,
-            watchdog_s=cfg.watchdog_s,
-            decode=decode,
-        )
-    if kind == "v4l2":
-        return V4L2Source(
+    if kind in ("network", "v4l2"):
+        live = NetworkSource if kind == "network" else V4L2Source
+        return live(
             cfg.name,
             source,
             max_frames=max_frames,

@@ -21,10 +21,10 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import cv2
 import numpy as np
@@ -237,6 +237,19 @@ def nominal_fps(cap: cv2.VideoCapture) -> float | None:
     if not np.isfinite(fps) or fps <= 0.0 or fps > 1000.0:
         return None
     return fps
+
+
+def open_capture(target: str, api: int, params: Sequence[int], not_opened: str) -> cv2.VideoCapture:
+    """`cv2.VideoCapture(target, api, params)`, or CaptureOpenError with OpenCV's own last line, or with
+    `not_opened` when OpenCV hands back a capture that is not open."""
+    try:
+        cap = cv2.VideoCapture(target, api, list(params))
+    except cv2.error as e:
+        raise CaptureOpenError(str(e).strip().splitlines()[-1]) from None
+    if not cap.isOpened():
+        cap.release()
+        raise CaptureOpenError(not_opened)
+    return cap
 
 
 class ThreadedSource(FrameSource):
@@ -603,3 +616,21 @@ class ThreadedSource(FrameSource):
                 cap.release()
             except cv2.error as e:
                 log.debug("%s: release failed: %s", self.name, e)
+
+
+class LiveOptions(TypedDict, total=False):
+    """A camera's keyword options (`ThreadedSource`'s, with its defaults)."""
+
+    max_frames: int | None
+    reconnect_initial_s: float
+    reconnect_max_s: float
+    watchdog_s: float
+    decode: DecodeOptions | None
+
+
+class LiveSource(ThreadedSource):
+    """A camera (network stream or video device): live (the newest frame only) and reconnecting with backoff, so a
+    camera that is down at start or drops later is retried, never an error that ends the source."""
+
+    def __init__(self, name: str, display: str, **options: Unpack[LiveOptions]) -> None:
+        super().__init__(name, display, live=True, reconnecting=True, **options)

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Unpack
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 
-from edge_mtl.capture.base import CaptureOpenError, DecodeOptions, ThreadedSource
+from edge_mtl.capture.base import LiveOptions, LiveSource, open_capture
 from edge_mtl.capture.probe import probe_stream
 from edge_mtl.errors import InputError
 
@@ -71,35 +72,15 @@ def ensure_ffmpeg_options() -> None:
         log.debug("set %s=%s", FFMPEG_OPTIONS_ENV, FFMPEG_OPTIONS)
 
 
-class NetworkSource(ThreadedSource):
+class NetworkSource(LiveSource):
     """An RTSP/HTTP camera: live (latest frame only), never an error at start (a camera that is down at boot is
     retried with backoff like one that drops later)."""
 
     kind = "rtsp"
 
-    def __init__(
-        self,
-        name: str,
-        url: str,
-        *,
-        max_frames: int | None = None,
-        reconnect_initial_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
-        watchdog_s: float = 10.0,
-        decode: DecodeOptions | None = None,
-    ) -> None:
+    def __init__(self, name: str, url: str, **options: Unpack[LiveOptions]) -> None:
         self.url = check_url(url)
-        super().__init__(
-            name,
-            redact_url(url),
-            live=True,
-            reconnecting=True,
-            max_frames=max_frames,
-            reconnect_initial_s=reconnect_initial_s,
-            reconnect_max_s=reconnect_max_s,
-            watchdog_s=watchdog_s,
-            decode=decode,
-        )
+        super().__init__(name, redact_url(url), **options)
         self.kind = urlsplit(url).scheme.lower()
 
     def _prepare(self) -> None:
@@ -112,11 +93,4 @@ class NetworkSource(ThreadedSource):
         timeout_ms = max(100, int(self.watchdog_s * 1000))
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms,
                   *self.decode.capture_params()]
-        try:
-            cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
-        except cv2.error as e:
-            raise CaptureOpenError(str(e).strip().splitlines()[-1]) from None
-        if not cap.isOpened():
-            cap.release()
-            raise CaptureOpenError("no connection or no video stream")
-        return cap
+        return open_capture(self.url, cv2.CAP_FFMPEG, params, "no connection or no video stream")

@@ -14,10 +14,11 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import Unpack
 
 import cv2
 
-from edge_mtl.capture.base import CaptureOpenError, DecodeOptions, ThreadedSource
+from edge_mtl.capture.base import CaptureOpenError, LiveOptions, LiveSource, open_capture
 from edge_mtl.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -41,47 +42,21 @@ def device_path(source: str) -> Path:
     return Path(f"/dev/video{source}") if _INDEX.fullmatch(source) else Path(source)
 
 
-class V4L2Source(ThreadedSource):
+class V4L2Source(LiveSource):
     """A V4L2 camera: live (latest frame only), driver queue shortened to one buffer to keep latency low."""
 
     kind = "v4l2"
 
-    def __init__(
-        self,
-        name: str,
-        device: str | Path,
-        *,
-        max_frames: int | None = None,
-        reconnect_initial_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
-        watchdog_s: float = 10.0,
-        decode: DecodeOptions | None = None,
-    ) -> None:
+    def __init__(self, name: str, device: str | Path, **options: Unpack[LiveOptions]) -> None:
         self.device = device_path(str(device))
         if not self.device.exists():
             raise InputError(f"{self.device}: no such video device")
-        super().__init__(
-            name,
-            str(self.device),
-            live=True,
-            reconnecting=True,
-            max_frames=max_frames,
-            reconnect_initial_s=reconnect_initial_s,
-            reconnect_max_s=reconnect_max_s,
-            watchdog_s=watchdog_s,
-            decode=decode,
-        )
+        super().__init__(name, str(self.device), **options)
 
     def _open_capture(self) -> cv2.VideoCapture:
         if not self.device.exists():
             raise CaptureOpenError("device node is gone (unplugged?)")
-        try:
-            cap = cv2.VideoCapture(str(self.device), cv2.CAP_V4L2)
-        except cv2.error as e:
-            raise CaptureOpenError(str(e).strip().splitlines()[-1]) from None
-        if not cap.isOpened():
-            cap.release()
-            raise CaptureOpenError("cannot open the device (busy, or not a capture device)")
+        cap = open_capture(str(self.device), cv2.CAP_V4L2, [], "cannot open the device (busy, or not a capture device)")
         # Fewer driver buffers means the frame we grab is the newest one, not one queued seconds ago.
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         return cap
