@@ -129,6 +129,10 @@ class RecognizerTrain(Strict):
     wild_augment: float = Field(
         0.0, ge=0, le=1, description="Probability of each in-the-wild augmentation (colour cast, yaw warp) per face."
     )
+    tight_augment: float = Field(
+        0.0, ge=0, le=1, description="Probability of cutting a face at its box (black outside it, as an aligned ID "
+        "photo or tight crop looks: edge_mtl.train.data.recognizer.tight_cut)."
+    )
     gender_teacher_weight: float = Field(
         0.0, ge=0, le=10, description="Weight of the gender teacher's soft labels (`data.gender_teacher`) on the "
         "faces that have no gender label, beside the hard labels' cross-entropy (0: off)."

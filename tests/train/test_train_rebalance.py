@@ -91,6 +91,36 @@ def test_wild_augmentations_on_a_real_crop(data_dir: Path) -> None:
     assert wild(img, rng, 0.0) is img
 
 
+def test_tight_cut_blacks_out_what_a_photo_cut_at_its_face_box_does_not_hold(data_dir: Path, tmp_path: Path) -> None:
+    """A face cut out at its box (an ID photo) aligns to a crop that is black outside the box rule's square (side
+    88 at (56, 62) of 112): the augmentation keeps the face and blacks out the rest, and the dataset applies it at
+    the configured rate."""
+    import cv2
+
+    from edge_mtl.train.data.recognizer import RecognizerDataset, RecSample, tight_cut
+
+    img = cv2.resize(cv2.imread(str(data_dir / "utkface" / sorted(os.listdir(data_dir / "utkface"))[100])),
+                     (112, 112))
+    img = np.maximum(img, 1)  # no black pixel of its own
+    for seed in range(20):
+        cut = tight_cut(img, np.random.default_rng(seed))
+        assert cut.shape == img.shape and cut.dtype == np.uint8
+        # the box is at most 96.8 px at a centre within 4 px: rows above 9 and columns left of 4 lie outside
+        assert not cut[:9].any() and not cut[:, :3].any()
+        # and at least 79.2 px: the eyes, nose and mouth (38..74 x 46..96) are kept as they were
+        assert np.array_equal(cut[46:96, 38:74], img[46:96, 38:74])
+        kept = (cut > 0).any(axis=2).mean()
+        assert 0.45 < kept < 0.8, kept
+
+    crops = tmp_path / "crops.npy"
+    np.save(crops, img[None])
+    samples = [RecSample(0, 0)]
+    off = RecognizerDataset([crops], samples, None, train=True, seed=3, strength=0.0)[0]["image"]
+    on = RecognizerDataset([crops], samples, None, train=True, seed=3, strength=0.0, tight_p=1.0)[0]["image"]
+    assert off[:, :9].all() and not on[:, :9].any()  # CHW: the top rows
+    assert np.array_equal(on[:, 46:96, 38:74].numpy(), off[:, 46:96, 38:74].numpy())
+
+
 def test_stage12_config_loads(repo_root: Path) -> None:
     """The prepared stage-12 config is valid and asks for what its comment says."""
     from edge_mtl.config import load_toml

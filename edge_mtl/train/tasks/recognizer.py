@@ -338,7 +338,7 @@ class RecognizerTask:
             sum(not np.isnan(s.gender_soft) for s in samples),
         )
         self.dataset = RecognizerDataset(crops, samples, self.teacher, train=True, seed=self.cfg.seed,
-                                         wild_p=t.wild_augment)
+                                         wild_p=t.wild_augment, tight_p=t.tight_augment)
         self.collate = None
         # validation sets
         root = self.root
