@@ -114,7 +114,7 @@ def test_training_refuses_a_crop_cache_of_other_faces(data_dir: Path, repo_root:
     task = RecognizerTask.__new__(RecognizerTask)
     task.crop_dir = tmp_path / "crops"
     task.detector = None
-    with pytest.raises(InputError, match="no crop cache for utk in .* and no detector to make one"):
+    with pytest.raises(InputError, match=r"no crop cache for utk in .* and no detector to make one"):
         task._crops("utk", recs)
     task.detector = load_detector(repo_root / "export" / "detector.onnx",
                                   landmarks=repo_root / "export" / "landmarks.onnx")
