@@ -45,7 +45,7 @@ from edge_mtl.runtime.recognizer import FaceRecognizer
 from edge_mtl.runtime.registry import load_detector, load_recognizer
 from edge_mtl.types import Detections
 from edge_mtl.vision.align import align_faces
-from edge_mtl.vision.anycrop import PadRetry, detect_with_retry
+from edge_mtl.vision.anycrop import PadRetry, cut_at_box, detect_with_retry
 
 log = logging.getLogger("any_crop")
 CONTEXT_BORDER = 0.25  # UTKFace context version: grey border, share of the chip's side on every side
@@ -68,16 +68,10 @@ def pick(det: Detections, shape: tuple[int, ...], select: str) -> int:
 
 
 def tight_cut(img: npt.NDArray[np.uint8], det: Detections, select: str) -> npt.NDArray[np.uint8] | None:
-    """The square around the picked face's box (side: the box's longer side), clipped to the image."""
+    """The square around the picked face's box (`edge_mtl.vision.anycrop.cut_at_box`)."""
     if len(det) == 0:
         return None
-    b = det.boxes[pick(det, img.shape, select)]
-    side = float(max(b[2] - b[0], b[3] - b[1]))
-    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-    h, w = img.shape[:2]
-    x0, y0 = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
-    x1, y1 = min(w, round(cx + side / 2)), min(h, round(cy + side / 2))
-    return np.ascontiguousarray(img[y0:y1, x0:x1])
+    return cut_at_box(img, det.boxes[pick(det, img.shape, select)])
 
 
 class Analyzer:

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -27,6 +27,7 @@ from edge_mtl.errors import InputError
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.types import Detections
 from edge_mtl.vision.align import align_faces
+from edge_mtl.vision.anycrop import cut_at_box
 from edge_mtl.vision.boxes import iou_matrix
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class CropSet:
     keys: list[str]
     status: list[str]
     path: Path
-    landmarks: npt.NDArray[np.float32] | None = None  # N x 4 x 2, source-image pixels, the ones each crop used
+    # N x 4 x 2 in source-image pixels (a cut source: the cut-out's), the ones each crop used
+    landmarks: npt.NDArray[np.float32] | None = None
 
     def index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -87,8 +89,13 @@ def cache_source(
     out_dir: str | Path,
     name: str,
     pad: float = 0.25,
+    cut: bool = False,
 ) -> CropSet:
-    """Detect, align and store every record's face under `out_dir/name.{u8,json}` (skipped if complete)."""
+    """Detect, align and store every record's face under `out_dir/name.{u8,json}` (skipped if complete).
+
+    With `cut`, each face is first cut out of its image at the box the detector finds for it
+    (`edge_mtl.vision.anycrop.cut_at_box`), as an ID photo or a tight crop shows it, and then detected and aligned
+    in that cut-out: the tight version of a source with context (a face not found in the full image is missing)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_p, index_p = out_dir / f"{name}.u8", out_dir / f"{name}.json"
@@ -106,6 +113,14 @@ def cache_source(
         if img is None:
             status.append("missing")
             continue
+        if cut:
+            first = detector.detect(img)
+            j = pick_face(first, rec, img.shape[:2], 0.0)
+            if j is None:
+                status.append("missing")
+                continue
+            img = cut_at_box(img, first.boxes[j])
+            rec = replace(rec, box=None, landmarks=None)  # the face is the cut-out's: its own geometry is gone
         h, w = img.shape[:2]
         off = float(round(pad * max(h, w))) if rec.box is None else 0.0
         src = cv2.copyMakeBorder(img, int(off), int(off), int(off), int(off), cv2.BORDER_CONSTANT, value=(0, 0, 0)) \
@@ -118,7 +133,7 @@ def cache_source(
         elif rec.landmarks is not None and rec.landmarks.shape == (4, 2):
             lm = rec.landmarks + off
             status.append("annotated")
-        elif rec.box is not None:  # a face in a photo, not a pre-aligned chip: nothing to fall back on
+        elif rec.box is not None or cut:  # a face in a photo, not a pre-aligned chip: nothing to fall back on
             status.append("missing")
             continue
         else:
@@ -161,12 +176,12 @@ def cache_source(
 
 
 def ensure_source(records: Sequence[FaceRecord], detector: Callable[[], FaceDetector], out_dir: str | Path,
-                  name: str, what: str) -> CropSet:
+                  name: str, what: str, cut: bool = False) -> CropSet:
     """The crop cache `name` of exactly `records`: built with `detector()` (called only then) when absent; an
     InputError when one of that name holds other faces (from other records, `what` names them for the message)."""
     out_dir = Path(out_dir)
     if not (out_dir / f"{name}.json").exists():
-        return cache_source(records, detector(), out_dir, name)
+        return cache_source(records, detector(), out_dir, name, cut=cut)
     cs = load_source(out_dir, name)
     if cs.keys != [r.key for r in records]:
         raise InputError(f"{out_dir}/{name} holds other faces than {what}: remove it to rebuild")

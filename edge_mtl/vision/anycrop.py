@@ -92,6 +92,17 @@ def _iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[
     return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9), np.float64)
 
 
+def cut_at_box(image: npt.NDArray[np.uint8], box: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """The face as an ID photo or a tight crop shows it: the square around `box` (x1, y1, x2, y2; side its longer
+    side, centred on it), clipped to the image."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, np.float64)[:4])
+    side = max(x2 - x1, y2 - y1)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    h, w = image.shape[:2]
+    x0, y0 = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
+    return np.ascontiguousarray(image[y0 : min(h, round(cy + side / 2)), x0 : min(w, round(cx + side / 2))])
+
+
 def add_border(image: npt.NDArray[np.uint8], off: int, border: Border) -> npt.NDArray[np.uint8]:
     if border == "replicate":
         return cv2.copyMakeBorder(image, off, off, off, off, cv2.BORDER_REPLICATE)

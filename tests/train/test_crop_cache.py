@@ -54,3 +54,28 @@ def test_ensure_source_builds_once_and_refuses_a_cache_of_other_faces(data_dir: 
     with pytest.raises(InputError, match=r"t holds other faces than one chip: remove it to rebuild"):
         ensure_source(recs[:1], detector, tmp_path, "t", "one chip")  # type: ignore[arg-type]
     assert len(calls) == 1
+
+
+def test_a_cut_source_is_each_face_cut_at_its_box_then_aligned(data_dir: Path, repo_root: Path,
+                                                               tmp_path: Path) -> None:
+    """`cut=True`: the tight version of photos with context, as an ID photo shows the face. The aligned crop holds
+    the face where the version with context does, and black where the photo held hair, neck and background."""
+    base = data_dir / "lfw" / "images_deepfunneled"
+    photos = [base / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg", base / "Abdullah_Gul" / "Abdullah_Gul_0001.jpg"]
+    blank = tmp_path / "blank.jpg"
+    cv2.imwrite(str(blank), np.full((250, 250, 3), 127, np.uint8))
+    recs = [FaceRecord("lfw", str(p), p.name) for p in photos] + [FaceRecord("lfw", str(blank), "nobody")]
+    det = load_detector(repo_root / "export" / "detector.onnx", landmarks=repo_root / "export" / "landmarks.onnx")
+    context = cache_source(recs, det, tmp_path / "crops", "ctx")
+    tight = cache_source(recs, det, tmp_path / "crops", "tight", cut=True)
+    assert context.status == ["detected", "detected", "canonical"]
+    assert tight.status == ["detected", "detected", "missing"]  # no face to cut at: nothing to guess from
+    c, t = np.asarray(context.images, np.float32), np.asarray(tight.images)
+    for i in range(2):
+        kept = t[i].any(axis=2)
+        assert not kept[:8].any() and 0.5 < kept.mean() < 0.85  # black above the brow line and around
+        centre = np.s_[46:96, 38:74]  # eyes, nose and mouth: the same face in both, give or take alignment
+        assert np.abs(t[i][centre].astype(np.float32) - c[i][centre]).mean() < 25
+    # landmarks in each cut-out's pixels (about 120 px a side), not the 250 px photo's (the eyes there: 100-165)
+    assert tight.landmarks is not None and context.landmarks is not None
+    assert tight.landmarks[:2].max() < 100 < context.landmarks[:2].min()

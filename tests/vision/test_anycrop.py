@@ -21,6 +21,7 @@ from edge_mtl.types import Detections
 from edge_mtl.vision.anycrop import (
     PadRetry,
     add_border,
+    cut_at_box,
     detect_with_retry,
     fills_image,
     needs_retry,
@@ -150,16 +151,20 @@ def test_frames_pay_no_second_pass_when_empty(detector: FaceDetector, data_dir: 
     assert len(detector.detect_batch([chip, blank])[0]) >= 1 and eng.calls - before == 3
 
 
+def test_cut_at_box_is_the_square_around_the_box_clipped_to_the_image() -> None:
+    img = np.arange(100 * 120 * 3, dtype=np.uint32).reshape(100, 120, 3).astype(np.uint8)
+    cut = cut_at_box(img, [40, 30, 60, 70])  # 20 x 40: a 40 x 40 square centred at (50, 50)
+    assert cut.shape == (40, 40, 3) and np.array_equal(cut, img[30:70, 30:70]) and cut.flags.c_contiguous
+    edge = cut_at_box(img, [0, 80, 30, 100])  # 30 x 20 at the corner: the square leaves the image
+    assert np.array_equal(edge, img[75:100, 0:30])
+
+
 def _tight_lfw(data_dir: Path, tmp_path: Path) -> Path:
     """A face cut out of a real LFW photo: the square of the detector's box, as an ID photo would be."""
     from edge_mtl.runtime.registry import load_detector
 
     img = read_image(data_dir / "lfw" / "images_deepfunneled" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg")
-    d = load_detector(AppConfig()).detect(img)
-    x0, y0, x1, y1 = (round(float(v)) for v in d.boxes[0])
-    side = max(x1 - x0, y1 - y0)
-    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-    cut = img[max(0, cy - side // 2): cy + side // 2, max(0, cx - side // 2): cx + side // 2]
+    cut = cut_at_box(img, load_detector(AppConfig()).detect(img).boxes[0])
     path = tmp_path / "tight.png"
     cv2.imwrite(str(path), cut)
     return path
