@@ -9,10 +9,15 @@ its own best threshold and, at this model's threshold, the false-accept / false-
 (what `--compatible-with` lets the daemon do).
 Also, per model, the figures that select candidates from the run after stage 6 on (export/recognizer.md): the
 10-fold accuracy over all 3,200 listed View 1 pairs, and TAR at FAR 1e-3 / 1e-2 over every pair of View 1 images.
+With `--tight`, also View 1 when faces fill their images (ID photos, tight crops): `lfw_dev_tight`, each View 1
+image cut at the box the detector finds on it and aligned from the cut-out (`cache_source(cut=True)`, built once
+into the crop cache), scored in 10 folds over the 3,200 listed pairs with the first image of each pair tight and
+the second with context (`tight_mixed_10fold_accuracy`: a gallery enrolled from ID photos, matched on photos with
+context) and with both tight (`tight_both_10fold_accuracy`).
 View 2 (`pairs.txt`) is never touched: it stays for the final measurement (`edge-mtl eval verification`).
 
 Usage: python benchmarks/recognizer_view1.py --crops $EDGE_MTL_CACHE/crops [--data ../shared/data] [--at-threshold T]
-    A.onnx B.onnx ...
+    [--tight] A.onnx B.onnx ...
 The crop cache's `lfw_dev` source is written by any recognizer training run (`edge_mtl.data.crops`).
 """
 
@@ -28,8 +33,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.data.crops import load_source
-from edge_mtl.eval.verification import best_threshold, read_pairs, tar_at_far, view1
+from edge_mtl.data.crops import CropSet, ensure_source, load_source
+from edge_mtl.eval.verification import (
+    Pair,
+    View1,
+    balanced_folds,
+    best_threshold,
+    read_pairs,
+    tar_at_far,
+    ten_fold_accuracy,
+    view1,
+)
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.registry import open_recognizer
 
@@ -75,12 +89,34 @@ def every_pair(
     }
 
 
+def tight_source(crops: Path, root: Path, pairs: dict[str, list[Pair]], detector: Path, landmarks: Path) -> CropSet:
+    """The View 1 images cut at their faces' boxes (`lfw_dev_tight`), built on first use with the shipped
+    detector and landmark refiner, as the trainer builds `lfw_dev`."""
+    from edge_mtl.train.tasks.recognizer import lfw_records, load_detector
+
+    return ensure_source(lfw_records(root, list(pairs)), lambda: load_detector(detector, landmarks=landmarks), crops,
+                         "lfw_dev_tight", "LFW View 1's images", cut=True)
+
+
+def tight_figures(e: np.ndarray, e_tight: np.ndarray, v1: View1) -> dict[str, float]:  # type: ignore[type-arg]
+    """View 1 10-fold accuracy over the 3,200 listed pairs with the first image tight and the second with
+    context, and with both tight."""
+    folds = balanced_folds(v1.same)
+    mixed = (e_tight[v1.a] * e[v1.b]).sum(1).astype(np.float64)
+    both = (e_tight[v1.a] * e_tight[v1.b]).sum(1).astype(np.float64)
+    return {"tight_mixed_10fold_accuracy": ten_fold_accuracy(mixed, v1.same, folds)["accuracy"],
+            "tight_both_10fold_accuracy": ten_fold_accuracy(both, v1.same, folds)["accuracy"]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", type=Path)
     p.add_argument("--crops", type=Path, required=True)
     p.add_argument("--data", type=Path, help="../shared/data (default: $EDGE_MTL_DATA)")
     p.add_argument("--at-threshold", type=float, help="also the FAR / FRR at this fixed threshold (a deployed one)")
+    p.add_argument("--tight", action="store_true", help="also View 1 with faces cut at their boxes (lfw_dev_tight)")
+    p.add_argument("--detector", type=Path, default=Path("export/detector.onnx"), help="builds lfw_dev_tight")
+    p.add_argument("--landmarks", type=Path, default=Path("export/landmarks.onnx"), help="builds lfw_dev_tight")
     a = p.parse_args(argv)
     root = data_root(a.data)
     if root is None or not (a.crops / "lfw_dev.json").exists():
@@ -90,10 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     people = np.array([k.split("/")[0] for k in cs.keys])
     same_person = people[:, None] == people[None, :]
     pairs = {f: read_pairs(root / "lfw" / f) for f in ("pairsDevTrain.txt", "pairsDevTest.txt")}
+    tight = tight_source(a.crops, root, pairs, a.detector, a.landmarks) if a.tight else None
+    if tight is not None and tight.keys != cs.keys:
+        p.error(f"{a.crops}: lfw_dev_tight and lfw_dev hold other images: remove lfw_dev_tight to rebuild it")
 
     first = None
     for m in a.models:
-        r = open_recognizer(m, max_batch=128).analyze(np.asarray(cs.images))
+        rec = open_recognizer(m, max_batch=128)
+        r = rec.analyze(np.asarray(cs.images))
         e = r.embeddings
         v1 = view1(e, idx, pairs["pairsDevTrain.txt"], pairs["pairsDevTest.txt"])
         ia, ib, s, y = v1.a, v1.b, v1.scores, v1.same
@@ -112,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # in 10 folds (threshold from the other nine), then TAR at FAR 1e-3 over every pair of View 1 images
             "view1_10fold_accuracy": v1.ten_fold_accuracy,
         }
+        if tight is not None:
+            out.update(tight_figures(e, rec.analyze(np.asarray(tight.images)).embeddings, v1))
+            out["tight_missing"] = tight.status.count("missing")
         own, own_same = own_every_pair(e, same_person)
         out["every_pair_tar_at_far"] = {
             str(f): round(tar_at_far(own.astype(np.float64), own_same, f), 4) for f in (1e-3, 1e-2)

@@ -10,7 +10,8 @@ output lands in `--out`:
 2. the rule, fixed before the run: `benchmarks/recognizer_view1.py` on the reference and the candidates (View 1
    only, at the reference's stamped FAR 1e-2 threshold); a candidate needs the reference's View 1 10-fold accuracy
    plus `--min-gain`; the best passing one wins, ties broken by TAR at FAR 1e-3 over every View 1 pair. The rules
-   `attributes`, `adults` and `wild` hold identity instead, `identity` asks a gain of that TAR; all four also read
+   `attributes`, `adults` and `wild` hold identity instead, `identity` asks a gain of that TAR, `tight` a gain of
+   View 1 with one face of each pair cut at its box (`--tight`, measured for every rule); all five also read
    `edge-mtl eval attributes` (UTKFace validation) and, for `wild` and `identity`, `benchmarks/wider_gender.py`
    (hand-labelled WIDER FACE faces): `pick_winner_*` below. Without a winner it stops there: the reference stays
    (exit 0, `decision` in summary.json);
@@ -28,7 +29,7 @@ with every figure. Copying into export/ and calib/, and the model card, stay a p
 
 Usage: python scripts/release_recognizer.py --run runs/recognizer11 --candidates epoch_5 avg3_5 \
            --version recognizer-1.6 --crops $EDGE_MTL_CACHE/crops --out /tmp/release16 \
-           [--reference export/recognizer.onnx] [--rule view1|attributes|adults|wild|identity]
+           [--reference export/recognizer.onnx] [--rule view1|attributes|adults|wild|identity|tight]
            [--wider DIR [--wider-labels FILE]...] [--min-gain 0.003] [--compat 3]
            [--utkface-full DIR]
 Needs ../shared/data ($EDGE_MTL_DATA) and the crop cache the run trained from. Roughly 40 minutes on 2 CPU cores.
@@ -236,12 +237,41 @@ def pick_winner_identity(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[s
     most `max_wild_loss` below the reference's, and on UTKFace validation the wild rule's no-loss bars (adults
     13+, lowest race, women 60+, children 0-12, age MAE). Of those passing: the highest TAR."""
     def held(a: Figures, a0: Figures) -> bool:
-        return (a["wild_gender_all"] >= a0["wild_gender_all"] - max_wild_loss - 1e-9
-                and utkface_held(a, a0, max_adult_loss, max_race_loss, max_old_loss, max_child_loss, max_mae_loss))
+        return wild_and_utkface_held(a, a0, max_wild_loss, max_adult_loss, max_race_loss, max_old_loss,
+                                     max_child_loss, max_mae_loss)
 
     figures = {m: attribute_figures(v, wild[m]) for m, v in attrs.items()}
     return _pick_by_attributes(rows, figures, reference, max_view1_loss, held,
                                lambda row, _a: float(row["every_pair_tar_at_far"]["0.001"]), min_tar_gain)
+
+
+def wild_and_utkface_held(a: Figures, a0: Figures, max_wild_loss: float = 0.01, max_adult_loss: float = 0.003,
+                          max_race_loss: float = 0.012, max_old_loss: float = 0.01, max_child_loss: float = 0.02,
+                          max_mae_loss: float = 0.1) -> bool:
+    """The attributes a rule that selects on identity keeps: WIDER gender right of all faces at most
+    `max_wild_loss` below the reference's, and `utkface_held`."""
+    return (a["wild_gender_all"] >= a0["wild_gender_all"] - max_wild_loss - 1e-9
+            and utkface_held(a, a0, max_adult_loss, max_race_loss, max_old_loss, max_child_loss, max_mae_loss))
+
+
+def pick_winner_tight(rows: Sequence[dict[str, Any]], attrs: dict[str, dict[str, Any]],
+                      wild: dict[str, dict[str, Any]], reference: str, min_tight_gain: float = 0.005,
+                      max_view1_loss: float = 0.002, max_tar_loss: float = 0.005) -> dict[str, Any] | None:
+    """The tight rule (configs/experiments/recognizer_stage25.toml), or None: for faces that fill their images
+    (ID photos, tight crops), which no other rule looks at. A candidate passes when (a) its View 1 10-fold accuracy
+    with the first image of each pair cut at its face box (`recognizer_view1.py --tight`,
+    `tight_mixed_10fold_accuracy`: enrolled from an ID photo, matched on a photo with context) is at least
+    `min_tight_gain` above the reference's; (b) identity with context holds: View 1 10-fold accuracy at most
+    `max_view1_loss` below, TAR at FAR 1e-3 over every View 1 pair at most `max_tar_loss` below; (c) the attributes
+    hold as the identity rule holds them (`wild_and_utkface_held`). Of those passing: the highest tight figure."""
+    tight = {r["model"]: float(r["tight_mixed_10fold_accuracy"]) for r in rows}
+    figures = {m: {**attribute_figures(v, wild[m]), "tight_mixed": tight[m]} for m, v in attrs.items()}
+
+    def gains(a: Figures, a0: Figures) -> bool:
+        return a["tight_mixed"] >= a0["tight_mixed"] + min_tight_gain - 1e-9 and wild_and_utkface_held(a, a0)
+
+    return _pick_by_attributes(rows, figures, reference, max_view1_loss, gains, _figure("tight_mixed"),
+                               -max_tar_loss)
 
 
 def compatible_flags(margins: Sequence[tuple[str, float]]) -> list[str]:
@@ -308,13 +338,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--reference", type=Path, default=Path("export/recognizer.onnx"), help="the release to beat")
     p.add_argument("--sources", nargs="+", help="crop sources for quality calibration (default: the run's)")
-    p.add_argument("--rule", choices=("view1", "attributes", "adults", "wild", "identity"), default="view1",
+    p.add_argument("--rule", choices=("view1", "attributes", "adults", "wild", "identity", "tight"), default="view1",
                    help="view1: identity (View 1 accuracy + --min-gain); attributes: UTKFace gender of the worst "
                    "race and of women 60+ each +1 point, age MAE +0.1 at most, identity held (pick_winner_attributes); "
                    "adults: UTKFace gender of all faces 13+ +0.5 point, worst race -1.2 at most, women 60+ held, "
                    "age MAE +0.1 at most, identity held (pick_winner_adults); wild: WIDER gender +1.5 points "
                    "(pick_winner_wild); identity: every-pair View 1 TAR at FAR 1e-3 +1 point, attributes held "
-                   "(pick_winner_identity)")
+                   "(pick_winner_identity); tight: View 1 with one face of each pair cut at its box +0.5 point, "
+                   "identity and attributes held (pick_winner_tight)")
     p.add_argument("--min-gain", type=float, default=0.003, help="View 1 10-fold accuracy over the reference")
     p.add_argument("--compat", type=int, default=3, help="earlier releases to declare compatible (0: none)")
     p.add_argument("--utkface-full", type=Path, help="full UTKFace folder: also the held-out 1,000's attributes")
@@ -336,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [str(a.run / f"epoch_{e}.pt") for e in needed if not (a.run / f"epoch_{e}.pt").exists()]
     if missing or not a.reference.exists():
         p.error(f"missing: {', '.join(missing or [str(a.reference)])}")
-    if a.rule in ("wild", "identity") and a.wider is None:
+    if a.rule in ("wild", "identity", "tight") and a.wider is None:
         p.error(f"--rule {a.rule} needs --wider (the WIDER FACE subset its hand-labelled faces come from)")
     ref_meta = read_metadata(a.reference)
     if "0.01" not in ref_meta.operating_points.get("plain", {}):
@@ -371,24 +402,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 2. the rule
     view1 = out / "view1.jsonl"
     run([sys.executable, "benchmarks/recognizer_view1.py", "--crops", a.crops, "--at-threshold", ref_threshold,
-         a.reference, *onnx_of.values()], stdout=view1)
+         "--tight", a.reference, *onnx_of.values()], stdout=view1)
     rows = read_jsonl(view1)
     summary["view1"] = {r["model"]: {"view1_10fold_accuracy": r["view1_10fold_accuracy"],
-                                     "tar_at_far_0.001": r["every_pair_tar_at_far"]["0.001"]} for r in rows}
-    if a.rule in ("attributes", "adults", "wild", "identity"):
+                                     "tar_at_far_0.001": r["every_pair_tar_at_far"]["0.001"],
+                                     "tight_mixed_10fold_accuracy": r["tight_mixed_10fold_accuracy"],
+                                     "tight_both_10fold_accuracy": r["tight_both_10fold_accuracy"]} for r in rows}
+    if a.rule in ("attributes", "adults", "wild", "identity", "tight"):
         attrs: dict[str, dict[str, Any]] = {}
         for name, model in (("reference", a.reference), *onnx_of.items()):
             f = out / f"attributes_{name}.json"
             run(["edge-mtl", "eval", "attributes", "--json", "--recognizer", model], stdout=f)
             attrs[str(model)] = json.loads(f.read_text())
-        if a.rule in ("wild", "identity"):
+        if a.rule in ("wild", "identity", "tight"):
             wild_f = out / "wider_gender.jsonl"
             labels = [x for f in a.wider_labels for x in ("--labels", f)]
             run([sys.executable, "benchmarks/wider_gender.py", "--crops", a.crops, "--wider", a.wider, *labels,
                  a.reference, *onnx_of.values()], stdout=wild_f)
             wild = {r["model"]: r for r in read_jsonl(wild_f)}
             summary["attributes_rule"] = {m: attribute_figures(v, wild[m]) for m, v in attrs.items()}
-            pick_wild = pick_winner_wild if a.rule == "wild" else pick_winner_identity
+            pick_wild = {"wild": pick_winner_wild, "identity": pick_winner_identity, "tight": pick_winner_tight}[a.rule]
             best = pick_wild(rows, attrs, wild, str(a.reference))
         else:
             summary["attributes_rule"] = {m: attribute_figures(v) for m, v in attrs.items()}

@@ -167,6 +167,32 @@ def test_pick_winner_identity_needs_a_tar_gain_and_attributes_held(rel: Any) -> 
         rel.pick_winner_identity([better], {"better": a0}, {"better": _wild(0.8, 1)}, "ref")
 
 
+def test_pick_winner_tight_needs_a_gain_on_cut_faces_and_identity_and_attributes_held(rel: Any) -> None:
+    def row(model: str, acc: float, tar: float, tight: float) -> dict[str, Any]:
+        return {**_row(model, acc, tar), "tight_mixed_10fold_accuracy": tight}
+
+    ref = row("ref", 0.9766, 0.8653, 0.9691)
+    a0 = _attrs([0.93, 0.97, 0.94], 0.80, 4.10)
+    attrs, wild = {"ref": a0}, {"ref": _wild(0.80, 20)}
+    cases = {  # name: (row, UTKFace attributes, WIDER row)
+        "ok": (row("ok", 0.9746, 0.8603, 0.9741), _attrs([0.929, 0.97, 0.94], 0.79, 4.19, children=(0.39, 0.41)),
+               _wild(0.79, 30)),  # tight +0.5, View 1 -0.2, TAR -0.5, WIDER -1, the UTKFace bars at their edge
+        "tight": (row("tight", 0.9790, 0.87, 0.9740), a0, _wild(0.80, 20)),
+        "view1": (row("view1", 0.9745, 0.87, 0.98), a0, _wild(0.80, 20)),
+        "tar": (row("tar", 0.9790, 0.8602, 0.98), a0, _wild(0.80, 20)),
+        "wild": (row("wild", 0.9790, 0.87, 0.98), a0, _wild(0.7899, 20)),
+        "race": (row("race", 0.9790, 0.87, 0.98), _attrs([0.93, 0.97, 0.917], 0.80, 4.10), _wild(0.80, 20)),
+        "mae": (row("mae", 0.9790, 0.87, 0.98), _attrs([0.93, 0.97, 0.94], 0.80, 4.21), _wild(0.80, 20)),
+    }
+    for name, (r, a, w) in cases.items():
+        got = rel.pick_winner_tight([ref, r], {**attrs, name: a}, {**wild, name: w}, "ref")
+        assert (got is not None) == (name == "ok"), name
+    better = row("better", 0.9766, 0.8653, 0.9760)
+    got = rel.pick_winner_tight([ref, cases["ok"][0], better], {**attrs, "ok": cases["ok"][1], "better": a0},
+                                {**wild, "ok": cases["ok"][2], "better": _wild(0.80, 20)}, "ref")
+    assert got["model"] == "better"  # the higher tight figure
+
+
 def test_compatible_flags_in_order(rel: Any) -> None:
     flags = rel.compatible_flags([("recognizer-1.5", 0.0036), ("recognizer-1.4", 0.0)])
     assert flags == ["--compatible-with=recognizer-1.5:0.0036", "--compatible-with=recognizer-1.4:0"]
