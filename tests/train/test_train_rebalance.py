@@ -256,3 +256,15 @@ def test_stage24_config_is_stage23_with_the_dlib_teacher(repo_root: Path) -> Non
     assert (s24.pop("out"), s24.pop("seed"), s23.pop("out"), s23.pop("seed")) == (
         Path("runs/recognizer24"), 24, Path("runs/recognizer23"), 23)
     assert s24 == s23
+
+
+def test_stage25_config_is_the_recipe_of_1_6_from_1_6_with_tight_crops(repo_root: Path) -> None:
+    """Stage 25 changes one thing against the recipe that made recognizer-1.6 (stage 21, configs/shipped/13): a
+    quarter of the faces cut at their box; it starts from 1.6 and distils into it, as stage 21 did from 1.5."""
+    s21, s25 = _dumps(repo_root, "shipped/13_recognizer_stage21.toml", "experiments/recognizer_stage25.toml")
+    assert (s21["task"].pop("tight_augment"), s25["task"].pop("tight_augment")) == (0.0, 0.25)
+    assert (s21.pop("init_version"), s25.pop("init_version")) == ("recognizer-1.5", "recognizer-1.6")
+    assert (s21["data"].pop("teacher").name, s25["data"].pop("teacher").name) == ("teacher_r15", "teacher_r16")
+    assert (s25.pop("out"), s25.pop("seed"), s21.pop("out"), s21.pop("seed")) == (
+        Path("runs/recognizer25"), 25, Path("runs/recognizer21"), 21)
+    assert s25 == s21
