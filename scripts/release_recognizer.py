@@ -12,7 +12,7 @@ output lands in `--out`:
    plus `--min-gain`; the best passing one wins, ties broken by TAR at FAR 1e-3 over every View 1 pair. The rules
    `attributes`, `adults` and `wild` hold identity instead, `identity` asks a gain of that TAR, `tight` a gain of
    View 1 with one face of each pair cut at its box (`--tight`, measured for every rule); all five also read
-   `edge-mtl eval attributes` (UTKFace validation) and, for `wild` and `identity`, `benchmarks/wider_gender.py`
+   `edge-mtl eval attributes` (UTKFace validation) and, for `wild`, `identity` and `tight`, `benchmarks/wider_gender.py`
    (hand-labelled WIDER FACE faces): `pick_winner_*` below. Without a winner it stops there: the reference stays
    (exit 0, `decision` in summary.json);
 3. View 2 and UTKFace attributes of the winner (`edge-mtl eval verification / attributes`), the first time View 2
