@@ -291,7 +291,7 @@ class Collector:
             n = self._db().prune(self.cfg.retention_days * 86400.0)
         except self.psycopg.Error as e:
             self._db_down()
-            log.warning("PostgreSQL: retention not applied now: %s", " ".join(str(e).split())[:300])
+            log.warning("PostgreSQL: retention not applied now: %s", db_error_text(e))
             return
         if n:
             self.stats.pruned += n

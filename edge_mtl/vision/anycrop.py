@@ -92,15 +92,20 @@ def _iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[
     return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9), np.float64)
 
 
+def square_window(cx: float, cy: float, side: float, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The pixels (x0, y0, x1, y1; end exclusive) of the square of `side` centred at (cx, cy), clipped to an
+    image of `shape`."""
+    h, w = shape[:2]
+    return (max(0, round(cx - side / 2)), max(0, round(cy - side / 2)),
+            min(w, round(cx + side / 2)), min(h, round(cy + side / 2)))
+
+
 def cut_at_box(image: npt.NDArray[np.uint8], box: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     """The face as an ID photo or a tight crop shows it: the square around `box` (x1, y1, x2, y2; side its longer
     side, centred on it), clipped to the image."""
     x1, y1, x2, y2 = (float(v) for v in np.asarray(box, np.float64)[:4])
-    side = max(x2 - x1, y2 - y1)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    h, w = image.shape[:2]
-    x0, y0 = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
-    return np.ascontiguousarray(image[y0 : min(h, round(cy + side / 2)), x0 : min(w, round(cx + side / 2))])
+    x0, y0, x1c, y1c = square_window((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1), image.shape)
+    return np.ascontiguousarray(image[y0:y1c, x0:x1c])
 
 
 def add_border(image: npt.NDArray[np.uint8], off: int, border: Border) -> npt.NDArray[np.uint8]:

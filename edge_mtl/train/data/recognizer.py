@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edge_mtl.train.data import augment as A
+from edge_mtl.vision.anycrop import square_window
 
 NO_TEACHER = np.full((128,), np.nan, np.float32)
 
@@ -50,13 +51,11 @@ def tight_cut(img: npt.NDArray[np.uint8], rng: np.random.Generator) -> npt.NDArr
 
     Such a photo holds nothing beyond the box, and alignment fills the rest of the crop with black; the shipped
     models lose about 2 points of LFW View 2 accuracy on such cut-outs (`benchmarks/any_crop.py`)."""
-    h, w = img.shape[:2]
-    k = w / 112.0
+    k = img.shape[1] / 112.0
     side = float(rng.uniform(*TIGHT_SIDE)) * k
     cx = float(rng.uniform(*TIGHT_CENTRE[0])) * k
     cy = float(rng.uniform(*TIGHT_CENTRE[1])) * k
-    x0, y0 = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
-    x1, y1 = min(w, round(cx + side / 2)), min(h, round(cy + side / 2))
+    x0, y0, x1, y1 = square_window(cx, cy, side, img.shape)
     out = np.zeros_like(img)
     out[y0:y1, x0:x1] = img[y0:y1, x0:x1]
     return out
