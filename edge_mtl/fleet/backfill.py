@@ -100,7 +100,7 @@ def _import_file(store: EventStore, path: Path, batch: int, boxes: Counter[str])
         except ValueError as e:
             row["invalid"] += 1
             if row["invalid"] <= LOGGED_INVALID:
-                log.warning("%s, %s: not an event (not stored): %s", path, where, " ".join(str(e).split())[:200])
+                log.warning("%s, %s: not an event (not stored): %s", path, where, str(e)[:200])  # one line already
             continue
         if len(pending) >= batch:
             flush()

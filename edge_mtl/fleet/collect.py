@@ -235,12 +235,13 @@ class Collector:
         """Store a batch (retrying through database outages), then acknowledge it."""
         good: list[tuple[dict[str, Any], str]] = []
         for m in batch:
-            try:
-                text = m.payload.decode("utf-8")
-                good.append((decode_event(text), text))
-            except ValueError as e:  # includes UnicodeDecodeError: never storable, so acknowledged and counted
+            try:  # decode_event takes the bytes and words any failure (UTF-8 included) on one line
+                ev = decode_event(m.payload)
+            except ValueError as e:  # never storable, so acknowledged and counted
                 self.stats.rejected += 1
-                log.error("topic %s: message rejected (not stored): %s", m.topic, " ".join(str(e).split())[:300])
+                log.error("topic %s: message rejected (not stored): %s", m.topic, str(e)[:300])
+                continue
+            good.append((ev, m.payload.decode("utf-8")))
         self.stats.received += len(batch)
         marks = self._insert_until_stored(good) if good else {}
         if marks is None:

@@ -108,7 +108,8 @@ def test_redelivered_and_malformed_messages(
     running: Collector, postgres: Postgres, fleet_broker: Broker, tmp_path: Path
 ) -> None:
     """A second delivery of an event (what a broker does after a lost acknowledgement) is skipped; a message that
-    is not an event is counted and logged, never stored, and does not hold up the ones after it."""
+    is not an event (bad JSON, the wrong schema, not UTF-8) is counted and logged, never stored, and does not
+    hold up the ones after it."""
     import paho.mqtt.client as mqtt
 
     q = _box_queue(tmp_path, "box-c", "south", 20)
@@ -117,15 +118,15 @@ def test_redelivered_and_malformed_messages(
     pub.connect("127.0.0.1", fleet_broker.port)
     pub.loop_start()
     try:
-        for body in [*bodies, *bodies[:10], "{not json", json.dumps({"schema": "x"})]:
+        for body in [*bodies, *bodies[:10], "{not json", json.dumps({"schema": "x"}), b"\xff\xfe not utf-8"]:
             pub.publish(f"{TOPIC}/south/box-c/door", body, qos=1).wait_for_publish(10)
         st = running.stats
-        wait_until(lambda: st.stored + st.duplicates + st.rejected >= 32, 30, "32 messages through the collector")
+        wait_until(lambda: st.stored + st.duplicates + st.rejected >= 33, 30, "33 messages through the collector")
     finally:
         pub.disconnect()
         pub.loop_stop()
     assert _count(postgres, "SELECT count(*) FROM edge_mtl.events WHERE box = 'box-c'") == 20
-    assert running.stats.duplicates == 10 and running.stats.rejected == 2
+    assert running.stats.duplicates == 10 and running.stats.rejected == 3
     assert postgres.query("SELECT events, last_seq FROM edge_mtl.boxes WHERE box = 'box-c'") == [(20, 20)]
 
 
