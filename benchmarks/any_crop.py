@@ -14,7 +14,7 @@ is left out of the MAE, counted), LFW View 2 10-fold accuracy, and on LFW how of
 decisions agree and how far their ages are apart.
 
 Usage: python benchmarks/any_crop.py [--data ../shared/data] [--utk-limit N] [--lfw-pairs N] [--skip-utkface]
-    [--skip-lfw] [--select central|largest] [--out FILE.json]
+    [--skip-lfw] [--select central|largest] [--fill 0-255] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def tight_cut(img: npt.NDArray[np.uint8], det: Detections, select: str) -> npt.N
 class Analyzer:
     """The largest face of each image, with and without the retry; first detections shared by both."""
 
-    def __init__(self, det: FaceDetector, rec: FaceRecognizer, retry: PadRetry, select: str) -> None:
-        self.det, self.rec, self.retry, self.select = det, rec, retry, select
+    def __init__(self, det: FaceDetector, rec: FaceRecognizer, retry: PadRetry, select: str, fill: int = 0) -> None:
+        self.det, self.rec, self.retry, self.select, self.fill = det, rec, retry, select, fill
         det.pad_retry = None  # the retry is applied here, from the same first detections
         self.retried = 0
 
@@ -94,7 +94,7 @@ class Analyzer:
             for key, d in (("off", first), ("on", again)):
                 if len(d):
                     j = pick(d, img.shape, self.select)
-                    out[key].append(align_faces(img, d.landmarks[j : j + 1], self.rec.size)[0])
+                    out[key].append(align_faces(img, d.landmarks[j : j + 1], self.rec.size, self.fill)[0])
                     found[key].append(True)
                 else:
                     out[key].append(np.zeros((self.rec.size, self.rec.size, 3), np.uint8))
@@ -176,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-utkface", action="store_true")
     p.add_argument("--select", choices=["central", "largest"], default="central",
                    help="which face of an image is analysed (central: as edge-mtl eval takes it)")
+    p.add_argument("--fill", type=int, choices=range(256), default=0, metavar="0-255",
+                   help="grey level where an aligned crop reaches beyond its image (0: black, as the runtime "
+                        "aligns; 128 measures a neutral fill, benchmarks/tight_diagnosis.py)")
     p.add_argument("--out", type=Path, help="also write the result here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -184,10 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("needs ../shared/data (--data or EDGE_MTL_DATA)")
     cfg = AppConfig()
     retry = PadRetry(**cfg.detector.pad_retry.model_dump())
-    an = Analyzer(load_detector(cfg), load_recognizer(cfg), retry, a.select)
+    an = Analyzer(load_detector(cfg), load_recognizer(cfg), retry, a.select, a.fill)
     t0 = time.time()
-    out: dict[str, Any] = {"retry": retry.__dict__, "select": a.select, "models": {"detector": an.det.meta.version,
-                                                             "recognizer": an.rec.meta.version}}
+    out: dict[str, Any] = {"retry": retry.__dict__, "select": a.select, "fill": a.fill,
+                           "models": {"detector": an.det.meta.version, "recognizer": an.rec.meta.version}}
     if not a.skip_utkface:
         out["utkface_val"] = utkface_part(root, an, a.utk_limit)
         log.info("utkface: %s", json.dumps(out["utkface_val"]))

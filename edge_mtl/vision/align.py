@@ -74,9 +74,11 @@ def align_matrix(landmarks: npt.ArrayLike, size: int = TEMPLATE_SIZE) -> npt.NDA
 
 
 def align_faces(
-    image: npt.NDArray[np.uint8], landmarks: npt.ArrayLike, size: int = TEMPLATE_SIZE
+    image: npt.NDArray[np.uint8], landmarks: npt.ArrayLike, size: int = TEMPLATE_SIZE, fill: int = 0
 ) -> npt.NDArray[np.uint8]:
-    """Warp every face (landmarks N x K x 2) of `image` to an aligned `size` x `size` crop: N x size x size x C."""
+    """Warp every face (landmarks N x K x 2) of `image` to an aligned `size` x `size` crop: N x size x size x C.
+    Where the crop reaches beyond the image it is `fill` (0, black, as training and the runtime align; other values
+    only for measurements: benchmarks/tight_diagnosis.py)."""
     lms = np.asarray(landmarks, dtype=np.float64)
     if lms.ndim != 3 or lms.shape[2] != 2:
         raise ValueError(f"align_faces: expected landmarks of shape (N, K, 2), got {lms.shape}")
@@ -84,7 +86,8 @@ def align_faces(
     out = np.zeros((lms.shape[0], size, size, channels), dtype=np.uint8)
     for i, lm in enumerate(lms):
         crop = cv2.warpAffine(
-            image, align_matrix(lm, size), (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+            image, align_matrix(lm, size), (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(fill, fill, fill),
         )
         out[i] = crop.reshape(size, size, channels)
     if image.ndim == 2:

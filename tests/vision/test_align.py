@@ -122,6 +122,19 @@ def test_align_translated_and_scaled_face() -> None:
     assert np.abs(crop2.astype(int) - face.astype(int))[4:-4, 4:-4].mean() < 2.0
 
 
+def test_align_fill_beyond_the_image() -> None:
+    """Where the crop reaches beyond its image it is black, or the `fill` asked for (grey or colour images); the
+    image's own pixels are the same either way."""
+    face = _smooth_image(112, 112, seed=5)
+    half = np.ascontiguousarray(face[:, 56:])  # the face's right half: the left half of the crop is beyond it
+    lm = (TEMPLATE_5 - np.array([56, 0], np.float32))[None]
+    black, grey = align_faces(half, lm)[0], align_faces(half, lm, fill=128)[0]
+    assert (black[:, :50] == 0).all() and (grey[:, :50] == 128).all()
+    np.testing.assert_array_equal(black[:, 60:], grey[:, 60:])
+    assert np.abs(grey[:, 60:].astype(int) - face[:, 60:].astype(int)).max() <= 1
+    assert (align_faces(np.ascontiguousarray(half[..., 0]), lm, fill=200)[0][:, :50] == 200).all()
+
+
 def test_align_grayscale_and_empty() -> None:
     gray = _smooth_image(112, 112)[..., 0].copy()
     crops = align_faces(gray, TEMPLATE_5[None])
