@@ -396,7 +396,7 @@ class Pipeline:
                 todo[k][0].landmarks = lm
         self.timer.add("refine", time.perf_counter() - t)
         t = time.perf_counter()
-        crops = np.stack([align_faces(fr.image, lm[None], self.recognizer.size)[0]
+        crops = np.stack([align_faces(fr.image, lm[None], self.recognizer.size, self.recognizer.fill)[0]
                           for (_, fr, _), lm in zip(todo, lms, strict=True)])
         self.timer.add("align", time.perf_counter() - t)
         t = time.perf_counter()

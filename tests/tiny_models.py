@@ -26,13 +26,13 @@ def export_tiny_detector(path: Path, seed: int = 0, score_bias: float | None = N
     return path
 
 
-def export_tiny_recognizer(path: Path, seed: int = 0) -> Path:
+def export_tiny_recognizer(path: Path, seed: int = 0, fill: int = 0) -> Path:
     import torch
 
     from edge_mtl.export_tools.export import export_module
     from edge_mtl.models.recognizer import Recognizer, RecognizerArgs
 
     torch.manual_seed(seed)
-    args = RecognizerArgs(**TINY_RECOGNIZER)  # type: ignore[arg-type]
+    args = RecognizerArgs(**TINY_RECOGNIZER, fill=fill)  # type: ignore[arg-type]
     export_module(Recognizer(args).eval(), "recognizer", args.to_dict(), path, version="tiny-test", check=False)
     return path

@@ -79,7 +79,7 @@ def analyze_paths(
         d = det.detect(img)
         faces = _faces_json(d)
         if len(d):
-            a = rec.analyze(align_faces(img, d.landmarks, rec.size))
+            a = rec.analyze(align_faces(img, d.landmarks, rec.size, rec.fill))
             for i, f in enumerate(faces):
                 if with_embedding:
                     f["embedding"] = [round(float(v), 5) for v in a.embeddings[i]]

@@ -152,7 +152,7 @@ def bench(opts: BenchOptions, cfg: AppConfig) -> dict[str, Any]:
         for f in frames[:: max(1, len(frames) // 20)]:
             d = det.detect(f)
             if len(d):
-                crops.append(align_faces(f, d.landmarks, rec.size))
+                crops.append(align_faces(f, d.landmarks, rec.size, rec.fill))
         crop_arr = np.concatenate(crops) if crops else np.full((1, rec.size, rec.size, 3), 128, np.uint8)
         entry["recognize"] = bench_recognizer(rec, crop_arr, batches)
         # the whole pipeline over the clip, as `edge-mtl run` processes a file (decode excluded, timed above)

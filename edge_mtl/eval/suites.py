@@ -61,11 +61,13 @@ def central_face(det: Detections, shape: tuple[int, ...]) -> int | None:
 
 
 def crops_for_images(
-    paths: list[Path], det: FaceDetector, size: int, pad: float = 0.0, found_out: list[bool] | None = None
+    paths: list[Path], det: FaceDetector, size: int, pad: float = 0.0, found_out: list[bool] | None = None,
+    fill: int = 0,
 ) -> tuple[npt.NDArray[np.uint8], int, float]:
     """Aligned crop of the central face of each image; images without a detection use the median landmarks of the
     others (counted). Returns crops, the number of fallbacks and the mean detection time per image (s); `found_out`,
-    when given, receives whether each image's face was detected."""
+    when given, receives whether each image's face was detected. `pad` and the crop beyond the image are `fill`
+    (the recognizer's, `FaceRecognizer.fill`)."""
     from edge_mtl.data.images import read_image
 
     crops = np.zeros((len(paths), size, size, 3), np.uint8)
@@ -76,7 +78,7 @@ def crops_for_images(
         img = read_image(p)
         off = round(pad * max(img.shape[:2]))
         if off:
-            img = cv2.copyMakeBorder(img, off, off, off, off, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            img = cv2.copyMakeBorder(img, off, off, off, off, cv2.BORDER_CONSTANT, value=(fill, fill, fill))
         t = time.perf_counter()
         d = det.detect(img)
         t_det += time.perf_counter() - t
@@ -86,7 +88,7 @@ def crops_for_images(
             lms.append(None)
             continue
         lms.append(d.landmarks[j])
-        crops[i] = align_faces(img, d.landmarks[j : j + 1], size)[0]
+        crops[i] = align_faces(img, d.landmarks[j : j + 1], size, fill)[0]
     found = [(lm / np.array([s[1], s[0]])) for lm, s in zip(lms, imgs_shape, strict=True) if lm is not None]
     missing = [i for i, lm in enumerate(lms) if lm is None]
     if found_out is not None:
@@ -99,9 +101,9 @@ def crops_for_images(
             img = read_image(paths[i])
             off = round(pad * max(img.shape[:2]))
             if off:
-                img = cv2.copyMakeBorder(img, off, off, off, off, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+                img = cv2.copyMakeBorder(img, off, off, off, off, cv2.BORDER_CONSTANT, value=(fill, fill, fill))
             lm = (med * np.array([img.shape[1], img.shape[0]])).astype(np.float32)
-            crops[i] = align_faces(img, lm[None], size)[0]
+            crops[i] = align_faces(img, lm[None], size, fill)[0]
     return crops, len(missing), t_det / max(len(paths), 1)
 
 
@@ -133,7 +135,7 @@ def eval_verification(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
         names = names + others
     det, rec = load_detector(cfg), load_recognizer(cfg)
     t0 = time.time()
-    crops, missing, t_det = crops_for_images([base / n for n in names], det, rec.size)
+    crops, missing, t_det = crops_for_images([base / n for n in names], det, rec.size, fill=rec.fill)
     t = time.perf_counter()
     res = rec.analyze(crops)
     t_rec = (time.perf_counter() - t) / max(len(names), 1)
@@ -260,7 +262,8 @@ def eval_attributes(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     t0 = time.time()
     # UTKFace chips are tight crops: pad them so the detector sees the whole head, as a frame would show it.
     found: list[bool] = []
-    crops, missing, _ = crops_for_images([folder / n for n in names], det, rec.size, pad=0.25, found_out=found)
+    crops, missing, _ = crops_for_images([folder / n for n in names], det, rec.size, pad=0.25, found_out=found,
+                                       fill=rec.fill)
     res = rec.analyze(crops)
     out = attribute_metrics(
         [lb[0] for lb in labels if lb], res.age_years, [lb[1] for lb in labels if lb], res.female_prob, res.age_std,
@@ -298,7 +301,7 @@ def eval_fairface(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     det, rec = load_detector(cfg), load_recognizer(cfg)
     t0 = time.time()
     found: list[bool] = []
-    crops, missing, _ = crops_for_images([it.path for it in items], det, rec.size, found_out=found)
+    crops, missing, _ = crops_for_images([it.path for it in items], det, rec.size, found_out=found, fill=rec.fill)
     res = rec.analyze(crops)
     a = cfg.attributes
     lab = labelled_mask(res.female_prob, res.age_years, found, a.gender_min_confidence, a.gender_min_age)

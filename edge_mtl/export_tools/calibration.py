@@ -31,6 +31,7 @@ from edge_mtl.errors import InputError
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import PAD
 from edge_mtl.runtime.engine import ModelMetadata, normalize
+from edge_mtl.runtime.recognizer import model_fill
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,12 @@ def _face_detector(detector_onnx: str | Path, threads: int = 0) -> Any:
     return FaceDetector(engine, input_size=DETECT_SIZE, score_threshold=DETECT_THRESHOLD)
 
 
-def align_record(detector: Any, rec: Any, size: int) -> npt.NDArray[np.uint8] | None:
+def align_record(detector: Any, rec: Any, size: int, fill: int = 0) -> npt.NDArray[np.uint8] | None:
     """Crop one face exactly as the recognizer's training crops are made (`edge_mtl.data.crops`): pad sources
     without boxes by CHIP_PAD of their long side, detect, pick the record's face (`pick_face`: nearest the annotated
     eyes when the source has them, else the large confident central face), align with its 4 landmarks.
-    None when the detector misses the face (calibration wants detector geometry, so no fallback)."""
+    None when the detector misses the face (calibration wants detector geometry, so no fallback). The padding and
+    the crop beyond the image are `fill`, the recognizer's (`edge_mtl.runtime.recognizer.model_fill`)."""
     from edge_mtl.data.crops import pick_face
     from edge_mtl.vision.align import align_faces
 
@@ -147,12 +149,12 @@ def align_record(detector: Any, rec: Any, size: int) -> npt.NDArray[np.uint8] | 
     framed = image
     if off:
         b = int(off)
-        framed = np.asarray(cv2.copyMakeBorder(image, b, b, b, b, cv2.BORDER_CONSTANT, value=(0, 0, 0)), np.uint8)
+        framed = np.asarray(cv2.copyMakeBorder(image, b, b, b, b, cv2.BORDER_CONSTANT, value=(fill,) * 3), np.uint8)
     det = detector.detect(framed)
     j = pick_face(det, rec, framed.shape[:2], off)
     if j is None:
         return None
-    return np.asarray(align_faces(framed, det.landmarks[j : j + 1], size)[0], np.uint8)
+    return np.asarray(align_faces(framed, det.landmarks[j : j + 1], size, fill)[0], np.uint8)
 
 
 def _crops(
@@ -160,7 +162,7 @@ def _crops(
 ) -> tuple[list[npt.NDArray[np.uint8]], list[str], int]:
     crops, manifest, missed = [], [], 0
     for rec in records:
-        crop = align_record(detector, rec, meta.input_size)
+        crop = align_record(detector, rec, meta.input_size, model_fill(meta))
         if crop is None:
             missed += 1
             continue

@@ -73,7 +73,7 @@ class Enroller:
             iod = float(np.linalg.norm(d.landmarks[i, 1] - d.landmarks[i, 0]))
             if iod < MIN_IOD_PX:
                 raise InputError(f"{p}: face too small (eyes {iod:.0f} px apart, need {MIN_IOD_PX:.0f})")
-            crop = align_faces(img, d.landmarks[i : i + 1], rec.size)[0]
+            crop = align_faces(img, d.landmarks[i : i + 1], rec.size, rec.fill)[0]
             sharp = float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
             if sharp < MIN_SHARPNESS:
                 raise InputError(f"{p}: face too blurry (sharpness {sharp:.0f}, need {MIN_SHARPNESS:.0f})")

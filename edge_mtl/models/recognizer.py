@@ -30,6 +30,10 @@ class RecognizerArgs:
     embedding_dim: int = 128
     embedding_hidden: int = 320
     input_size: int = 112
+    # the grey level of the aligned crop where it reaches beyond its image (a face at the edge of a frame, a face cut
+    # at its box); part of the input convention the network was trained with, so the runtime aligns with it
+    # (FaceRecognizer.fill). 0, black, for every model up to recognizer-1.6.
+    fill: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

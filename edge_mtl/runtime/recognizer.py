@@ -6,8 +6,17 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.errors import ModelError
-from edge_mtl.runtime.engine import Engine, normalize
+from edge_mtl.runtime.engine import Engine, ModelMetadata, normalize
 from edge_mtl.types import FaceAnalysis
+
+
+def model_fill(meta: ModelMetadata) -> int:
+    """The grey level a recognizer was trained with where its aligned crops reach beyond the image
+    (`RecognizerArgs.fill`; 0, black, for a model that does not say)."""
+    value = meta.args.get("fill", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+        raise ModelError(f"recognizer {meta.version}: malformed fill {value!r} (expected 0-255)")
+    return value
 
 
 class FaceRecognizer:
@@ -22,6 +31,11 @@ class FaceRecognizer:
         self.max_batch = max_batch
         self.size = meta.input_size
         self.flip = flip
+
+    @property
+    def fill(self) -> int:
+        """The grey level the model wants beyond the image in its aligned crops: pass it to `align_faces`."""
+        return model_fill(self.meta)
 
     @property
     def embedding_dim(self) -> int:
