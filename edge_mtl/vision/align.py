@@ -95,6 +95,31 @@ def align_faces(
     return out
 
 
+def beyond_image(landmarks: npt.ArrayLike, image_wh: tuple[int, int], size: int = TEMPLATE_SIZE) -> npt.NDArray[
+        np.float32]:
+    """For the crop `align_faces` makes of a face (landmarks K x 2) in an image of `image_wh` (width, height): the
+    share of each crop pixel that comes from beyond the image, 0 inside to 1 wholly outside (OpenCV's own bilinear
+    weights: the warp of an image of ones)."""
+    w, h = int(image_wh[0]), int(image_wh[1])
+    inside = cv2.warpAffine(np.ones((h, w), np.float32), align_matrix(landmarks, size), (size, size),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return np.asarray(1.0 - inside, np.float32)
+
+
+def refill(crop: npt.NDArray[np.uint8], landmarks: npt.ArrayLike, image_wh: tuple[int, int],
+           fill: int) -> npt.NDArray[np.uint8]:
+    """A crop that `align_faces` made with black beyond its image, as it would have made it with `fill` (within one
+    grey level): how the crop cache, stored black, serves a model trained on another fill."""
+    if fill == 0:
+        return crop
+    share = beyond_image(landmarks, image_wh, crop.shape[0])
+    if not share.any():
+        return crop
+    if crop.ndim == 3:
+        share = share[..., None]
+    return np.clip(np.rint(crop.astype(np.float32) + fill * share), 0, 255).astype(np.uint8)
+
+
 def face_box_from_landmarks(landmarks: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """The documented rule that turns 4 (or 5) landmarks into a face box (x1, y1, x2, y2).
 

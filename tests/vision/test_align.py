@@ -12,7 +12,9 @@ from edge_mtl.vision.align import (
     TEMPLATE_5,
     align_faces,
     align_matrix,
+    beyond_image,
     face_box_from_landmarks,
+    refill,
     similarity_transform,
     template,
 )
@@ -133,6 +135,26 @@ def test_align_fill_beyond_the_image() -> None:
     np.testing.assert_array_equal(black[:, 60:], grey[:, 60:])
     assert np.abs(grey[:, 60:].astype(int) - face[:, 60:].astype(int)).max() <= 1
     assert (align_faces(np.ascontiguousarray(half[..., 0]), lm, fill=200)[0][:, :50] == 200).all()
+
+
+@pytest.mark.parametrize("fill", [128, 255, 37])
+def test_refill_is_aligning_with_that_fill(fill: int) -> None:
+    """A crop aligned with black beyond its image, refilled, is the crop aligned with `fill` (within one level, the
+    rounding of the stored crop): at the border's soft edge too. Inside the image nothing changes."""
+    img = _smooth_image(200, 160, seed=7)
+    wh = (img.shape[1], img.shape[0])
+    for lm in (np.array([[40, 60], [150, 62], [95, 120], [95, 170]], np.float32),  # larger than the image
+               np.array([[-10, 60], [50, 55], [20, 100], [22, 130]], np.float32)):  # half beyond its left edge
+        share = beyond_image(lm, wh)
+        assert (share == 1).mean() > 0.3 and ((share > 0) & (share < 1)).any() and (share == 0).mean() > 0.2
+        want, black = align_faces(img, lm[None], fill=fill)[0], align_faces(img, lm[None])[0]
+        got = refill(black, lm, wh, fill)
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+        np.testing.assert_array_equal(got[share == 0], black[share == 0])
+    inside = TEMPLATE_4 + np.array([40, 20], np.float32)
+    assert not beyond_image(inside, wh).any()
+    crop = align_faces(img, inside[None])[0]
+    assert refill(crop, inside, wh, 128) is crop and refill(crop, inside, wh, 0) is crop
 
 
 def test_align_grayscale_and_empty() -> None:
