@@ -5,7 +5,10 @@ trained on the geometry it will see. Each source is cached once as a uint8 memma
 runtime frames) with a JSON index recording, per face, how its landmarks were obtained:
 "detected" (our detector), "annotated" (the dataset's own 4 points, where the detector missed an annotated face),
 "canonical" (pre-aligned sources where the detector found nothing: the source's median landmarks), or "missing" (no
-image, or a face annotated by its box in a photo that the detector does not find).
+image, or a face annotated by its box in a photo that the detector does not find), the landmarks it was aligned
+with and the size of the image they refer to (`sizes`; a cut source's: its cut-out's). The crops are stored with
+black beyond their images, as every model up to recognizer-1.6 was trained; `CropSet.rendered` serves them with
+another fill (`RecognizerArgs.fill`) from those two.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from edge_mtl.data.sources import FaceRecord
 from edge_mtl.errors import InputError
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.types import Detections
-from edge_mtl.vision.align import align_faces
+from edge_mtl.vision.align import align_faces, refill
 from edge_mtl.vision.anycrop import cut_at_box
 from edge_mtl.vision.boxes import iou_matrix
 
@@ -44,6 +47,9 @@ class CropSet:
     path: Path
     # N x 4 x 2 in source-image pixels (a cut source: the cut-out's), the ones each crop used
     landmarks: npt.NDArray[np.float32] | None = None
+    # N x 2: width and height of the image those landmarks refer to (0 for a missing face); None for a cache built
+    # before they were kept (a cut source's must be rebuilt; others get them from their files, `add_sizes`)
+    sizes: npt.NDArray[np.int32] | None = None
 
     def index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -51,6 +57,21 @@ class CropSet:
     def present(self) -> list[int]:
         """Rows that hold a face (every status but "missing")."""
         return [i for i, st in enumerate(self.status) if st != "missing"]
+
+    def rendered(self, fill: int, rows: Sequence[int] | npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.uint8]:
+        """The crops (all, or `rows`) as alignment with `fill` beyond their images makes them (the recognizer's
+        `fill`; 0: as stored)."""
+        picked = np.arange(len(self.keys)) if rows is None else np.asarray(rows, np.int64)
+        out = np.array(self.images[picked])
+        if fill == 0:
+            return out
+        if self.sizes is None or self.landmarks is None:
+            raise InputError(f"{self.path}: built before the crop cache kept image sizes (edge_mtl.data.crops."
+                             "add_sizes, or remove it to rebuild)")
+        for k, i in enumerate(picked):
+            if self.status[i] != "missing":
+                out[k] = refill(out[k], self.landmarks[i], (int(self.sizes[i, 0]), int(self.sizes[i, 1])), fill)
+        return out
 
 
 def pick_face(det: Detections, rec: FaceRecord, shape: tuple[int, int], offset: float) -> int | None:
@@ -106,6 +127,7 @@ def cache_source(
     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, SIZE, SIZE, 3))
     status: list[str] = []
     lms_used = np.zeros((n, 4, 2), np.float32)
+    sizes = np.zeros((n, 2), np.int32)
     pending: list[int] = []
     t0 = time.time()
     for i, rec in enumerate(records):
@@ -122,6 +144,7 @@ def cache_source(
             img = cut_at_box(img, first.boxes[j])
             rec = replace(rec, box=None, landmarks=None)  # the face is the cut-out's: its own geometry is gone
         h, w = img.shape[:2]
+        sizes[i] = (w, h)
         off = float(round(pad * max(h, w))) if rec.box is None else 0.0
         src = cv2.copyMakeBorder(img, int(off), int(off), int(off), int(off), cv2.BORDER_CONSTANT, value=(0, 0, 0)) \
             if off else img
@@ -162,6 +185,7 @@ def cache_source(
             lm = med * np.array([img.shape[1], img.shape[0]], np.float32)
             mm[i] = align_faces(img, lm[None])[0]
             lms_used[i] = lm
+            sizes[i] = (img.shape[1], img.shape[0])
     elif pending:
         for i in pending:
             status[i] = "missing"
@@ -170,7 +194,7 @@ def cache_source(
     os.replace(tmp, data_p)
     counts = {s: status.count(s) for s in sorted(set(status))}
     index_p.write_text(json.dumps({"keys": [r.key for r in records], "status": status, "counts": counts,
-                                   "landmarks": lms_used.round(2).tolist()}))
+                                   "landmarks": lms_used.round(2).tolist(), "sizes": sizes.tolist(), "cut": cut}))
     log.info("%s: cached %d faces in %.0fs: %s", name, n, time.time() - t0, counts)
     return load_source(out_dir, name)
 
@@ -196,4 +220,30 @@ def load_source(out_dir: str | Path, name: str) -> CropSet:
     meta = json.loads((out_dir / f"{name}.json").read_text())
     images = np.load(out_dir / f"{name}.u8", mmap_mode="r")
     lms = np.asarray(meta["landmarks"], np.float32) if meta.get("landmarks") else None
-    return CropSet(images, list(meta["keys"]), list(meta["status"]), out_dir / f"{name}.u8", lms)
+    sizes = np.asarray(meta["sizes"], np.int32).reshape(-1, 2) if "sizes" in meta else None
+    return CropSet(images, list(meta["keys"]), list(meta["status"]), out_dir / f"{name}.u8", lms, sizes)
+
+
+def add_sizes(records: Sequence[FaceRecord], out_dir: str | Path, name: str, cut: bool = False) -> CropSet:
+    """Give a cache built before image sizes were kept its `sizes`, from its records' files decoded as the cache
+    decoded them (EXIF orientation applied; about 3 ms a face). Only a model with another fill than black needs
+    them (`CropSet.rendered`). Not for a cut source, whose sizes are its cut-outs': rebuild one of those."""
+    out_dir = Path(out_dir)
+    index_p = out_dir / f"{name}.json"
+    meta = json.loads(index_p.read_text())
+    if "sizes" in meta:
+        return load_source(out_dir, name)
+    if cut or meta.get("cut"):
+        raise InputError(f"{out_dir}/{name}: a cut source built before image sizes were kept: remove it to rebuild")
+    if meta["keys"] != [r.key for r in records]:
+        raise InputError(f"{out_dir}/{name} holds other faces than its records: remove it to rebuild")
+    sizes = []
+    for r, st in zip(records, meta["status"], strict=True):
+        img = read_bgr(r.path) if st != "missing" else None
+        sizes.append([0, 0] if img is None else [img.shape[1], img.shape[0]])
+    meta["sizes"] = sizes
+    tmp = index_p.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, index_p)
+    log.info("%s: image sizes of %d faces added to the crop cache", name, len(sizes))
+    return load_source(out_dir, name)

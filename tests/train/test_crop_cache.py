@@ -79,3 +79,48 @@ def test_a_cut_source_is_each_face_cut_at_its_box_then_aligned(data_dir: Path, r
     # landmarks in each cut-out's pixels (about 120 px a side), not the 250 px photo's (the eyes there: 100-165)
     assert tight.landmarks is not None and context.landmarks is not None
     assert tight.landmarks[:2].max() < 100 < context.landmarks[:2].min()
+
+
+def test_the_cache_serves_its_crops_with_another_fill(data_dir: Path, repo_root: Path, tmp_path: Path) -> None:
+    """Stored black beyond their images, the crops come back as alignment with another fill makes them (a model
+    trained on a neutral fill, `RecognizerArgs.fill`): a UTKFace chip, padded for detection, and a cut-out, against
+    the runtime's own alignment of the same image with the same landmarks. A cache built before sizes were kept gets
+    them from its files; a cut one must be rebuilt."""
+    import json
+
+    import pytest
+
+    from edge_mtl.data.crops import add_sizes, read_bgr
+    from edge_mtl.errors import InputError
+    from edge_mtl.vision.align import align_faces
+    from edge_mtl.vision.anycrop import cut_at_box
+
+    chip = sorted((data_dir / "utkface").glob("3*_*.jpg"))[0]
+    photo = data_dir / "lfw" / "images_deepfunneled" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
+    det = load_detector(repo_root / "export" / "detector.onnx", landmarks=repo_root / "export" / "landmarks.onnx")
+    out = tmp_path / "crops"
+    chips = cache_source([FaceRecord("t", str(chip), "chip")], det, out, "chips")
+    cuts = cache_source([FaceRecord("lfw", str(photo), "cut")], det, out, "cuts", cut=True)
+    img = read_bgr(str(chip))
+    first = det.detect(read_bgr(str(photo)))
+    cut = cut_at_box(read_bgr(str(photo)), first.boxes[int(np.argmax(first.scores))])
+    for cs, image in ((chips, img), (cuts, cut)):
+        assert cs.sizes is not None and cs.landmarks is not None
+        assert tuple(cs.sizes[0]) == (image.shape[1], image.shape[0])
+        np.testing.assert_array_equal(cs.rendered(0), np.asarray(cs.images))
+        want = align_faces(image, cs.landmarks[:1], fill=128)[0]
+        got = cs.rendered(128)[0]
+        assert (got == 128).mean() > 0.1 and np.abs(got.astype(int) - want.astype(int)).max() <= 2
+    # a cache from before sizes were kept
+    for name in ("chips", "cuts"):
+        index = out / f"{name}.json"
+        meta = json.loads(index.read_text())
+        del meta["sizes"], meta["cut"]
+        index.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="image sizes"):
+        load_source(out, "chips").rendered(128)
+    again = add_sizes([FaceRecord("t", str(chip), "chip")], out, "chips")
+    assert again.sizes is not None and tuple(again.sizes[0]) == (img.shape[1], img.shape[0])
+    np.testing.assert_array_equal(again.rendered(128), chips.rendered(128))
+    with pytest.raises(InputError, match="rebuild"):
+        add_sizes([FaceRecord("lfw", str(photo), "cut")], out, "cuts", cut=True)
