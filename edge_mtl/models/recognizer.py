@@ -36,7 +36,10 @@ class RecognizerArgs:
     fill: int = 0
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.fill:  # black: the args of every checkpoint and model file before the field, unchanged
+            del d["fill"]
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, object]) -> RecognizerArgs:

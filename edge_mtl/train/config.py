@@ -84,6 +84,12 @@ class RecognizerModelConfig(Strict):
     depths: tuple[int, int, int, int] = (1, 2, 6, 2)
     embedding_dim: int = Field(128, ge=16, le=1024)
     embedding_hidden: int = Field(320, ge=16, le=2048)
+    fill: int = Field(
+        0, ge=0, le=255,
+        description="Grey level of the aligned crops beyond their images (a face at a frame's edge, a face cut at its "
+        "box), in training and, declared by the exported file, at run time: 0 black (every model up to "
+        "recognizer-1.6); 128 neutral (what the input scaling maps to 0).",
+    )
 
 
 class RecognizerTrain(Strict):

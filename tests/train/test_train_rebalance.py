@@ -121,6 +121,42 @@ def test_tight_cut_blacks_out_what_a_photo_cut_at_its_face_box_does_not_hold(dat
     assert np.array_equal(on[:, 46:96, 38:74].numpy(), off[:, 46:96, 38:74].numpy())
 
 
+def test_the_dataset_serves_the_models_fill(data_dir: Path, tmp_path: Path) -> None:
+    """With a fill other than black (`RecognizerArgs.fill`), the training crop holds it wherever alignment reached
+    beyond the image, where a cut-out's square leaves nothing and where the jitter uncovers the crop's edge; the
+    face itself is the crop as stored. No fill without each source's landmarks and sizes."""
+    import cv2
+
+    from edge_mtl.train.data.recognizer import RecognizerDataset, RecSample
+    from edge_mtl.vision.align import align_faces, beyond_image
+
+    chip = cv2.imread(str(data_dir / "utkface" / sorted(os.listdir(data_dir / "utkface"))[100]))
+    chip = np.maximum(chip, 1)  # no black pixel of its own
+    lm = np.array([[[40, 60], [150, 62], [95, 120], [95, 170]]], np.float32)  # a face larger than its image
+    crops = tmp_path / "crops.npy"
+    np.save(crops, align_faces(chip, lm))
+    geometry = [(lm, np.array([[chip.shape[1], chip.shape[0]]], np.int32))]
+    samples = [RecSample(0, 0)]
+
+    def image(strength: float = 0.0, **kw: object) -> np.ndarray:
+        item = RecognizerDataset([crops], samples, None, train=True, seed=3, strength=strength, **kw)[0]  # type: ignore[arg-type]
+        return item["image"].permute(1, 2, 0).numpy()[:, :, ::-1]  # back to HWC BGR
+
+    black, grey = image(), image(fill=128, geometry=geometry)
+    beyond = (black == 0).all(axis=2)
+    assert beyond.mean() > 0.3 and (grey[beyond] == 128).all()
+    share = beyond_image(lm[0], (chip.shape[1], chip.shape[0]))
+    inside = (share == 0) & (share[:, ::-1] == 0)  # wholly inside the image, mirrored by the flip or not
+    assert inside.mean() > 0.2
+    np.testing.assert_array_equal(grey[inside], black[inside])
+    cut = image(fill=128, geometry=geometry, tight_p=1.0)
+    assert (cut[:11] == 128).all() and (cut[:, :5] == 128).all()
+    jittered = [image(fill=f, geometry=geometry if f else None, tight_p=1.0, strength=1.0) for f in (0, 128)]
+    assert (jittered[0] == 0).all(axis=2).mean() > 0.2 and not (jittered[1] == 0).all(axis=2).any()
+    with pytest.raises(ValueError, match="landmarks and sizes"):
+        RecognizerDataset([crops], samples, None, fill=128)
+
+
 def test_stage12_config_loads(repo_root: Path) -> None:
     """The prepared stage-12 config is valid and asks for what its comment says."""
     from edge_mtl.config import load_toml

@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from edge_mtl.models.recognizer import RecognizerArgs  # noqa: E402
 from edge_mtl.train.data.recognizer import RecSample  # noqa: E402
 from edge_mtl.train.losses.recognizer import MarginHead  # noqa: E402
 from edge_mtl.train.losses.weighting import make_weighting  # noqa: E402
@@ -113,6 +114,7 @@ def test_training_refuses_a_crop_cache_of_other_faces(data_dir: Path, repo_root:
     recs = [FaceRecord("utkface", str(c), f"utkface/{c.name}") for c in chips]
     task = RecognizerTask.__new__(RecognizerTask)
     task.crop_dir = tmp_path / "crops"
+    task.args = RecognizerArgs()
     task.detector = None
     with pytest.raises(InputError, match=r"no crop cache for utk in .* and no detector to make one"):
         task._crops("utk", recs)

@@ -93,9 +93,10 @@ def colour_cast(img: npt.NDArray[np.uint8], rng: np.random.Generator) -> npt.NDA
     return np.clip(img.astype(np.float32) * gains[None, None, :], 0, 255).astype(np.uint8)
 
 
-def yaw_warp(img: npt.NDArray[np.uint8], rng: np.random.Generator, max_shift: float = 0.12) -> npt.NDArray[np.uint8]:
+def yaw_warp(img: npt.NDArray[np.uint8], rng: np.random.Generator, max_shift: float = 0.12,
+             fill: int = 0) -> npt.NDArray[np.uint8]:
     """A head turned a little: one side of the crop narrowed vertically and shifted inward, as a yaw of about 15-25
-    degrees foreshortens the far side of the face."""
+    degrees foreshortens the far side of the face; what it uncovers is `fill`."""
     h, w = img.shape[:2]
     s = float(rng.uniform(0.04, max_shift))
     side = 1 if rng.random() < 0.5 else -1
@@ -106,15 +107,15 @@ def yaw_warp(img: npt.NDArray[np.uint8], rng: np.random.Generator, max_shift: fl
     else:
         dst = np.array([[dx, dy], [w, 0], [w, h], [dx, h - dy]], np.float32)
     m = cv2.getPerspectiveTransform(src, dst)
-    return cv2.warpPerspective(img, m, (w, h), borderMode=cv2.BORDER_CONSTANT)
+    return cv2.warpPerspective(img, m, (w, h), borderMode=cv2.BORDER_CONSTANT, borderValue=(fill, fill, fill))
 
 
-def wild(img: npt.NDArray[np.uint8], rng: np.random.Generator, p: float) -> npt.NDArray[np.uint8]:
-    """Each of the colour cast and the yaw warp with probability `p`."""
+def wild(img: npt.NDArray[np.uint8], rng: np.random.Generator, p: float, fill: int = 0) -> npt.NDArray[np.uint8]:
+    """Each of the colour cast and the yaw warp with probability `p` (the warp uncovering `fill`)."""
     if p <= 0:
         return img
     if rng.random() < p:
         img = colour_cast(img, rng)
     if rng.random() < p:
-        img = yaw_warp(img, rng)
+        img = yaw_warp(img, rng, fill=fill)
     return img

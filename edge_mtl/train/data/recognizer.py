@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edge_mtl.train.data import augment as A
+from edge_mtl.vision.align import refill
 from edge_mtl.vision.anycrop import square_window
 
 NO_TEACHER = np.full((128,), np.nan, np.float32)
@@ -45,9 +46,10 @@ TIGHT_SIDE = (85.0, 99.0)
 TIGHT_CENTRE = ((55.0, 58.0), (61.0, 65.0))
 
 
-def tight_cut(img: npt.NDArray[np.uint8], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+def tight_cut(img: npt.NDArray[np.uint8], rng: np.random.Generator, fill: int = 0) -> npt.NDArray[np.uint8]:
     """An aligned crop as it comes out of a photo cut at its face box (an ID photo, a face cropped by another
-    program): black outside a square drawn from the measured spread (`TIGHT_SIDE`, `TIGHT_CENTRE`).
+    program): `fill` (the model's, black by default) outside a square drawn from the measured spread (`TIGHT_SIDE`,
+    `TIGHT_CENTRE`).
 
     Such a photo holds nothing beyond the box, and alignment fills the rest of the crop with black; the shipped
     models lose about 2 points of LFW View 2 accuracy on such cut-outs (`benchmarks/any_crop.py`)."""
@@ -56,15 +58,16 @@ def tight_cut(img: npt.NDArray[np.uint8], rng: np.random.Generator) -> npt.NDArr
     cx = float(rng.uniform(*TIGHT_CENTRE[0])) * k
     cy = float(rng.uniform(*TIGHT_CENTRE[1])) * k
     x0, y0, x1, y1 = square_window(cx, cy, side, img.shape)
-    out = np.zeros_like(img)
+    out = np.full_like(img, fill)
     out[y0:y1, x0:x1] = img[y0:y1, x0:x1]
     return out
 
 
 def degrade(
-    img: npt.NDArray[np.uint8], rng: np.random.Generator, strength: float
+    img: npt.NDArray[np.uint8], rng: np.random.Generator, strength: float, fill: int = 0
 ) -> tuple[npt.NDArray[np.uint8], float]:
-    """Camera-like degradation of an aligned crop; returns the crop and a severity in [0, 1]."""
+    """Camera-like degradation of an aligned crop; returns the crop and a severity in [0, 1]. What the geometric
+    jitter brings in from beyond the crop is `fill`, the model's."""
     sev = 0.0
     h, w = img.shape[:2]
     # small geometric jitter: landmark noise of a real detector
@@ -74,7 +77,7 @@ def degrade(
         tx, ty = rng.normal(0, 2, size=2)
         m = cv2.getRotationMatrix2D((w / 2, h / 2), ang, sc)
         m[:, 2] += (tx, ty)
-        img = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_CONSTANT)
+        img = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_CONSTANT, borderValue=(fill, fill, fill))
     # low resolution: faces far from the camera
     if rng.random() < 0.35 * strength:
         side = int(rng.integers(14, 56))
@@ -115,6 +118,8 @@ class RecognizerDataset(Dataset[dict[str, torch.Tensor]]):
         strength: float = 1.0,
         wild_p: float = 0.0,
         tight_p: float = 0.0,
+        fill: int = 0,
+        geometry: Sequence[tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]] | None = None,
     ) -> None:
         self.crop_paths = [str(c) for c in crops]
         self._crops: list[npt.NDArray[np.uint8]] | None = None  # opened lazily in each worker process
@@ -125,6 +130,12 @@ class RecognizerDataset(Dataset[dict[str, torch.Tensor]]):
         self.strength = strength
         self.wild_p = wild_p  # edge_mtl.train.data.rebalance.wild: colour casts, yaw
         self.tight_p = tight_p  # tight_cut: a face cut out at its box
+        # the model's fill beyond the image (RecognizerArgs.fill); with another than black, each crop source's
+        # landmarks and image sizes (CropSet) to serve its crops with it (vision.align.refill)
+        if fill and (geometry is None or len(geometry) != len(self.crop_paths)):
+            raise ValueError("RecognizerDataset: a fill other than 0 needs the landmarks and sizes of every source")
+        self.fill = fill
+        self.geometry = list(geometry) if fill and geometry is not None else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -148,18 +159,21 @@ class RecognizerDataset(Dataset[dict[str, torch.Tensor]]):
         cv2.setNumThreads(1)
         s = self.samples[i]
         img = np.asarray(self.crops[s.source][s.row])  # BGR
+        if self.geometry is not None:
+            lms, sizes = self.geometry[s.source]
+            img = refill(img, lms[s.row], (int(sizes[s.row, 0]), int(sizes[s.row, 1])), self.fill)
         sev = 0.0
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             if rng.random() < 0.5:
                 img = np.ascontiguousarray(img[:, ::-1])
             if self.tight_p and rng.random() < self.tight_p:  # no draw when off: earlier recipes train as before
-                img = tight_cut(img, rng)
-            img, sev = degrade(np.ascontiguousarray(img), rng, self.strength)
+                img = tight_cut(img, rng, self.fill)
+            img, sev = degrade(np.ascontiguousarray(img), rng, self.strength, self.fill)
             if self.wild_p:
                 from edge_mtl.train.data.rebalance import wild
 
-                img = wild(img, rng, self.wild_p)
+                img = wild(img, rng, self.wild_p, self.fill)
         rgb = np.ascontiguousarray(img[:, :, ::-1])
         t = self.teacher[s.teacher] if (self.teacher is not None and s.teacher >= 0) else NO_TEACHER
         return {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from edge_mtl.data import sources as S
-from edge_mtl.data.crops import CropSet, ensure_source
+from edge_mtl.data.crops import CropSet, add_sizes, ensure_source
 from edge_mtl.errors import InputError, ModelError
 from edge_mtl.eval.attributes import attribute_metrics
 from edge_mtl.eval.verification import read_pairs, view1
@@ -193,6 +194,7 @@ class RecognizerTask:
             depths=t.model.depths,
             embedding_dim=t.model.embedding_dim,
             embedding_hidden=t.model.embedding_hidden,
+            fill=t.model.fill,
         )
         self.model: nn.Module = SoftSharedRecognizer(self.args) if t.sharing == "soft" else Recognizer(self.args)
         self._build_data()
@@ -224,7 +226,10 @@ class RecognizerTask:
                 raise InputError(f"no crop cache for {name} in {self.crop_dir} and no detector to make one")
             return self.detector
 
-        return ensure_source(records, detector, self.crop_dir, name, f"the {name} source's records")
+        cs = ensure_source(records, detector, self.crop_dir, name, f"the {name} source's records")
+        if self.args.fill and cs.sizes is None:  # a cache from before image sizes were kept: they serve the fill
+            cs = add_sizes(records, self.crop_dir, name)
+        return cs
 
     def _source_records(self, name: str, read: dict[str, Any]) -> list[S.FaceRecord]:
         """The records of source `name`. `read` holds what one `_build_data` has read already (the UTKFace
@@ -280,6 +285,7 @@ class RecognizerTask:
         t = self.t
         teacher_map = load_targets(self.cfg.data.teacher) if self.cfg.data.teacher else {}
         crops: list[Path] = []
+        geometry: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]] = []
         pending: list[tuple[int, S.FaceRecord, int]] = []
         read: dict[str, Any] = {}
         for name in t.sources:
@@ -291,6 +297,9 @@ class RecognizerTask:
                 cs = self._crops(name, recs)
             src = len(crops)
             crops.append(cs.path)
+            if self.args.fill:
+                assert cs.landmarks is not None and cs.sizes is not None  # _crops made sure of the sizes
+                geometry.append((cs.landmarks, cs.sizes))
             for row, (rec, status) in enumerate(zip(recs, cs.status, strict=True)):
                 if status == "missing":
                     continue
@@ -338,7 +347,8 @@ class RecognizerTask:
             sum(not np.isnan(s.gender_soft) for s in samples),
         )
         self.dataset = RecognizerDataset(crops, samples, self.teacher, train=True, seed=self.cfg.seed,
-                                         wild_p=t.wild_augment, tight_p=t.tight_augment)
+                                         wild_p=t.wild_augment, tight_p=t.tight_augment, fill=self.args.fill,
+                                         geometry=geometry or None)
         self.collate = None
         # validation sets
         root = self.root
@@ -438,14 +448,15 @@ class RecognizerTask:
         loader = DataLoader(Subset(self.dataset, pick.tolist()), batch_size=bs)
         batches = [self._input(b["image"]) for b in loader]
         model = recover_recognizer(path, batches, check=batches[0][:32])
-        if model.args != self.args:
+        if replace(model.args, fill=self.args.fill) != self.args:  # the fill is the data's, not the weights'
             raise ModelError(f"{path}: a recognizer with {model.args}, not the {self.args} this config builds")
         self.model.load_state_dict(model.state_dict())
         if self.margin is None:
             return
         ident = sorted({(s.source, s.row, s.identity) for s in self.dataset.samples if s.identity >= 0})
         clean = RecognizerDataset(
-            self.dataset.crop_paths, [RecSample(source=a, row=b, identity=c) for a, b, c in ident], None, train=False
+            self.dataset.crop_paths, [RecSample(source=a, row=b, identity=c) for a, b, c in ident], None, train=False,
+            fill=self.dataset.fill, geometry=self.dataset.geometry,
         )
         embs, labels = [], []
         self.model.eval()
@@ -467,7 +478,7 @@ class RecognizerTask:
     def validate(self) -> dict[str, float]:
         rec = self.recognizer()
         res: dict[str, float] = {}
-        lfw = rec.analyze(np.asarray(self.lfw.images))
+        lfw = rec.analyze(self.lfw.rendered(self.args.fill))
         dev = self.lfw_pairs
         v1 = view1(lfw.embeddings, self.lfw_index, dev["pairsDevTrain.txt"], dev["pairsDevTest.txt"])
         res["lfw_dev_accuracy"] = v1.accuracy
@@ -476,7 +487,7 @@ class RecognizerTask:
         # selection rules of export/recognizer.md use (benchmarks/recognizer_view1.py `view1_10fold_accuracy`);
         # best.pt follows it
         res["lfw_dev_10fold_accuracy"] = v1.ten_fold_accuracy
-        utk = rec.analyze(np.asarray(self.utk_val.images))
+        utk = rec.analyze(self.utk_val.rendered(self.args.fill))
         m = attribute_metrics(
             [float(r.age or 0) for r in self.utk_val_recs], utk.age_years,
             [int(r.gender or 0) for r in self.utk_val_recs], utk.female_prob,
