@@ -33,7 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.data.crops import CropSet, ensure_source, load_source
+from edge_mtl.data.crops import CropSet, add_sizes, ensure_source
+from edge_mtl.errors import InputError
 from edge_mtl.eval.verification import (
     Pair,
     View1,
@@ -121,11 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = data_root(a.data)
     if root is None or not (a.crops / "lfw_dev.json").exists():
         p.error("needs ../shared/data (--data) and a crop cache with lfw_dev (--crops)")
-    cs = load_source(a.crops, "lfw_dev")
+    pairs = {f: read_pairs(root / "lfw" / f) for f in ("pairsDevTrain.txt", "pairsDevTest.txt")}
+    from edge_mtl.train.tasks.recognizer import lfw_records
+
+    try:  # with the image sizes that serve a model's fill (CropSet.rendered)
+        cs = add_sizes(lfw_records(root, list(pairs)), a.crops, "lfw_dev")
+    except InputError as e:
+        p.error(str(e))
     idx = cs.index()
     people = np.array([k.split("/")[0] for k in cs.keys])
     same_person = people[:, None] == people[None, :]
-    pairs = {f: read_pairs(root / "lfw" / f) for f in ("pairsDevTrain.txt", "pairsDevTest.txt")}
     tight = tight_source(a.crops, root, pairs, a.detector, a.landmarks) if a.tight else None
     if tight is not None and tight.keys != cs.keys:
         p.error(f"{a.crops}: lfw_dev_tight and lfw_dev hold other images: remove lfw_dev_tight to rebuild it")
@@ -133,7 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = None
     for m in a.models:
         rec = open_recognizer(m, max_batch=128)
-        r = rec.analyze(np.asarray(cs.images))
+        try:  # each model with its own fill beyond the images
+            r = rec.analyze(cs.rendered(rec.fill))
+            r_tight = rec.analyze(tight.rendered(rec.fill)) if tight is not None else None
+        except InputError as e:
+            p.error(str(e))
         e = r.embeddings
         v1 = view1(e, idx, pairs["pairsDevTrain.txt"], pairs["pairsDevTest.txt"])
         ia, ib, s, y = v1.a, v1.b, v1.scores, v1.same
@@ -153,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "view1_10fold_accuracy": v1.ten_fold_accuracy,
         }
         if tight is not None:
-            out.update(tight_figures(e, rec.analyze(np.asarray(tight.images)).embeddings, v1))
+            assert r_tight is not None
+            out.update(tight_figures(e, r_tight.embeddings, v1))
             out["tight_missing"] = tight.status.count("missing")
         own, own_same = own_every_pair(e, same_person)
         out["every_pair_tar_at_far"] = {

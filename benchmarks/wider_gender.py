@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cs = ensure_source(recs, lambda: load_detector(a.detector, input_size=size, landmarks=a.landmarks), a.crops,
-                           name, ", ".join(map(str, a.labels)))
+                           name, ", ".join(map(str, a.labels)), sizes=True)
     except InputError as e:
         p.error(str(e))
     found = np.array([st != "missing" for st in cs.status])
@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     floors = AttributesConfig()
     floor = floors.gender_min_confidence if a.min_confidence is None else a.min_confidence
     for m in a.models:
-        res = open_recognizer(m, max_batch=128).analyze(np.asarray(cs.images))
+        rec = open_recognizer(m, max_batch=128)
+        res = rec.analyze(cs.rendered(rec.fill))  # with the model's fill beyond the images
         fp, ap = np.asarray(res.female_prob, np.float64), np.asarray(res.age_years, np.float64)
         lab = labelled_mask(fp, ap, found, floor, floors.gender_min_age)
         rows = {"all": gender_metrics(gt, fp, found, lab)}

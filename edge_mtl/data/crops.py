@@ -200,16 +200,18 @@ def cache_source(
 
 
 def ensure_source(records: Sequence[FaceRecord], detector: Callable[[], FaceDetector], out_dir: str | Path,
-                  name: str, what: str, cut: bool = False) -> CropSet:
+                  name: str, what: str, cut: bool = False, sizes: bool = False) -> CropSet:
     """The crop cache `name` of exactly `records`: built with `detector()` (called only then) when absent; an
-    InputError when one of that name holds other faces (from other records, `what` names them for the message)."""
+    InputError when one of that name holds other faces (from other records, `what` names them for the message).
+    With `sizes`, one built before image sizes were kept gets them (`add_sizes`), so that `CropSet.rendered` can
+    serve any fill; a cut one must be rebuilt for that."""
     out_dir = Path(out_dir)
     if not (out_dir / f"{name}.json").exists():
         return cache_source(records, detector(), out_dir, name, cut=cut)
     cs = load_source(out_dir, name)
     if cs.keys != [r.key for r in records]:
         raise InputError(f"{out_dir}/{name} holds other faces than {what}: remove it to rebuild")
-    return cs
+    return add_sizes(records, out_dir, name) if sizes and cs.sizes is None and not cut else cs
 
 
 def load_source(out_dir: str | Path, name: str) -> CropSet:

@@ -304,3 +304,13 @@ def test_stage25_config_is_the_recipe_of_1_6_from_1_6_with_tight_crops(repo_root
     assert (s25.pop("out"), s25.pop("seed"), s21.pop("out"), s21.pop("seed")) == (
         Path("runs/recognizer25"), 25, Path("runs/recognizer21"), 21)
     assert s25 == s21
+
+
+def test_stage26_config_is_stage25_on_a_neutral_fill(repo_root: Path) -> None:
+    """Stage 26 changes one thing against stage 25: the network trains on mid grey beyond its crops' images
+    (`[task.model] fill`), which its exported file then declares."""
+    s25, s26 = _dumps(repo_root, "experiments/recognizer_stage25.toml", "experiments/recognizer_stage26.toml")
+    assert (s25["task"]["model"].pop("fill"), s26["task"]["model"].pop("fill")) == (0, 128)
+    assert (s26.pop("out"), s26.pop("seed"), s25.pop("out"), s25.pop("seed")) == (
+        Path("runs/recognizer26"), 26, Path("runs/recognizer25"), 25)
+    assert s26 == s25

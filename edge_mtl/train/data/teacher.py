@@ -249,7 +249,7 @@ def extract_from_model(model: str | Path, crops: str | Path, names: Sequence[str
             if shard.exists():
                 continue
             chunk = rows[s : s + SHARD]
-            emb = rec.analyze(np.asarray(cs.images[chunk])).embeddings
+            emb = rec.analyze(cs.rendered(rec.fill, chunk)).embeddings
             tmp = shard.with_suffix(".tmp.npz")
             np.savez(tmp, keys=np.array([cs.keys[i] for i in chunk]), emb=emb.astype(np.float16))
             os.replace(tmp, shard)

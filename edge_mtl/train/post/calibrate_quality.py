@@ -32,9 +32,10 @@ from edge_mtl.models.checkpoint import load_checkpoint, save_checkpoint
 log = logging.getLogger(__name__)
 
 
-def sample_crops(crops: str | Path, sources: Sequence[str], n: int, seed: int = 0) -> npt.NDArray[np.uint8]:
+def sample_crops(crops: str | Path, sources: Sequence[str], n: int, seed: int = 0,
+                 fill: int = 0) -> npt.NDArray[np.uint8]:
     """Up to `n` cached crops (BGR, N x 112 x 112 x 3), drawn evenly at random from `sources`, missing faces
-    skipped."""
+    skipped, with `fill` beyond their images (the recognizer's; the same faces for every fill)."""
     from edge_mtl.data.crops import load_source
 
     if not sources:
@@ -47,7 +48,7 @@ def sample_crops(crops: str | Path, sources: Sequence[str], n: int, seed: int = 
         rows = np.array(cs.present())
         if len(rows):
             pick = np.sort(rng.choice(rows, min(per, len(rows)), replace=False))
-            out.append(np.asarray(cs.images[pick]))
+            out.append(cs.rendered(fill, pick))
     if not out:
         raise InputError(f"{crops}: the sources {list(sources)} hold no faces")
     return np.concatenate(out)
@@ -58,11 +59,13 @@ def _logit(p: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
     return np.log(q / (1 - q))
 
 
-def reference_logits(reference: str | Path, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
-    """The quality logits of a deploy recognizer (ONNX) on `crops`."""
+def reference_logits(reference: str | Path, crops: str | Path, sources: Sequence[str], n: int,
+                     seed: int) -> npt.NDArray[np.float64]:
+    """The quality logits of a deploy recognizer (ONNX) on the `sample_crops` faces, with its own fill."""
     from edge_mtl.runtime.registry import open_recognizer
 
-    return _logit(open_recognizer(Path(reference)).analyze(crops).quality)
+    rec = open_recognizer(Path(reference))
+    return _logit(rec.analyze(sample_crops(crops, sources, n, seed, rec.fill)).quality)
 
 
 @torch.no_grad()
@@ -108,8 +111,8 @@ def calibrate_quality(
     kind, args, model = model_from_checkpoint(state, str(checkpoint))
     if kind != "recognizer" or "heads.quality.2.weight" not in state["model"]:
         raise ModelError(f"{checkpoint}: not a hard-shared recognizer checkpoint (no quality head to calibrate)")
-    sample = sample_crops(crops, sources, faces, seed)
-    new, ref = model_logits(model, args, sample), reference_logits(reference, sample)
+    sample = sample_crops(crops, sources, faces, seed, int(args.get("fill", 0)))
+    new, ref = model_logits(model, args, sample), reference_logits(reference, crops, sources, faces, seed)
     a, b = fit_affine(new, ref)
     weights = dict(state["model"])
     w, bias = weights["heads.quality.2.weight"], weights["heads.quality.2.bias"]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from edge_mtl.data import sources as S
-from edge_mtl.data.crops import CropSet, add_sizes, ensure_source
+from edge_mtl.data.crops import CropSet, ensure_source
 from edge_mtl.errors import InputError, ModelError
 from edge_mtl.eval.attributes import attribute_metrics
 from edge_mtl.eval.verification import read_pairs, view1
@@ -226,10 +226,9 @@ class RecognizerTask:
                 raise InputError(f"no crop cache for {name} in {self.crop_dir} and no detector to make one")
             return self.detector
 
-        cs = ensure_source(records, detector, self.crop_dir, name, f"the {name} source's records")
-        if self.args.fill and cs.sizes is None:  # a cache from before image sizes were kept: they serve the fill
-            cs = add_sizes(records, self.crop_dir, name)
-        return cs
+        # with a fill, a cache from before image sizes were kept gets them: they serve the fill
+        return ensure_source(records, detector, self.crop_dir, name, f"the {name} source's records",
+                             sizes=bool(self.args.fill))
 
     def _source_records(self, name: str, read: dict[str, Any]) -> list[S.FaceRecord]:
         """The records of source `name`. `read` holds what one `_build_data` has read already (the UTKFace
