@@ -176,9 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-utkface", action="store_true")
     p.add_argument("--select", choices=["central", "largest"], default="central",
                    help="which face of an image is analysed (central: as edge-mtl eval takes it)")
-    p.add_argument("--fill", type=int, choices=range(256), default=0, metavar="0-255",
-                   help="grey level where an aligned crop reaches beyond its image (0: black, as the runtime "
-                        "aligns; 128 measures a neutral fill, benchmarks/tight_diagnosis.py)")
+    p.add_argument("--fill", type=int, choices=range(256), metavar="0-255",
+                   help="grey level where an aligned crop reaches beyond its image (default: the recognizer's own, "
+                        "as the runtime aligns; another measures that fill, benchmarks/tight_diagnosis.py)")
     p.add_argument("--out", type=Path, help="also write the result here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -187,9 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("needs ../shared/data (--data or EDGE_MTL_DATA)")
     cfg = AppConfig()
     retry = PadRetry(**cfg.detector.pad_retry.model_dump())
-    an = Analyzer(load_detector(cfg), load_recognizer(cfg), retry, a.select, a.fill)
+    rec = load_recognizer(cfg)
+    an = Analyzer(load_detector(cfg), rec, retry, a.select, rec.fill if a.fill is None else a.fill)
     t0 = time.time()
-    out: dict[str, Any] = {"retry": retry.__dict__, "select": a.select, "fill": a.fill,
+    out: dict[str, Any] = {"retry": retry.__dict__, "select": a.select, "fill": an.fill,
                            "models": {"detector": an.det.meta.version, "recognizer": an.rec.meta.version}}
     if not a.skip_utkface:
         out["utkface_val"] = utkface_part(root, an, a.utk_limit)
