@@ -59,13 +59,18 @@ def _logit(p: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
     return np.log(q / (1 - q))
 
 
-def reference_logits(reference: str | Path, crops: str | Path, sources: Sequence[str], n: int,
-                     seed: int) -> npt.NDArray[np.float64]:
-    """The quality logits of a deploy recognizer (ONNX) on the `sample_crops` faces, with its own fill."""
+def reference_logits(reference: str | Path, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
+    """The quality logits of a deploy recognizer (ONNX) on `crops` (made with its fill: `reference_fill`)."""
     from edge_mtl.runtime.registry import open_recognizer
 
-    rec = open_recognizer(Path(reference))
-    return _logit(rec.analyze(sample_crops(crops, sources, n, seed, rec.fill)).quality)
+    return _logit(open_recognizer(Path(reference)).analyze(crops).quality)
+
+
+def reference_fill(reference: str | Path) -> int:
+    """The fill a deploy recognizer (ONNX) was trained with (`FaceRecognizer.fill`)."""
+    from edge_mtl.runtime.registry import open_recognizer
+
+    return open_recognizer(Path(reference)).fill
 
 
 @torch.no_grad()
@@ -111,8 +116,10 @@ def calibrate_quality(
     kind, args, model = model_from_checkpoint(state, str(checkpoint))
     if kind != "recognizer" or "heads.quality.2.weight" not in state["model"]:
         raise ModelError(f"{checkpoint}: not a hard-shared recognizer checkpoint (no quality head to calibrate)")
-    sample = sample_crops(crops, sources, faces, seed, int(args.get("fill", 0)))
-    new, ref = model_logits(model, args, sample), reference_logits(reference, crops, sources, faces, seed)
+    fill, ref_fill = int(args.get("fill", 0)), reference_fill(reference)
+    sample = sample_crops(crops, sources, faces, seed, fill)  # the same faces, each model with its own fill
+    ref_sample = sample if ref_fill == fill else sample_crops(crops, sources, faces, seed, ref_fill)
+    new, ref = model_logits(model, args, sample), reference_logits(reference, ref_sample)
     a, b = fit_affine(new, ref)
     weights = dict(state["model"])
     w, bias = weights["heads.quality.2.weight"], weights["heads.quality.2.bias"]
