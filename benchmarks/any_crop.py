@@ -14,7 +14,7 @@ is left out of the MAE, counted), LFW View 2 10-fold accuracy, and on LFW how of
 decisions agree and how far their ages are apart.
 
 Usage: python benchmarks/any_crop.py [--data ../shared/data] [--utk-limit N] [--lfw-pairs N] [--skip-utkface]
-    [--skip-lfw] [--select central|largest] [--fill 0-255] [--out FILE.json]
+    [--skip-lfw] [--select central|largest] [--fill 0-255] [--recognizer FILE.onnx] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from edge_mtl.eval.verification import read_pairs, ten_fold_accuracy
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.recognizer import FaceRecognizer
-from edge_mtl.runtime.registry import load_detector, load_recognizer
+from edge_mtl.runtime.registry import load_detector, load_recognizer, open_recognizer
 from edge_mtl.types import Detections
 from edge_mtl.vision.align import align_faces
 from edge_mtl.vision.anycrop import PadRetry, cut_at_box, detect_with_retry
@@ -179,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fill", type=int, choices=range(256), metavar="0-255",
                    help="grey level where an aligned crop reaches beyond its image (default: the recognizer's own, "
                         "as the runtime aligns; another measures that fill, benchmarks/tight_diagnosis.py)")
+    p.add_argument("--recognizer", type=Path, help="a recognizer file (default: the shipped one, as configured)")
     p.add_argument("--out", type=Path, help="also write the result here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("needs ../shared/data (--data or EDGE_MTL_DATA)")
     cfg = AppConfig()
     retry = PadRetry(**cfg.detector.pad_retry.model_dump())
-    rec = load_recognizer(cfg)
+    rec = load_recognizer(cfg) if a.recognizer is None else open_recognizer(a.recognizer)
     an = Analyzer(load_detector(cfg), rec, retry, a.select, rec.fill if a.fill is None else a.fill)
     t0 = time.time()
     out: dict[str, Any] = {"retry": retry.__dict__, "select": a.select, "fill": an.fill,
