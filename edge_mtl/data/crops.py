@@ -62,9 +62,9 @@ class CropSet:
         """The crops (all, or `rows`) as alignment with `fill` beyond their images makes them (the recognizer's
         `fill`; 0: as stored)."""
         picked = np.arange(len(self.keys)) if rows is None else np.asarray(rows, np.int64)
+        if fill == 0:  # as stored: all of them without a copy
+            return np.asarray(self.images if rows is None else self.images[picked])
         out = np.array(self.images[picked])
-        if fill == 0:
-            return out
         if self.sizes is None or self.landmarks is None:
             raise InputError(f"{self.path}: built before the crop cache kept image sizes (edge_mtl.data.crops."
                              "add_sizes, or remove it to rebuild)")

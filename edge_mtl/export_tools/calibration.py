@@ -161,8 +161,9 @@ def _crops(
     detector: Any, records: list[Any], meta: ModelMetadata
 ) -> tuple[list[npt.NDArray[np.uint8]], list[str], int]:
     crops, manifest, missed = [], [], 0
+    fill = model_fill(meta)
     for rec in records:
-        crop = align_record(detector, rec, meta.input_size, model_fill(meta))
+        crop = align_record(detector, rec, meta.input_size, fill)
         if crop is None:
             missed += 1
             continue

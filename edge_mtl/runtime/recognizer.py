@@ -30,12 +30,8 @@ class FaceRecognizer:
         self.meta = meta
         self.max_batch = max_batch
         self.size = meta.input_size
+        self.fill = model_fill(meta)  # the grey level it wants beyond the image in its aligned crops: for align_faces
         self.flip = flip
-
-    @property
-    def fill(self) -> int:
-        """The grey level the model wants beyond the image in its aligned crops: pass it to `align_faces`."""
-        return model_fill(self.meta)
 
     @property
     def embedding_dim(self) -> int:
