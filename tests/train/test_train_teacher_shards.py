@@ -87,3 +87,18 @@ def test_a_shard_claimed_by_another_process_is_passed_over_then_done_on_resume(
     # that process died without writing it: its lock went with it, and a rerun completes the set
     assert T.extract(recs, out, "s", embed=emb) == 4
     _check_all(out, 10)
+
+
+def test_a_teacher_folder_without_finished_shards_is_an_input_error(tmp_path: Path) -> None:
+    """A run configured with a teacher must not train without one because the extraction never ran or is unfinished."""
+    from edge_mtl.errors import InputError
+
+    out = tmp_path / "teacher"
+    with pytest.raises(InputError, match="no teacher embeddings"):
+        T.load_targets(out)  # absent
+    out.mkdir()
+    np.savez(out / "s_00000.tmp.npz", keys=np.array(["k0"]), emb=np.ones((1, 128), np.float32))
+    with pytest.raises(InputError, match="no teacher embeddings"):
+        T.load_targets(out)  # only a shard still being written
+    np.savez(out / "s_00000.npz", keys=np.array(["k0"]), emb=np.ones((1, 128), np.float32))
+    assert sorted(T.load_targets(out)) == ["k0"]

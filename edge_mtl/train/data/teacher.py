@@ -220,11 +220,14 @@ def extract(
 
 
 def load_targets(folder: str | Path) -> dict[str, npt.NDArray[np.float32]]:
-    """All teacher embeddings under `folder`: key -> unit-norm float32 vector."""
+    """All teacher embeddings under `folder`: key -> unit-norm float32 vector. InputError when the folder holds no
+    finished shard: a run configured with a teacher would otherwise train without one, and say so only in a count."""
     out: dict[str, npt.NDArray[np.float32]] = {}
-    for f in sorted(Path(folder).glob("*.npz")):
-        if f.name.endswith(".tmp.npz"):
-            continue
+    shards = [f for f in sorted(Path(folder).glob("*.npz")) if not f.name.endswith(".tmp.npz")]
+    if not shards:
+        raise InputError(f"{folder}: no teacher embeddings (*.npz shards) there: extract them first "
+                         "(python -m edge_mtl.train.data.teacher --out FOLDER ...)")
+    for f in shards:
         z = np.load(f)
         for k, e in zip(z["keys"], z["emb"].astype(np.float32), strict=True):
             out[str(k)] = e

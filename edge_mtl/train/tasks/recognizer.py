@@ -310,6 +310,9 @@ class RecognizerTask:
         self.n_classes = len(keep) if "identity" in t.tasks else 0
         keys = sorted({r.key for _, r, _ in pending if r.key in teacher_map}) if "distill" in t.tasks or \
             "quality" in t.tasks else []
+        if self.cfg.data.teacher and "distill" in t.tasks and not keys:
+            raise InputError(f"{self.cfg.data.teacher}: none of the training faces has a teacher embedding there "
+                             f"(extracted for other sources than {', '.join(t.sources)}?)")
         trow = {k: i for i, k in enumerate(keys)}
         self.teacher = center_teacher(np.stack([teacher_map[k] for k in keys])) if keys else None
         soft: dict[str, npt.NDArray[np.float32]] = {}
