@@ -39,6 +39,7 @@ from edge_mtl.data import sources as S
 from edge_mtl.data.crops import CropSet, load_source
 from edge_mtl.errors import InputError
 from edge_mtl.runtime.engine import normalize
+from edge_mtl.runtime.recognizer import model_fill
 
 log = logging.getLogger("gender_probe")
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +69,7 @@ class Extractor:
         self.session = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         self.meta = ModelMetadata.from_props(dict(self.session.get_modelmeta().custom_metadata_map), str(model))
         self.input = self.session.get_inputs()[0].name
+        self.fill = model_fill(self.meta)  # the crops are served as the runtime aligns them for this model
 
     def run(self, cs: CropSet, labels: dict[str, int], limit: int | None, seed: int) -> Features:
         """Feature maps (float16), labels and the model's own P(female) of the cached faces in `labels`."""
@@ -76,10 +78,10 @@ class Extractor:
         if limit is not None and len(rows) > limit:
             pick = np.random.default_rng(seed).choice(len(rows), limit, replace=False)
             rows = [rows[i] for i in sorted(pick)]
-        images = np.asarray(cs.images)
+        images = cs.rendered(self.fill, [i for i, _ in rows])
         maps, female = [], []
         for s in range(0, len(rows), 64):
-            x = normalize(images[[i for i, _ in rows[s : s + 64]]], self.meta, bgr_input=True)
+            x = normalize(images[s : s + 64], self.meta, bgr_input=True)
             f, g = self.session.run([self.feature, "gender"], {self.input: x})
             maps.append(f.astype(np.float16))
             female.append(g[:, 1].astype(np.float32))

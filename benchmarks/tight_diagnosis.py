@@ -7,10 +7,11 @@ the first image of each pair that way and the second with context; and both that
 
 * `context`: the photo with its own landmarks (the crop cache's `lfw_dev`);
 * `cut_out`: what the runtime makes of the cut-out: landmarks found on it (the shipped detector with the bordered
-  retry, as `lfw_dev_tight` was built), black where the aligned crop reaches beyond it;
+  retry, as `lfw_dev_tight` was built), the model's fill (its `RecognizerArgs.fill`: black for every model before
+  recognizer-1.7's candidates) where the aligned crop reaches beyond it;
 * `cut_out_grey_fill`: the same landmarks and cut, mid grey (128, what the network's input scaling maps to 0)
-  instead of black beyond it;
-* `context_landmarks_cut`: the photo's own landmarks, black beyond the cut: the cut alone;
+  beyond it, whatever the model's fill;
+* `context_landmarks_cut`: the photo's own landmarks, the model's fill beyond the cut: the cut alone;
 * `cut_out_landmarks_whole_photo`: the landmarks found on the cut-out (mapped back onto the photo), the whole
   photo: the landmarks alone.
 
@@ -39,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from recognizer_view1 import tight_figures  # type: ignore[import-not-found]
 
-from edge_mtl.data.crops import load_source, pick_face, read_bgr
+from edge_mtl.data.crops import add_sizes, load_source, pick_face, read_bgr
+from edge_mtl.errors import InputError
 from edge_mtl.eval.verification import read_pairs, view1
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.registry import open_recognizer
@@ -72,8 +74,9 @@ def cut_origins(records: Sequence[object], detector: Path, landmarks: Path) -> n
 
 
 def variants(records: Sequence[object], context_lm: npt.NDArray[np.float32], cut_lm: npt.NDArray[np.float32],
-             box: npt.NDArray[np.int64], ok: npt.NDArray[np.bool_]) -> dict[str, Crops]:
-    """The four recomputed alignments of every image (see the module's docstring); rows not `ok` stay zero."""
+             box: npt.NDArray[np.int64], ok: npt.NDArray[np.bool_], fill: int = 0) -> dict[str, Crops]:
+    """The four recomputed alignments of every image (see the module's docstring), `fill` beyond the photo and
+    the cut; rows not `ok` stay zero."""
     n = len(records)
     out = {k: np.zeros((n, 112, 112, 3), np.uint8) for k in
            ("cut_out", "cut_out_grey_fill", "context_landmarks_cut", "cut_out_landmarks_whole_photo")}
@@ -84,14 +87,14 @@ def variants(records: Sequence[object], context_lm: npt.NDArray[np.float32], cut
         assert photo is not None
         x0, y0, x1, y1 = box[i]
         on_photo = cut_lm[i] + np.array([x0, y0], np.float32)  # the cut-out's landmarks in the photo's pixels
-        masked = np.zeros_like(photo)
+        masked = np.full_like(photo, fill)
         masked[y0:y1, x0:x1] = photo[y0:y1, x0:x1]
         grey = np.full_like(photo, GREY)
         grey[y0:y1, x0:x1] = photo[y0:y1, x0:x1]
-        out["cut_out"][i] = align_faces(masked, on_photo[None])[0]
+        out["cut_out"][i] = align_faces(masked, on_photo[None], fill=fill)[0]
         out["cut_out_grey_fill"][i] = align_faces(grey, on_photo[None], fill=GREY)[0]
-        out["context_landmarks_cut"][i] = align_faces(masked, context_lm[i][None])[0]
-        out["cut_out_landmarks_whole_photo"][i] = align_faces(photo, on_photo[None])[0]
+        out["context_landmarks_cut"][i] = align_faces(masked, context_lm[i][None], fill=fill)[0]
+        out["cut_out_landmarks_whole_photo"][i] = align_faces(photo, on_photo[None], fill=fill)[0]
     return out
 
 
@@ -111,14 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pairs = {f: read_pairs(root / "lfw" / f) for f in ("pairsDevTrain.txt", "pairsDevTest.txt")}
     records = lfw_records(root, list(pairs))
-    cs, tight = load_source(a.crops, "lfw_dev"), load_source(a.crops, "lfw_dev_tight")
+    try:  # with the image sizes that serve a model's fill (CropSet.rendered)
+        cs, tight = add_sizes(records, a.crops, "lfw_dev"), load_source(a.crops, "lfw_dev_tight")
+    except InputError as e:
+        p.error(str(e))
     if [r.key for r in records] != cs.keys or tight.keys != cs.keys or cs.landmarks is None or tight.landmarks is None:
         p.error(f"{a.crops}: lfw_dev and lfw_dev_tight do not hold View 1's images with their landmarks")
     box = cut_origins(records, a.detector, a.landmarks)
     ok = np.array([s != "missing" and t != "missing" for s, t in zip(cs.status, tight.status, strict=True)])
     ok &= box[:, 2] > box[:, 0]
-    crops = variants(records, cs.landmarks, tight.landmarks, box, ok)
-    same = np.abs(crops["cut_out"][ok].astype(np.int16) - np.asarray(tight.images)[ok].astype(np.int16)).max(-1)
+    by_fill = {0: variants(records, cs.landmarks, tight.landmarks, box, ok)}
+    same = np.abs(by_fill[0]["cut_out"][ok].astype(np.int16) - np.asarray(tight.images)[ok].astype(np.int16)).max(-1)
     on_photo = tight.landmarks[ok] + box[ok, None, :2]
     iod = np.linalg.norm(cs.landmarks[ok, 1] - cs.landmarks[ok, 0], axis=1)
     err = np.sqrt(((on_photo - cs.landmarks[ok]) ** 2).sum(-1).mean(-1)) / iod
@@ -129,11 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     idx = cs.index()
     for m in a.models:
         rec = open_recognizer(m, max_batch=128)
-        e = rec.analyze(np.asarray(cs.images)).embeddings
+        try:  # each model with its own fill beyond the images, as the runtime aligns for it
+            e = rec.analyze(cs.rendered(rec.fill)).embeddings
+            cut_fallback = tight.rendered(rec.fill)[~ok]  # an image not diagnosed scores as the cache's cut-out
+        except InputError as err_:
+            p.error(str(err_))
+        if rec.fill not in by_fill:
+            by_fill[rec.fill] = variants(records, cs.landmarks, tight.landmarks, box, ok, rec.fill)
         v1 = view1(e, idx, pairs["pairsDevTrain.txt"], pairs["pairsDevTest.txt"])
-        row: dict[str, object] = {"model": str(m), **head, "context_10fold_accuracy": v1.ten_fold_accuracy}
-        for name, c in crops.items():
-            c[~ok] = np.asarray(tight.images)[~ok]  # an image not diagnosed scores as the cache's cut-out
+        row: dict[str, object] = {"model": str(m), "fill": rec.fill, **head,
+                                  "context_10fold_accuracy": v1.ten_fold_accuracy}
+        for name, c in by_fill[rec.fill].items():
+            c[~ok] = cut_fallback
             row[name] = tight_figures(e, rec.analyze(c).embeddings, v1)
         sys.stdout.write(json.dumps(row) + "\n")
     return 0
