@@ -314,6 +314,14 @@ class MqttForwarder(Strict):
     tls: bool = False
     protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version spoken to the broker.")
     cursor: Path | None = Field(None, description="Where delivered progress (last seq) is kept.")
+    replay: bool = Field(
+        True, description="Resend events already delivered when the fleet's collector asks for ones it never got "
+        "(a box with fleet.box; docs/fleet.md, 'Automatic backfill')."
+    )
+    control_topic: str = Field(
+        "edge-mtl/control", min_length=1,
+        description="Where the collector asks for a resend: this box listens on <control_topic>/[site/]<box>/replay.",
+    )
 
 
 Forwarder = Annotated[MqttForwarder, Field(discriminator="type")]

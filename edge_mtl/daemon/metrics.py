@@ -75,6 +75,7 @@ class ForwarderSnapshot:
     connected: bool
     delivered_seq: int
     last_error: str | None = None
+    replayed: int = 0  # events resent because the fleet's collector asked for them
 
 
 @dataclass
@@ -227,6 +228,9 @@ def metric_families(s: Snapshot) -> list[Metric]:
           [((f.name,), f.connected) for f in s.forwarders], ("forwarder",))
     gauge("edge_mtl_forwarder_delivered_seq", "Last sequence number acknowledged by the broker.",
           [((f.name,), f.delivered_seq) for f in s.forwarders], ("forwarder",))
+    counter("edge_mtl_forwarder_replayed_events_total",
+            "Events resent because the fleet's collector asked for them (automatic backfill).",
+            [((f.name,), f.replayed) for f in s.forwarders], ("forwarder",))
     counter("edge_mtl_reloads_total", "SIGHUP reloads, by result.",
             [(("ok",), s.reloads), (("error",), s.reload_errors)], ("result",))
     gauge("edge_mtl_model_info", "1 per loaded model, with its version and precision.",

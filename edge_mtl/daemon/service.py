@@ -228,7 +228,7 @@ class Service:
         for fw in cfg.forwarders:
             from edge_mtl.events.mqtt import MqttForwarder
 
-            self.forwarders.append(MqttForwarder(Path(cfg.events.db), fw))
+            self.forwarders.append(MqttForwarder(Path(cfg.events.db), fw, box=cfg.fleet.box, site=cfg.fleet.site))
         self.pipeline = Pipeline(cfg, detector, recognizer, snapshots=self.sink.snapshots, cameras=self.cams)
         if cfg.fleet.gallery is not None:
             from edge_mtl.fleet.gallery import start_gallery_sync
@@ -436,7 +436,7 @@ class Service:
             analyses=int(p.counters["analyses"]) if p is not None else 0, fps=self._fps,
             events=dict(sink.by_type) if sink is not None else {}, cameras=cams, stages=stages,
             queue_last_seq=last_seq, queue_first_seq=first_seq, consumers=consumers,
-            forwarders=[ForwarderSnapshot(f.cursor_name, f.connected, f.delivered_seq, f.last_error)
+            forwarders=[ForwarderSnapshot(f.cursor_name, f.connected, f.delivered_seq, f.last_error, f.replayed)
                         for f in self.forwarders],
             reloads=self.reloads, reload_errors=self.reload_errors,
             pruned=sink.pruned if sink is not None else 0,

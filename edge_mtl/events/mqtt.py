@@ -14,6 +14,12 @@ How "never lose an event" is kept:
   refusal is never counted as delivered: the forwarder reconnects and retries with growing backoff.
 * QoS 0 has no acknowledgement: events count as delivered once written to the socket (at-most-once).
 
+Resending on request (automatic backfill, docs/fleet.md): a box in a fleet (`fleet.box`) listens on
+`<control_topic>/[site/]<box>/replay` for `{"from_seq": A, "to_seq": B}` from the fleet's collector, which asks for
+the events it never got (a broker dropped them, or they were published before its session existed). The forwarder
+publishes those of them it still holds and has delivered already, beside the live ones and after them, without
+touching its cursor; the collector stores each event once whatever it receives twice.
+
 Subscribers that must not miss events while *they* are offline need a persistent session of their own
 (clean_start=False with a session expiry, QoS >= 1) on a broker with persistence; that is the subscriber's and
 the broker's configuration, not the forwarder's.
@@ -73,14 +79,43 @@ def event_topic(base: str, event: dict[str, Any]) -> str:
     return "/".join([base, *levels, event["camera"]])
 
 
+#: At most this many events resent for one request (a larger gap is asked for again as it shrinks), and at most
+#: this many requests waiting: a flood of requests cannot make a box resend its whole queue over and over.
+REPLAY_MAX_EVENTS = 10_000
+REPLAY_MAX_PENDING = 16
+
+
+def replay_topic(control_topic: str, box: str, site: str | None) -> str:
+    """`<control_topic>/[site/]<box>/replay`: where the collector asks one box to resend events."""
+    return "/".join([control_topic.rstrip("/"), *([site] if site else []), box, "replay"])
+
+
+def parse_replay(payload: bytes) -> tuple[int, int]:
+    """(from_seq, to_seq) of a replay request; ValueError with a short reason when it is not one."""
+    try:
+        req = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("not JSON") from None
+    if not isinstance(req, dict):
+        raise ValueError("not a JSON object")
+    a, b = req.get("from_seq"), req.get("to_seq")
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (a, b)):
+        raise ValueError("from_seq and to_seq must be integers")
+    assert isinstance(a, int) and isinstance(b, int)
+    if a < 1 or b < a:
+        raise ValueError(f"bad range {a}..{b}")
+    return a, b
+
+
 def check_mqtt_config(cfg: MqttConfig) -> str | None:
     """What a forwarder needs before it starts (`edge-mtl check-config` runs it too): the password file readable,
     a username beside it, a topic without wildcards. Returns the password (None: no password_file)."""
     password = _read_password(cfg.password_file) if cfg.password_file is not None else None
     if password is not None and cfg.username is None:
         raise InputError("MQTT forwarder: password_file is set but username is not")
-    if any(c in cfg.topic for c in "+#\0"):
-        raise InputError(f"MQTT forwarder: topic {cfg.topic!r} must not contain '+', '#' or NUL")
+    for what, topic in (("topic", cfg.topic), ("control_topic", cfg.control_topic)):
+        if any(c in topic for c in "+#\0"):
+            raise InputError(f"MQTT forwarder: {what} {topic!r} must not contain '+', '#' or NUL")
     return password
 
 
@@ -93,6 +128,9 @@ class _Link:
         self.lost: str | None = None
         self.acked: list[int] = []
         self.rejected: list[tuple[int, str]] = []
+        self.replays: list[tuple[int, int]] = []  # resend requests received (from_seq, to_seq)
+        self.subscribed = False
+        self.subscribe_refused: str | None = None
 
     def on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connack = reason
@@ -107,6 +145,19 @@ class _Link:
             self.rejected.append((mid, str(reason)))
         else:
             self.acked.append(mid)
+
+    def on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        bad = [r for r in reasons if getattr(r, "is_failure", False)]
+        if bad:
+            self.subscribe_refused = str(bad[0])
+        else:
+            self.subscribed = True
+
+    def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            self.replays.append(parse_replay(bytes(msg.payload)))
+        except ValueError as e:
+            log.warning("MQTT %s: replay request ignored: %s", msg.topic, e)
 
 
 class _LinkDownError(Exception):
@@ -124,6 +175,8 @@ class MqttForwarder:
     `cursor_name` names the progress kept in the queue (default `mqtt:<client_id>`). A new forwarder starts
     at the oldest event still stored. The queue must exist (the pipeline creates it): InputError otherwise.
     `cfg.cursor` is not used: progress lives in the queue database, where it commits atomically.
+    `box` and `site` (the box's `fleet.box` and `fleet.site`) name the topic it takes replay requests on when
+    `cfg.replay` is set (none without a box).
     """
 
     def __init__(
@@ -139,6 +192,8 @@ class MqttForwarder:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         poll_s: float = 0.2,
+        box: str | None = None,
+        site: str | None = None,
     ) -> None:
         self._mqtt = _import_paho()
         self.cfg = cfg
@@ -158,9 +213,14 @@ class MqttForwarder:
         self._poll = float(poll_s)
         self._queue = EventQueue(self.queue_path, create=False)
         self._delivered = self._queue.get_cursor(self.cursor_name)
+        self.replay_topic = replay_topic(cfg.control_topic, box, site) if cfg.replay and box else None
+        self._replays: deque[list[int]] = deque()  # [next seq, last seq] still to resend, oldest request first
+        self._replay_mids: set[int] = set()  # in-flight resends (their acknowledgements move no cursor)
+        self.replayed = 0  # events resent on request and acknowledged by the broker
         self._stop = threading.Event()
         self._drain_deadline = 0.0
         self._connected = threading.Event()
+        self._listening = threading.Event()  # subscribed to replay_topic on the current connection
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
 
@@ -174,6 +234,11 @@ class MqttForwarder:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def listening(self) -> bool:
+        """True while the broker has confirmed the subscription to `replay_topic` on the current connection."""
+        return self._listening.is_set()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -252,6 +317,7 @@ class MqttForwarder:
                     log.exception("MQTT forwarder %s: unexpected error", self.cfg.client_id)
                 finally:
                     self._connected.clear()
+                    self._listening.clear()
                     if client is not None:
                         self._close(client)
                 # A healthy session (something delivered, or up for a while) resets the backoff; a broker that
@@ -276,6 +342,8 @@ class MqttForwarder:
         client.on_connect = link.on_connect
         client.on_disconnect = link.on_disconnect
         client.on_publish = link.on_publish
+        client.on_subscribe = link.on_subscribe
+        client.on_message = link.on_message
         client.connect_timeout = self._connect_timeout
         client.max_inflight_messages_set(self._window)
         if self.cfg.username is not None:
@@ -304,6 +372,8 @@ class MqttForwarder:
         if getattr(link.connack, "is_failure", False):
             self._close(client)
             raise _LinkDownError(f"broker refused the connection: {link.connack}")
+        if self.replay_topic is not None:  # the SUBACK and the requests come in through _pump
+            client.subscribe(self.replay_topic, qos=1)
         return client
 
     def _pump(self, client: paho.Client, link: _Link, timeout: float) -> None:
@@ -356,6 +426,8 @@ class MqttForwarder:
         next_seq = self._delivered + 1
         drain_to: int | None = None
         topic = self.cfg.topic.rstrip("/")
+        self._replay_mids.clear()  # resends in flight on an earlier connection are gone with it
+        refusal_logged = False
         while True:
             if self._stop.is_set():
                 if drain_to is None:
@@ -375,18 +447,19 @@ class MqttForwarder:
                     log.warning("MQTT: events %d..%d were pruned before delivery", next_seq, rows[0][0] - 1)
             now = time.monotonic()
             for seq, body in rows:
-                info = client.publish(event_topic(topic, json.loads(body)), body, qos=self.cfg.qos)
-                if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
-                    raise _LinkDownError(f"publish failed: {self._mqtt.error_string(info.rc)}")
-                inflight[info.mid] = (seq, now)
+                inflight[self._publish(client, topic, body)] = (seq, now)
                 order.append(seq)
                 next_seq = seq + 1
+            resent = 0 if self._stop.is_set() else self._resend(client, topic, window - len(inflight), inflight, now)
             try:
-                self._pump(client, link, 0.0 if rows else self._poll)
+                self._pump(client, link, 0.0 if rows or resent else self._poll)
             finally:  # acknowledgements that arrived just before a disconnect still count
                 for mid in link.acked:
                     entry = inflight.pop(mid, None)
-                    if entry is not None:
+                    if mid in self._replay_mids:  # a resend: the broker has it again, no cursor moves
+                        self._replay_mids.discard(mid)
+                        self.replayed += 1
+                    elif entry is not None:
                         done.add(entry[0])
                 link.acked.clear()
                 advanced = False
@@ -397,6 +470,14 @@ class MqttForwarder:
                     advanced = True
                 if advanced:
                     q.set_cursor(self.cursor_name, self._delivered)
+            self._take_replays(link)
+            if link.subscribed:
+                self._listening.set()
+            if link.subscribe_refused and not refusal_logged:
+                log.warning("MQTT %s:%d refused the subscription to %s (%s): the fleet's collector cannot ask this "
+                            "box to resend events (broker ACL, docs/fleet.md)", self.cfg.host, self.cfg.port,
+                            self.replay_topic, link.subscribe_refused)
+                refusal_logged = True
             if link.rejected:
                 mid, why = link.rejected[0]
                 seq = inflight.get(mid, (-1, 0.0))[0]
@@ -405,3 +486,44 @@ class MqttForwarder:
                 oldest = min(t for _, t in inflight.values())
                 if time.monotonic() - oldest > self._ack_timeout:
                     raise _LinkDownError(f"no acknowledgement within {self._ack_timeout:g} s")
+
+    def _publish(self, client: paho.Client, topic: str, body: str) -> int:
+        """Publish one event (its JSON text) on its topic; the message id, or _LinkDownError."""
+        info = client.publish(event_topic(topic, json.loads(body)), body, qos=self.cfg.qos)
+        if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+            raise _LinkDownError(f"publish failed: {self._mqtt.error_string(info.rc)}")
+        return int(info.mid)
+
+    def _take_replays(self, link: _Link) -> None:
+        """Queue the replay requests that came in: only events delivered already (later ones are on their way),
+        at most REPLAY_MAX_EVENTS of each request, at most REPLAY_MAX_PENDING requests waiting."""
+        for a, b in link.replays:
+            last = min(b, self._delivered, a + REPLAY_MAX_EVENTS - 1)
+            if last < a:
+                log.debug("MQTT: replay of seq %d..%d asked for, none delivered yet", a, b)
+            elif len(self._replays) >= REPLAY_MAX_PENDING:
+                log.warning("MQTT: replay of seq %d..%d ignored: %d requests are waiting", a, b, len(self._replays))
+            else:
+                log.info("MQTT: the collector asks for seq %d..%d again; resending", a, last)
+                self._replays.append([a, last])
+        link.replays.clear()
+
+    def _resend(self, client: paho.Client, topic: str, room: int, inflight: dict[int, tuple[int, float]],
+                now: float) -> int:
+        """Publish up to `room` events of the oldest replay requests; returns how many were sent."""
+        sent = 0
+        while room > sent and self._replays:
+            r = self._replays[0]
+            rows = [x for x in self._queue.read_raw(r[0], min(room - sent, r[1] - r[0] + 1)) if x[0] <= r[1]]
+            if not rows or rows[0][0] > r[0]:
+                log.warning("MQTT: replay: events %d..%d are no longer on this box (retention)", r[0],
+                            rows[0][0] - 1 if rows else r[1])
+            for seq, body in rows:
+                mid = self._publish(client, topic, body)
+                inflight[mid] = (seq, now)
+                self._replay_mids.add(mid)
+                sent += 1
+            r[0] = rows[-1][0] + 1 if rows else r[1] + 1
+            if r[0] > r[1]:
+                self._replays.popleft()
+        return sent

@@ -13,6 +13,11 @@ How no event is lost between a box and the database:
   nothing: the broker stops sending once `receive_maximum` events are unacknowledged and queues the rest.
 * An acknowledgement is only sent on the connection the message came on; after a reconnect the broker resends
   what was not acknowledged (deduplicated as above).
+* What the broker never carried (events published before the collector's session existed, or dropped by a
+  broker): a named box numbers its events without holes, so the store records each hole in a box's `seq` as a
+  gap (`EventStore.insert`), and the collector asks the box to resend it on the control topic
+  (`edge_mtl.events.mqtt.replay_topic`), again with growing pauses while it does not narrow, until
+  `backfill_give_up_s` (automatic backfill, docs/fleet.md).
 
 Threads: paho's network thread (connect, reconnect with backoff, receive) hands messages to the main thread
 through a queue; the main thread batches, writes, acknowledges, applies retention and logs each box's lag.
@@ -39,12 +44,16 @@ from prometheus_client.registry import Collector as PromCollector
 
 from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, check_loopback, exposition, metric_family
 from edge_mtl.errors import InputError
+from edge_mtl.events.mqtt import replay_topic
 from edge_mtl.events.schema import decode_event
 from edge_mtl.fleet.broker import make_client, properties
 from edge_mtl.fleet.config import CollectorConfig
 from edge_mtl.fleet.store import EventStore, db_error_text, import_psycopg, open_store, read_db_password, ts_epoch
 
 log = logging.getLogger(__name__)
+
+#: How often the collector looks for gaps that are due (at most; backfill_grace_s when shorter).
+BACKFILL_CHECK_S = 5.0
 
 
 @dataclass
@@ -64,6 +73,8 @@ class BoxStats:
     stored: int = 0
     duplicates: int = 0
     committed_at: float = 0.0
+    missing: int = 0  # events of its seq never stored, still asked for
+    given_up: int = 0  # events of its seq never stored, no longer asked for
 
 
 @dataclass
@@ -77,6 +88,7 @@ class CollectorStats:
     rejected: int = 0
     batches: int = 0
     pruned: int = 0
+    replay_requests: int = 0
     boxes: dict[str, BoxStats] = field(default_factory=dict)
 
 
@@ -145,6 +157,7 @@ class Collector:
     def _db(self) -> EventStore:
         if self._store is None:
             self._store = open_store(self.cfg.database, self._db_password, "edge-mtl collect")
+            self._store.gap_grace_s = self.cfg.backfill_grace_s
             self.stats.db_up = True
         return self._store
 
@@ -205,12 +218,15 @@ class Collector:
 
     def _loop(self) -> None:
         last_prune = -float("inf")
-        last_lag = time.monotonic()
+        last_lag = last_backfill = time.monotonic()
         while not self._stop.is_set():
             batch = self._next_batch()
             if batch:
                 self._write(batch)
             now = time.monotonic()
+            if self.cfg.backfill and now - last_backfill >= min(BACKFILL_CHECK_S, self.cfg.backfill_grace_s):
+                self._backfill()
+                last_backfill = now
             if now - last_prune >= self.cfg.retention_interval_s:
                 self._prune()  # (a database that is down now: retried at the next interval)
                 last_prune = now
@@ -287,6 +303,44 @@ class Collector:
                 backoff = min(backoff * 2, self.cfg.database.reconnect_max_s)
         return None
 
+    def _backfill(self) -> None:
+        """Ask the boxes for the gaps that are due; give up the ones that have not narrowed for too long."""
+        cfg = self.cfg
+        try:
+            store = self._db()
+            for gap in store.due_gaps():
+                name = _box_name(gap.box, gap.site)
+                if gap.stalled_s >= cfg.backfill_give_up_s:
+                    store.give_up_gap(gap)
+                    log.error("box %s: events %d..%d never arrived and the box did not resend them in %.0f s: given "
+                              "up (if the box still holds them: edge-mtl collect --import its queue or log)", name,
+                              gap.from_seq, gap.to_seq, gap.stalled_s)
+                    continue
+                if not self.stats.connected:
+                    break
+                payload = json.dumps({"from_seq": gap.from_seq, "to_seq": gap.to_seq})
+                info = self._client.publish(replay_topic(cfg.broker.control_topic, gap.box, gap.site), payload,
+                                            qos=1)
+                if info.rc != 0:
+                    break  # not connected after all: asked again at the next check
+                store.gap_requested(gap, min(cfg.backfill_retry_max_s, cfg.backfill_retry_s * 2.0 ** gap.requests))
+                with self._lock:
+                    self.stats.replay_requests += 1
+                (log.info if gap.requests == 0 else log.warning)(
+                    "box %s: events %d..%d never arrived; asked the box to resend them (request %d)", name,
+                    gap.from_seq, gap.to_seq, gap.requests + 1)
+            missing = store.missing()
+        except self.psycopg.Error as e:
+            self._db_down()
+            log.warning("PostgreSQL: backfill not checked now: %s", db_error_text(e))
+            return
+        with self._lock:
+            for box, bs in self.stats.boxes.items():
+                bs.missing, bs.given_up = missing.get(box, (0, 0))
+            for box, (open_, gone) in missing.items():
+                if box not in self.stats.boxes:  # a box with gaps from before this collector started
+                    self.stats.boxes[box] = BoxStats(missing=open_, given_up=gone)
+
     def _prune(self) -> None:
         try:
             n = self._db().prune(self.cfg.retention_days * 86400.0)
@@ -343,6 +397,14 @@ class Collector:
             fam("gauge", "edge_mtl_collector_last_seq", "Highest seq of the box stored.", per_box("last_seq"), box)
             fam("counter", "edge_mtl_collector_duplicates_total", "Redelivered events skipped (already stored).",
                 [([], s.duplicates)])
+            fam("gauge", "edge_mtl_collector_missing_events",
+                "Events of the box's seq never stored and still asked for (automatic backfill).", per_box("missing"),
+                box)
+            fam("gauge", "edge_mtl_collector_given_up_events",
+                "Events of the box's seq never stored and no longer asked for (backfill_give_up_s).",
+                per_box("given_up"), box)
+            fam("counter", "edge_mtl_collector_replay_requests_total", "Requests to boxes to resend missing events.",
+                [([], s.replay_requests)])
         return out
 
     def _start_metrics(self) -> None:

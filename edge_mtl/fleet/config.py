@@ -19,13 +19,18 @@ class CollectorBroker(BrokerConfig):
         7 * 86400, ge=60, le=0xFFFFFFFE,
         description="How long the broker keeps the collector's session (and queues its events) while it is away.",
     )
+    control_topic: str = Field(
+        "edge-mtl/control", min_length=1,
+        description="Where the collector asks a box to resend events it never got: <control_topic>/[site/]<box>/"
+        "replay (the boxes' forwarders' control_topic).",
+    )
     receive_maximum: int = Field(
         1000, ge=1, le=65535,
         description="Events the broker may send before the collector acknowledges them (acknowledged only once "
         "committed in PostgreSQL). The broker's own max_inflight_messages caps it too (docs/fleet.md).",
     )
 
-    @field_validator("topic")
+    @field_validator("topic", "control_topic")
     @classmethod
     def _plain_topic(cls, v: str) -> str:
         if any(c in v for c in "+#\0"):
@@ -69,6 +74,22 @@ class CollectorConfig(Strict):
     retention_days: float = Field(90.0, gt=0, description="Delete events whose capture time is older than this.")
     retention_interval_s: float = Field(3600.0, gt=0, description="Apply retention this often.")
     lag_log_interval_s: float = Field(60.0, gt=0, description="Log each box's lag this often.")
+    backfill: bool = Field(
+        True, description="Ask a named box to resend the events of its seq that never arrived (docs/fleet.md, "
+        "'Automatic backfill')."
+    )
+    backfill_grace_s: float = Field(
+        10.0, gt=0, le=3600, description="A gap is first asked for this long after it was found or last narrowed."
+    )
+    backfill_retry_s: float = Field(
+        30.0, gt=0, le=86400, description="Ask again after this long without the gap narrowing, doubling each time."
+    )
+    backfill_retry_max_s: float = Field(600.0, gt=0, le=86400, description="The longest wait between requests.")
+    backfill_give_up_s: float = Field(
+        86400.0, gt=0,
+        description="Give a gap up (logged, kept in the gaps table, counted in metrics) after this long without "
+        "it narrowing: the box no longer holds those events, or is gone.",
+    )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve /metrics on metrics_host:PORT (none: no listener)."
     )

@@ -9,6 +9,10 @@ Layout (schema `edge_mtl` unless configured otherwise):
   event type (`type, ts`).
 * `boxes`: per box, the highest `seq` stored, the capture time of that event, when it arrived and how many
   events were stored: the high-water marks a dashboard shows, and where the collector's lag comes from.
+* `gaps`: per named box, the ranges of `seq` never stored below its highest (a box's queue numbers its events
+  without holes): found when a batch jumps past the box's last `seq` (from 1 for a box seen for the first time),
+  narrowed or removed in the same transaction as the events that fill them (a resend, an import). The collector
+  asks the box to resend each one (automatic backfill, docs/fleet.md) and marks it `given_up` when nothing comes.
 
 Retention deletes events by capture time, in chunks, so a large delete never holds the writer up for long.
 """
@@ -66,6 +70,17 @@ _DDL = (
     " last_ts timestamptz NOT NULL,"
     " last_received timestamptz NOT NULL,"
     " events bigint NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS {s}.gaps ("
+    " box text NOT NULL,"
+    " site text,"
+    " from_seq bigint NOT NULL,"
+    " to_seq bigint NOT NULL,"
+    " found_at timestamptz NOT NULL DEFAULT now(),"
+    " progress_at timestamptz NOT NULL DEFAULT now(),"
+    " next_request timestamptz NOT NULL,"
+    " requests integer NOT NULL DEFAULT 0,"
+    " given_up boolean NOT NULL DEFAULT false,"
+    " PRIMARY KEY (box, from_seq))",
 )
 
 _COLUMNS = (
@@ -123,6 +138,32 @@ def ts_epoch(ts: str) -> float:
 
 
 @dataclass
+class Gap:
+    """Events `from_seq`..`to_seq` of a box, never stored."""
+
+    box: str
+    site: str | None
+    from_seq: int
+    to_seq: int
+    requests: int = 0
+    stalled_s: float = 0.0  # seconds since it was found or last narrowed
+
+
+def holes(lo: int, hi: int, present: Sequence[int]) -> list[tuple[int, int]]:
+    """The ranges of lo..hi that `present` (ascending, may hold numbers outside lo..hi) leaves out."""
+    out, nxt = [], lo
+    for x in present:
+        if x > hi:
+            break
+        if x > nxt:
+            out.append((nxt, x - 1))
+        nxt = max(nxt, x + 1)
+    if nxt <= hi:
+        out.append((nxt, hi))
+    return out
+
+
+@dataclass
 class BoxMark:
     """What one stored batch says about one box."""
 
@@ -145,8 +186,11 @@ def event_row(ev: dict[str, Any], body: str) -> tuple[Any, ...]:
 class EventStore:
     """One connection to the central database; `insert` is one transaction (all of a batch or nothing)."""
 
-    def __init__(self, conn: Any, schema: str) -> None:
+    def __init__(self, conn: Any, schema: str, gap_grace_s: float = 10.0) -> None:
         self.psycopg = import_psycopg()
+        #: a gap found now is first asked for this much later: events in flight, or delivered out of order,
+        #: fill it meanwhile
+        self.gap_grace_s = float(gap_grace_s)
         from psycopg import sql
 
         self.conn = conn
@@ -156,7 +200,8 @@ class EventStore:
         cols = sql.SQL(", ").join(sql.Identifier(c) for c, _ in _COLUMNS)
         arrays = sql.SQL(", ").join(sql.SQL("%s::" + t + "[]") for _, t in _COLUMNS)
         self._insert = sql.SQL(
-            "INSERT INTO {s}.events ({cols}) SELECT * FROM unnest({arrays}) ON CONFLICT (id) DO NOTHING RETURNING box"
+            "INSERT INTO {s}.events ({cols}) SELECT * FROM unnest({arrays}) ON CONFLICT (id) DO NOTHING "
+            "RETURNING box, seq"
         ).format(s=s, cols=cols, arrays=arrays)
         self._boxes = sql.SQL(
             "INSERT INTO {s}.boxes AS b (box, site, last_seq, last_ts, last_received, events) "
@@ -175,7 +220,10 @@ class EventStore:
 
     def insert(self, events: Sequence[tuple[dict[str, Any], str]]) -> dict[str, BoxMark]:
         """Store (validated event, its JSON) pairs in one transaction; per box, what was new. Events whose id is
-        already stored are skipped (at-least-once delivery, deduplicated here)."""
+        already stored are skipped (at-least-once delivery, deduplicated here). Gaps in a named box's `seq` are
+        kept up to date in the same transaction (`_track_gaps`)."""
+        from psycopg import sql
+
         rows = [event_row(ev, body) for ev, body in events]
         columns = [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in _COLUMNS]
         marks: dict[str, BoxMark] = {}
@@ -187,11 +235,89 @@ class EventStore:
             elif ev["seq"] >= m.last_seq:
                 m.site, m.last_seq, m.last_ts = ev.get("site"), ev["seq"], ev["ts"]
         with self.conn.transaction(), self.conn.cursor() as cur:
+            named = sorted(b for b in marks if b)  # a box without a name cannot be asked to resend: no gaps
+            before: dict[str, int] = {}
+            if named:
+                cur.execute(sql.SQL("SELECT box, last_seq FROM {s}.boxes WHERE box = ANY(%s) FOR UPDATE")
+                            .format(s=self._s), (named,))
+                before = {str(b): int(n) for b, n in cur.fetchall()}
             cur.execute(self._insert, columns)
-            for (box,) in cur.fetchall():
+            new: dict[str, list[int]] = {}
+            for box, seq in cur.fetchall():
                 marks[box].stored += 1
+                new.setdefault(box, []).append(int(seq))
             cur.executemany(self._boxes, [(b, m.site, m.last_seq, m.last_ts, m.stored) for b, m in marks.items()])
+            for box in named:
+                if box in new:
+                    self._track_gaps(cur, box, marks[box].site, before.get(box, 0), sorted(new[box]))
         return marks
+
+    def _track_gaps(self, cur: Any, box: str, site: str | None, last: int, seqs: list[int]) -> None:
+        """In the insert's transaction: the holes `seqs` (newly stored, ascending) leave above the box's previous
+        highest seq `last` become gaps; those at or below it narrow the gaps they fall in."""
+        from psycopg import sql
+
+        s = self._s
+        grace = self.gap_grace_s
+        above = [x for x in seqs if x > last]
+        if above:
+            for a, b in holes(last + 1, above[-1], above):
+                cur.execute(sql.SQL("INSERT INTO {s}.gaps (box, site, from_seq, to_seq, next_request) VALUES "
+                                    "(%s, %s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT DO NOTHING")
+                            .format(s=s), (box, site, a, b, grace))
+        below = [x for x in seqs if x <= last]
+        if not below:
+            return
+        cur.execute(sql.SQL("SELECT from_seq, to_seq, site, found_at, requests, given_up FROM {s}.gaps WHERE box = %s "
+                            "AND to_seq >= %s AND from_seq <= %s FOR UPDATE").format(s=s), (box, below[0], below[-1]))
+        for lo, hi, gsite, found, requests, given_up in cur.fetchall():
+            if not any(lo <= x <= hi for x in below):
+                continue
+            cur.execute(sql.SQL("SELECT seq FROM {s}.events WHERE box = %s AND seq BETWEEN %s AND %s ORDER BY seq")
+                        .format(s=s), (box, lo, hi))
+            left = holes(int(lo), int(hi), [int(x) for (x,) in cur.fetchall()])
+            cur.execute(sql.SQL("DELETE FROM {s}.gaps WHERE box = %s AND from_seq = %s").format(s=s), (box, lo))
+            for a, b in left:  # what is left is asked for again after the grace (a resend may be under way)
+                cur.execute(sql.SQL("INSERT INTO {s}.gaps (box, site, from_seq, to_seq, found_at, progress_at, "
+                                    "next_request, requests, given_up) VALUES (%s, %s, %s, %s, %s, now(), "
+                                    "now() + make_interval(secs => %s), %s, %s)").format(s=s),
+                            (box, gsite, a, b, found, grace, requests if given_up else 0, given_up))
+
+    def due_gaps(self, limit: int = 100) -> list[Gap]:
+        """Open gaps whose next request is due, the most overdue first."""
+        from psycopg import sql
+
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT box, site, from_seq, to_seq, requests, "
+                                "extract(epoch FROM now() - progress_at) FROM {s}.gaps WHERE NOT given_up AND "
+                                "next_request <= now() ORDER BY next_request LIMIT %s").format(s=self._s), (limit,))
+            return [Gap(str(b), st, int(a), int(z), int(n), float(stall)) for b, st, a, z, n, stall in cur.fetchall()]
+
+    def gap_requested(self, gap: Gap, retry_s: float) -> None:
+        """A request for `gap` went out: the next one after `retry_s` unless the gap narrows first."""
+        from psycopg import sql
+
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql.SQL("UPDATE {s}.gaps SET requests = requests + 1, next_request = now() + "
+                                "make_interval(secs => %s) WHERE box = %s AND from_seq = %s").format(s=self._s),
+                        (retry_s, gap.box, gap.from_seq))
+
+    def give_up_gap(self, gap: Gap) -> None:
+        from psycopg import sql
+
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql.SQL("UPDATE {s}.gaps SET given_up = true WHERE box = %s AND from_seq = %s")
+                        .format(s=self._s), (gap.box, gap.from_seq))
+
+    def missing(self) -> dict[str, tuple[int, int]]:
+        """Per box with gaps: (events still asked for, events given up)."""
+        from psycopg import sql
+
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT box, coalesce(sum(to_seq - from_seq + 1) FILTER (WHERE NOT given_up), 0), "
+                                "coalesce(sum(to_seq - from_seq + 1) FILTER (WHERE given_up), 0) FROM {s}.gaps "
+                                "GROUP BY box").format(s=self._s))
+            return {str(b): (int(o), int(g)) for b, o, g in cur.fetchall()}
 
     def prune(self, max_age_s: float, chunk: int = 10_000, budget_s: float = 5.0) -> int:
         """Delete events captured more than `max_age_s` ago, `chunk` rows per transaction, for up to `budget_s`

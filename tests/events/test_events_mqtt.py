@@ -298,3 +298,45 @@ def test_damaged_queue_is_one_line_and_the_forwarder_keeps_trying(
     assert [r for r in records if "event queue is damaged" in r.getMessage()], [r.getMessage() for r in records]
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     assert 0 < fwd.delivered_seq < 400
+
+
+def test_replay_requests_resend_delivered_events_without_moving_the_cursor(
+    queue: EventQueue, broker: Broker, forwarders: Callable[..., MqttForwarder], collectors: Callable[..., Collector],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A box in a fleet listens on <control_topic>/<site>/<box>/replay: it resends the delivered events it still
+    holds in the asked range (clamped to what it delivered), logs what retention removed, ignores a request that is
+    not one, and its cursor does not move."""
+    import paho.mqtt.client as mqtt
+
+    evs = [make_event(i) for i in range(10)]
+    for e in evs:
+        e.box, e.site = "box-1", "hq"
+    queue.append(evs)
+    sub = collectors(broker.port)
+    fwd = forwarders(queue.path, _cfg(broker.port), box="box-1", site="hq")
+    assert fwd.replay_topic == "edge-mtl/control/hq/box-1/replay"
+    assert forwarders(queue.path, _cfg(broker.port)).replay_topic is None  # not in a fleet: nobody asks it
+    with caplog.at_level("INFO", logger="edge_mtl.events.mqtt"):
+        fwd.start()
+        wait_until(lambda: fwd.delivered_seq == 10 and fwd.listening and len(sub.seqs()) == 10, 20, "delivery")
+        assert queue.prune(None, 8) == 2  # retention removed seq 1 and 2 on the box
+        pub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="asker")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        try:
+            for body in ["{not json", '{"from_seq": 0, "to_seq": 3}', '{"from_seq": 1, "to_seq": 4}',
+                         '{"from_seq": 9, "to_seq": 500}', '{"from_seq": 11, "to_seq": 20}']:
+                pub.publish(fwd.replay_topic, body, qos=1).wait_for_publish(10)
+            wait_until(lambda: len(sub.seqs()) >= 14 and fwd.replayed == 4, 20, "the resent events")
+            time.sleep(0.5)  # nothing more comes
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+    assert sorted(sub.seqs()[10:]) == [3, 4, 9, 10] and len(sub.seqs()) == 14
+    assert fwd.delivered_seq == 10 and queue.get_cursor(fwd.cursor_name) == 10
+    said = [r.getMessage() for r in caplog.records if r.name == "edge_mtl.events.mqtt"]
+    assert any("replay request ignored: not JSON" in m for m in said), said
+    assert any("replay request ignored: bad range 0..3" in m for m in said), said
+    assert any("events 1..2 are no longer on this box" in m for m in said), said
+    assert any("asks for seq 9..10 again" in m for m in said), said  # 500 clamped to what was delivered
