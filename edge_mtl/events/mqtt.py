@@ -79,8 +79,9 @@ def event_topic(base: str, event: dict[str, Any]) -> str:
     return "/".join([base, *levels, event["camera"]])
 
 
-#: At most this many events resent for one request (a larger gap is asked for again as it shrinks), and at most
-#: this many requests waiting: a flood of requests cannot make a box resend its whole queue over and over.
+#: At most this many events resent for one request, the oldest of the range the box still holds (a larger gap is
+#: asked for again as it narrows), and at most this many requests waiting: a flood of requests cannot make a box
+#: resend its whole queue over and over.
 REPLAY_MAX_EVENTS = 10_000
 REPLAY_MAX_PENDING = 16
 
@@ -214,7 +215,7 @@ class MqttForwarder:
         self._queue = EventQueue(self.queue_path, create=False)
         self._delivered = self._queue.get_cursor(self.cursor_name)
         self.replay_topic = replay_topic(cfg.control_topic, box, site) if cfg.replay and box else None
-        self._replays: deque[list[int]] = deque()  # [next seq, last seq] still to resend, oldest request first
+        self._replays: deque[list[int]] = deque()  # [next seq, last seq, events left] to resend, oldest first
         self._replay_mids: set[int] = set()  # in-flight resends (their acknowledgements move no cursor)
         self.replayed = 0  # events resent on request and acknowledged by the broker
         self._stop = threading.Event()
@@ -496,16 +497,17 @@ class MqttForwarder:
 
     def _take_replays(self, link: _Link) -> None:
         """Queue the replay requests that came in: only events delivered already (later ones are on their way),
-        at most REPLAY_MAX_EVENTS of each request, at most REPLAY_MAX_PENDING requests waiting."""
+        the oldest REPLAY_MAX_EVENTS of each request that this box still holds (a range whose start retention has
+        removed still gets the rest), at most REPLAY_MAX_PENDING requests waiting."""
         for a, b in link.replays:
-            last = min(b, self._delivered, a + REPLAY_MAX_EVENTS - 1)
+            last = min(b, self._delivered)
             if last < a:
                 log.debug("MQTT: replay of seq %d..%d asked for, none delivered yet", a, b)
             elif len(self._replays) >= REPLAY_MAX_PENDING:
                 log.warning("MQTT: replay of seq %d..%d ignored: %d requests are waiting", a, b, len(self._replays))
             else:
                 log.info("MQTT: the collector asks for seq %d..%d again; resending", a, last)
-                self._replays.append([a, last])
+                self._replays.append([a, last, REPLAY_MAX_EVENTS])
         link.replays.clear()
 
     def _resend(self, client: paho.Client, topic: str, room: int, inflight: dict[int, tuple[int, float]],
@@ -514,7 +516,7 @@ class MqttForwarder:
         sent = 0
         while room > sent and self._replays:
             r = self._replays[0]
-            rows = [x for x in self._queue.read_raw(r[0], min(room - sent, r[1] - r[0] + 1)) if x[0] <= r[1]]
+            rows = [x for x in self._queue.read_raw(r[0], min(room - sent, r[1] - r[0] + 1, r[2])) if x[0] <= r[1]]
             if not rows or rows[0][0] > r[0]:
                 log.warning("MQTT: replay: events %d..%d are no longer on this box (retention)", r[0],
                             rows[0][0] - 1 if rows else r[1])
@@ -524,6 +526,7 @@ class MqttForwarder:
                 self._replay_mids.add(mid)
                 sent += 1
             r[0] = rows[-1][0] + 1 if rows else r[1] + 1
-            if r[0] > r[1]:
+            r[2] -= len(rows)
+            if r[0] > r[1] or r[2] <= 0:
                 self._replays.popleft()
         return sent

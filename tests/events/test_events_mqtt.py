@@ -302,12 +302,16 @@ def test_damaged_queue_is_one_line_and_the_forwarder_keeps_trying(
 
 def test_replay_requests_resend_delivered_events_without_moving_the_cursor(
     queue: EventQueue, broker: Broker, forwarders: Callable[..., MqttForwarder], collectors: Callable[..., Collector],
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A box in a fleet listens on <control_topic>/<site>/<box>/replay: it resends the delivered events it still
-    holds in the asked range (clamped to what it delivered), logs what retention removed, ignores a request that is
-    not one, and its cursor does not move."""
+    holds in the asked range (clamped to what it delivered; the oldest REPLAY_MAX_EVENTS of them it holds), logs
+    what retention removed, ignores a request that is not one, and its cursor does not move."""
     import paho.mqtt.client as mqtt
+
+    from edge_mtl.events import mqtt as fwd_mod
+
+    monkeypatch.setattr(fwd_mod, "REPLAY_MAX_EVENTS", 2)
 
     evs = [make_event(i) for i in range(10)]
     for e in evs:
@@ -326,14 +330,15 @@ def test_replay_requests_resend_delivered_events_without_moving_the_cursor(
         pub.loop_start()
         try:
             for body in ["{not json", '{"from_seq": 0, "to_seq": 3}', '{"from_seq": 1, "to_seq": 4}',
-                         '{"from_seq": 9, "to_seq": 500}', '{"from_seq": 11, "to_seq": 20}']:
+                         '{"from_seq": 9, "to_seq": 500}', '{"from_seq": 11, "to_seq": 20}',
+                         '{"from_seq": 1, "to_seq": 10}']:  # the last: its oldest two still held, 3 and 4
                 pub.publish(fwd.replay_topic, body, qos=1).wait_for_publish(10)
-            wait_until(lambda: len(sub.seqs()) >= 14 and fwd.replayed == 4, 20, "the resent events")
+            wait_until(lambda: len(sub.seqs()) >= 16 and fwd.replayed == 6, 20, "the resent events")
             time.sleep(0.5)  # nothing more comes
         finally:
             pub.disconnect()
             pub.loop_stop()
-    assert sorted(sub.seqs()[10:]) == [3, 4, 9, 10] and len(sub.seqs()) == 14
+    assert sorted(sub.seqs()[10:]) == [3, 3, 4, 4, 9, 10] and len(sub.seqs()) == 16
     assert fwd.delivered_seq == 10 and queue.get_cursor(fwd.cursor_name) == 10
     said = [r.getMessage() for r in caplog.records if r.name == "edge_mtl.events.mqtt"]
     assert any("replay request ignored: not JSON" in m for m in said), said
