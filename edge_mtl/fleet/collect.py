@@ -117,6 +117,7 @@ class Collector:
             "CONNECT", SessionExpiryInterval=b.session_expiry_s, ReceiveMaximum=b.receive_maximum
         )
         self._http: ThreadingHTTPServer | None = None
+        self._backfill_db_down = False  # the last gap check found the database down (warned once)
 
     # -- MQTT (paho's thread) ----------------------------------------------------------------------------------
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -330,10 +331,13 @@ class Collector:
                     "box %s: events %d..%d never arrived; asked the box to resend them (request %d)", name,
                     gap.from_seq, gap.to_seq, gap.requests + 1)
             missing = store.missing()
-        except self.psycopg.Error as e:
+        except self.psycopg.Error as e:  # one warning per outage (the next batch's retries say the rest)
             self._db_down()
-            log.warning("PostgreSQL: backfill not checked now: %s", db_error_text(e))
+            (log.debug if self._backfill_db_down else log.warning)("PostgreSQL: backfill not checked now: %s",
+                                                                   db_error_text(e))
+            self._backfill_db_down = True
             return
+        self._backfill_db_down = False
         with self._lock:
             for box, bs in self.stats.boxes.items():
                 bs.missing, bs.given_up = missing.get(box, (0, 0))
