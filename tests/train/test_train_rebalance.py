@@ -314,3 +314,18 @@ def test_stage26_config_is_stage25_on_a_neutral_fill(repo_root: Path) -> None:
     assert (s26.pop("out"), s26.pop("seed"), s25.pop("out"), s25.pop("seed")) == (
         Path("runs/recognizer26"), 26, Path("runs/recognizer25"), 25)
     assert s26 == s25
+
+
+def test_stage27_config_is_a_second_epoch_of_stage26(repo_root: Path) -> None:
+    """Stage 27 continues stage 26 (grey fill) from its epoch checkpoint with its optimizer moments, at half the peak
+    lr and a shorter warm-up; nothing else changes."""
+    s26, s27 = _dumps(repo_root, "experiments/recognizer_stage26.toml", "experiments/recognizer_stage27.toml")
+    assert (s27.pop("init"), s27.pop("init_optimizer"), s27.pop("init_version")) == (
+        Path("runs/recognizer26/epoch_1.pt"), True, None)
+    assert (s26.pop("init"), s26.pop("init_optimizer"), s26.pop("init_version")) == (
+        Path("export/recognizer.onnx"), False, "recognizer-1.6")
+    assert (s26["optim"].pop("lr"), s27["optim"].pop("lr")) == (1e-4, 5e-5)
+    assert (s26["optim"].pop("warmup_steps"), s27["optim"].pop("warmup_steps")) == (300, 100)
+    assert (s27.pop("out"), s27.pop("seed"), s26.pop("out"), s26.pop("seed")) == (
+        Path("runs/recognizer27"), 27, Path("runs/recognizer26"), 26)
+    assert s27 == s26
