@@ -283,41 +283,34 @@ class EventStore:
                                     "now() + make_interval(secs => %s), %s, %s)").format(s=s),
                             (box, gsite, a, b, found, grace, requests if given_up else 0, given_up))
 
-    def due_gaps(self, limit: int = 100) -> list[Gap]:
-        """Open gaps whose next request is due, the most overdue first."""
+    def _run(self, stmt: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement on this store's schema (`{s}` in `stmt`) in a transaction of its own; its rows, if any."""
         from psycopg import sql
 
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT box, site, from_seq, to_seq, requests, "
-                                "extract(epoch FROM now() - progress_at) FROM {s}.gaps WHERE NOT given_up AND "
-                                "next_request <= now() ORDER BY next_request LIMIT %s").format(s=self._s), (limit,))
-            return [Gap(str(b), st, int(a), int(z), int(n), float(stall)) for b, st, a, z, n, stall in cur.fetchall()]
+            cur.execute(sql.SQL(stmt).format(s=self._s), params)
+            return list(cur.fetchall()) if cur.description is not None else []
+
+    def due_gaps(self, limit: int = 100) -> list[Gap]:
+        """Open gaps whose next request is due, the most overdue first."""
+        rows = self._run("SELECT box, site, from_seq, to_seq, requests, extract(epoch FROM now() - progress_at) "
+                         "FROM {s}.gaps WHERE NOT given_up AND next_request <= now() ORDER BY next_request LIMIT %s",
+                         (limit,))
+        return [Gap(str(b), st, int(a), int(z), int(n), float(stall)) for b, st, a, z, n, stall in rows]
 
     def gap_requested(self, gap: Gap, retry_s: float) -> None:
         """A request for `gap` went out: the next one after `retry_s` unless the gap narrows first."""
-        from psycopg import sql
-
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(sql.SQL("UPDATE {s}.gaps SET requests = requests + 1, next_request = now() + "
-                                "make_interval(secs => %s) WHERE box = %s AND from_seq = %s").format(s=self._s),
-                        (retry_s, gap.box, gap.from_seq))
+        self._run("UPDATE {s}.gaps SET requests = requests + 1, next_request = now() + make_interval(secs => %s) "
+                  "WHERE box = %s AND from_seq = %s", (retry_s, gap.box, gap.from_seq))
 
     def give_up_gap(self, gap: Gap) -> None:
-        from psycopg import sql
-
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(sql.SQL("UPDATE {s}.gaps SET given_up = true WHERE box = %s AND from_seq = %s")
-                        .format(s=self._s), (gap.box, gap.from_seq))
+        self._run("UPDATE {s}.gaps SET given_up = true WHERE box = %s AND from_seq = %s", (gap.box, gap.from_seq))
 
     def missing(self) -> dict[str, tuple[int, int]]:
         """Per box with gaps: (events still asked for, events given up)."""
-        from psycopg import sql
-
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT box, coalesce(sum(to_seq - from_seq + 1) FILTER (WHERE NOT given_up), 0), "
-                                "coalesce(sum(to_seq - from_seq + 1) FILTER (WHERE given_up), 0) FROM {s}.gaps "
-                                "GROUP BY box").format(s=self._s))
-            return {str(b): (int(o), int(g)) for b, o, g in cur.fetchall()}
+        rows = self._run("SELECT box, coalesce(sum(to_seq - from_seq + 1) FILTER (WHERE NOT given_up), 0), "
+                         "coalesce(sum(to_seq - from_seq + 1) FILTER (WHERE given_up), 0) FROM {s}.gaps GROUP BY box")
+        return {str(b): (int(o), int(g)) for b, o, g in rows}
 
     def prune(self, max_age_s: float, chunk: int = 10_000, budget_s: float = 5.0) -> int:
         """Delete events captured more than `max_age_s` ago, `chunk` rows per transaction, for up to `budget_s`
