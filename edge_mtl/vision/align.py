@@ -77,8 +77,8 @@ def align_faces(
     image: npt.NDArray[np.uint8], landmarks: npt.ArrayLike, size: int = TEMPLATE_SIZE, fill: int = 0
 ) -> npt.NDArray[np.uint8]:
     """Warp every face (landmarks N x K x 2) of `image` to an aligned `size` x `size` crop: N x size x size x C.
-    Where the crop reaches beyond the image it is `fill` (0, black, as training and the runtime align; other values
-    only for measurements: benchmarks/tight_diagnosis.py)."""
+    Where the crop reaches beyond the image it is `fill`: the recognizer's (`FaceRecognizer.fill`, from its
+    `RecognizerArgs.fill`; 0, black, for every shipped model), as its training aligned its crops."""
     lms = np.asarray(landmarks, dtype=np.float64)
     if lms.ndim != 3 or lms.shape[2] != 2:
         raise ValueError(f"align_faces: expected landmarks of shape (N, K, 2), got {lms.shape}")

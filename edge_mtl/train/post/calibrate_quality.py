@@ -67,10 +67,11 @@ def reference_logits(reference: str | Path, crops: npt.NDArray[np.uint8]) -> npt
 
 
 def reference_fill(reference: str | Path) -> int:
-    """The fill a deploy recognizer (ONNX) was trained with (`FaceRecognizer.fill`)."""
-    from edge_mtl.runtime.registry import open_recognizer
+    """The fill a deploy recognizer (ONNX) was trained with, from its metadata (no inference session)."""
+    from edge_mtl.export_tools.onnx_utils import read_metadata
+    from edge_mtl.runtime.recognizer import model_fill
 
-    return open_recognizer(Path(reference)).fill
+    return model_fill(read_metadata(reference))
 
 
 @torch.no_grad()
