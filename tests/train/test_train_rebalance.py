@@ -329,3 +329,18 @@ def test_stage27_config_is_a_second_epoch_of_stage26(repo_root: Path) -> None:
     assert (s27.pop("out"), s27.pop("seed"), s26.pop("out"), s26.pop("seed")) == (
         Path("runs/recognizer27"), 27, Path("runs/recognizer26"), 26)
     assert s27 == s26
+
+
+def test_stage28_config_is_two_more_epochs_of_stage27(repo_root: Path) -> None:
+    """Stage 28 continues stage 27 (grey fill) from its epoch checkpoint with its optimizer moments for two epochs at
+    a lower peak lr, keeping both epoch checkpoints as candidates; nothing else changes."""
+    s27, s28 = _dumps(repo_root, "experiments/recognizer_stage27.toml", "experiments/recognizer_stage28.toml")
+    assert (s27.pop("init"), s28.pop("init")) == (Path("runs/recognizer26/epoch_1.pt"),
+                                                  Path("runs/recognizer27/epoch_1.pt"))
+    assert (s27["optim"].pop("lr"), s28["optim"].pop("lr")) == (5e-5, 3e-5)
+    assert (s27["optim"].pop("warmup_steps"), s28["optim"].pop("warmup_steps")) == (100, 50)
+    assert (s27["optim"].pop("epochs"), s28["optim"].pop("epochs")) == (1, 2)
+    assert (s27.pop("keep_epochs"), s28.pop("keep_epochs")) == (1, 2)
+    assert (s28.pop("out"), s28.pop("seed"), s27.pop("out"), s27.pop("seed")) == (
+        Path("runs/recognizer28"), 28, Path("runs/recognizer27"), 27)
+    assert s28 == s27
