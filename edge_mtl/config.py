@@ -320,7 +320,8 @@ class MqttForwarder(Strict):
     )
     control_topic: str = Field(
         "edge-mtl/control", min_length=1,
-        description="Where the collector asks for a resend: this box listens on <control_topic>/[site/]<box>/replay.",
+        description="Where the collector asks for a resend: this box listens on <control_topic>/[site/]<box>/replay "
+        "and answers what it no longer holds on <control_topic>/[site/]<box>/gone.",
     )
 
 

@@ -18,7 +18,8 @@ Resending on request (automatic backfill, docs/fleet.md): a box in a fleet (`fle
 `<control_topic>/[site/]<box>/replay` for `{"from_seq": A, "to_seq": B}` from the fleet's collector, which asks for
 the events it never got (a broker dropped them, or they were published before its session existed). The forwarder
 publishes those of them it still holds and has delivered already, beside the live ones and after them, without
-touching its cursor; the collector stores each event once whatever it receives twice.
+touching its cursor; the collector stores each event once whatever it receives twice. The part of a range that its
+retention has removed it names on `<control_topic>/[site/]<box>/gone`, and the collector gives that part up.
 
 Subscribers that must not miss events while *they* are offline need a persistent session of their own
 (clean_start=False with a session expiry, QoS >= 1) on a broker with persistence; that is the subscriber's and
@@ -86,9 +87,20 @@ REPLAY_MAX_EVENTS = 10_000
 REPLAY_MAX_PENDING = 16
 
 
+def box_control_topic(control_topic: str, box: str, site: str | None, leaf: str) -> str:
+    """`<control_topic>/[site/]<box>/<leaf>`: one box's topic of the fleet's control tree."""
+    return "/".join([control_topic.rstrip("/"), *([site] if site else []), box, leaf])
+
+
 def replay_topic(control_topic: str, box: str, site: str | None) -> str:
     """`<control_topic>/[site/]<box>/replay`: where the collector asks one box to resend events."""
-    return "/".join([control_topic.rstrip("/"), *([site] if site else []), box, "replay"])
+    return box_control_topic(control_topic, box, site, "replay")
+
+
+def gone_topic(control_topic: str, box: str, site: str | None) -> str:
+    """`<control_topic>/[site/]<box>/gone`: where a box answers that part of a requested range is no longer on it
+    (its retention removed those events), so the collector gives that part up at once instead of asking again."""
+    return box_control_topic(control_topic, box, site, "gone")
 
 
 def parse_replay(payload: bytes) -> tuple[int, int]:
@@ -215,6 +227,9 @@ class MqttForwarder:
         self._queue = EventQueue(self.queue_path, create=False)
         self._delivered = self._queue.get_cursor(self.cursor_name)
         self.replay_topic = replay_topic(cfg.control_topic, box, site) if cfg.replay and box else None
+        self.gone_topic = gone_topic(cfg.control_topic, box, site) if cfg.replay and box else None
+        self._gone: deque[tuple[int, int, int]] = deque()  # (from, to, first held) to answer as no longer held
+        self._gone_mids: set[int] = set()  # answers in flight (an acknowledgement or refusal moves nothing)
         self._replays: deque[list[int]] = deque()  # [next seq, last seq, events left] to resend, oldest first
         self._replay_mids: set[int] = set()  # in-flight resends (their acknowledgements move no cursor)
         self.replayed = 0  # events resent on request and acknowledged by the broker
@@ -428,7 +443,8 @@ class MqttForwarder:
         drain_to: int | None = None
         topic = self.cfg.topic.rstrip("/")
         self._replay_mids.clear()  # resends in flight on an earlier connection are gone with it
-        refusal_logged = False
+        self._gone_mids.clear()  # (an answer lost with them is given again when the collector asks again)
+        refusal_logged = answer_refusal_logged = False
         while True:
             if self._stop.is_set():
                 if drain_to is None:
@@ -457,7 +473,9 @@ class MqttForwarder:
             finally:  # acknowledgements that arrived just before a disconnect still count
                 for mid in link.acked:
                     entry = inflight.pop(mid, None)
-                    if mid in self._replay_mids:  # a resend: the broker has it again, no cursor moves
+                    if mid in self._gone_mids:
+                        self._gone_mids.discard(mid)
+                    elif mid in self._replay_mids:  # a resend: the broker has it again, no cursor moves
                         self._replay_mids.discard(mid)
                         self.replayed += 1
                     elif entry is not None:
@@ -472,6 +490,7 @@ class MqttForwarder:
                 if advanced:
                     q.set_cursor(self.cursor_name, self._delivered)
             self._take_replays(link)
+            self._answer_gone(client)
             if link.subscribed:
                 self._listening.set()
             if link.subscribe_refused and not refusal_logged:
@@ -479,6 +498,15 @@ class MqttForwarder:
                             "box to resend events (broker ACL, docs/fleet.md)", self.cfg.host, self.cfg.port,
                             self.replay_topic, link.subscribe_refused)
                 refusal_logged = True
+            refused = [r for r in link.rejected if r[0] in self._gone_mids]  # answers, not events: never retried
+            if refused:
+                self._gone_mids.difference_update(mid for mid, _ in refused)
+                link.rejected = [r for r in link.rejected if r not in refused]
+                if not answer_refusal_logged:
+                    log.warning("MQTT %s:%d refused this box's answer on %s (%s): the collector gives up events this "
+                                "box no longer holds only after its backfill_give_up_s (broker ACL, docs/fleet.md)",
+                                self.cfg.host, self.cfg.port, self.gone_topic, refused[0][1])
+                    answer_refusal_logged = True
             if link.rejected:
                 mid, why = link.rejected[0]
                 seq = inflight.get(mid, (-1, 0.0))[0]
@@ -498,8 +526,12 @@ class MqttForwarder:
     def _take_replays(self, link: _Link) -> None:
         """Queue the replay requests that came in: only events delivered already (later ones are on their way),
         the oldest REPLAY_MAX_EVENTS of each request that this box still holds (a range whose start retention has
-        removed still gets the rest), at most REPLAY_MAX_PENDING requests waiting."""
+        removed still gets the rest), at most REPLAY_MAX_PENDING requests waiting. The part of a request below the
+        oldest event still held is answered on `gone_topic` (`_answer_gone`)."""
+        first = self._queue.first_seq() if link.replays else 0
         for a, b in link.replays:
+            if a < first and self.gone_topic is not None:
+                self._gone.append((a, min(b, first - 1), first))
             last = min(b, self._delivered)
             if last < a:
                 log.debug("MQTT: replay of seq %d..%d asked for, none delivered yet", a, b)
@@ -509,6 +541,20 @@ class MqttForwarder:
                 log.info("MQTT: the collector asks for seq %d..%d again; resending", a, last)
                 self._replays.append([a, last, REPLAY_MAX_EVENTS])
         link.replays.clear()
+
+    def _answer_gone(self, client: paho.Client) -> None:
+        """Tell the collector which requested events this box no longer holds: `{"from_seq", "to_seq",
+        "first_seq"}` (QoS 1) on `gone_topic`, so that it gives them up at once."""
+        while self._gone and self.gone_topic is not None:
+            a, b, first = self._gone[0]
+            body = json.dumps({"from_seq": a, "to_seq": b, "first_seq": first})
+            info = client.publish(self.gone_topic, body, qos=1)
+            if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                raise _LinkDownError(f"publish failed: {self._mqtt.error_string(info.rc)}")
+            self._gone.popleft()
+            self._gone_mids.add(int(info.mid))
+            log.info("MQTT: told the collector that seq %d..%d are no longer on this box (its oldest is %d)", a, b,
+                     first)
 
     def _resend(self, client: paho.Client, topic: str, room: int, inflight: dict[int, tuple[int, float]],
                 now: float) -> int:

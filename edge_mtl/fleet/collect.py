@@ -17,7 +17,8 @@ How no event is lost between a box and the database:
   broker): a named box numbers its events without holes, so the store records each hole in a box's `seq` as a
   gap (`EventStore.insert`), and the collector asks the box to resend it on the control topic
   (`edge_mtl.events.mqtt.replay_topic`), again with growing pauses while it does not narrow, until
-  `backfill_give_up_s` (automatic backfill, docs/fleet.md).
+  `backfill_give_up_s` (automatic backfill, docs/fleet.md), or until the box answers on its `gone` topic that its
+  retention removed them.
 
 Threads: paho's network thread (connect, reconnect with backoff, receive) hands messages to the main thread
 through a queue; the main thread batches, writes, acknowledges, applies retention and logs each box's lag.
@@ -44,7 +45,7 @@ from prometheus_client.registry import Collector as PromCollector
 
 from edge_mtl.daemon.metrics import CONTENT_TYPE_PROMETHEUS, check_loopback, exposition, metric_family
 from edge_mtl.errors import InputError
-from edge_mtl.events.mqtt import replay_topic
+from edge_mtl.events.mqtt import parse_replay, replay_topic
 from edge_mtl.events.schema import decode_event
 from edge_mtl.fleet.broker import make_client, properties
 from edge_mtl.fleet.config import CollectorConfig
@@ -118,6 +119,7 @@ class Collector:
         )
         self._http: ThreadingHTTPServer | None = None
         self._backfill_db_down = False  # the last gap check found the database down (warned once)
+        self._control = b.control_topic.rstrip("/") + "/"  # boxes answer on <control>/[site/]<box>/gone
 
     # -- MQTT (paho's thread) ----------------------------------------------------------------------------------
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -130,14 +132,20 @@ class Collector:
         present = bool(getattr(flags, "session_present", False))
         log.info("MQTT %s:%d connected (session %s); subscribing to %s/#", self.cfg.broker.host,
                  self.cfg.broker.port, "resumed" if present else "new", self.cfg.broker.topic)
-        client.subscribe(f"{self.cfg.broker.topic}/#", qos=1)
+        answers = [(f"{self._control}+/gone", 1), (f"{self._control}+/+/gone", 1)] if self.cfg.backfill else []
+        client.subscribe([(f"{self.cfg.broker.topic}/#", 1), *answers])
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        bad = [r for r in reasons if getattr(r, "is_failure", False)]
-        if bad:
+        first, answers = (list(reasons) or [None])[0], list(reasons)[1:]
+        if getattr(first, "is_failure", False):
             log.error("MQTT %s:%d refused the subscription to %s/#: %s", self.cfg.broker.host, self.cfg.broker.port,
-                      self.cfg.broker.topic, bad[0])
+                      self.cfg.broker.topic, first)
             return
+        bad = [r for r in answers if getattr(r, "is_failure", False)]
+        if bad:  # events still flow; a range a box no longer holds is given up after backfill_give_up_s instead
+            log.warning("MQTT %s:%d refused the subscription to %s+/gone (%s): events a box no longer holds are "
+                        "given up only after backfill_give_up_s (broker ACL, docs/fleet.md)", self.cfg.broker.host,
+                        self.cfg.broker.port, self._control, bad[0])
         with self._lock:
             self.stats.subscribed = True
 
@@ -248,10 +256,44 @@ class Collector:
                 break
         return out
 
+    def _gone_box(self, topic: str) -> tuple[str, str | None] | None:
+        """(box, site) when `topic` is a box's answer `<control>/[site/]<box>/gone`, else None."""
+        if not topic.startswith(self._control) or not topic.endswith("/gone"):
+            return None
+        parts = topic[len(self._control):].split("/")[:-1]
+        return (parts[-1], parts[0] if len(parts) == 2 else None) if len(parts) in (1, 2) else None
+
+    def _take_answers(self, answers: list[tuple[_Message, tuple[str, str | None]]]) -> None:
+        """Boxes' answers that part of a requested range is no longer on them: given up now (`gone_from_box`).
+        A database down now loses the answer, which the box gives again when asked again."""
+        for m, (box, site) in answers:
+            name = _box_name(box, site)
+            try:
+                a, b = parse_replay(m.payload)
+            except ValueError as e:
+                log.warning("topic %s: answer ignored: %s", m.topic, e)
+                continue
+            try:
+                given = self._db().gone_from_box(box, a, b)
+            except self.psycopg.Error as e:
+                self._db_down()
+                log.warning("PostgreSQL: box %s's answer (seq %d..%d no longer on it) not applied now: %s", name, a,
+                            b, db_error_text(e))
+                continue
+            for x, y in given:
+                log.error("box %s: events %d..%d are no longer on the box (its retention removed them): given up "
+                          "(its JSON-lines log may still hold them: edge-mtl collect --import)", name, x, y)
+
     def _write(self, batch: list[_Message]) -> None:
-        """Store a batch (retrying through database outages), then acknowledge it."""
+        """Store a batch (retrying through database outages), then acknowledge it; boxes' answers among it are
+        applied in between (`_take_answers`)."""
+        answers = [(m, who) for m in batch if (who := self._gone_box(m.topic)) is not None]
+        if answers:
+            self._take_answers(answers)
         good: list[tuple[dict[str, Any], str]] = []
         for m in batch:
+            if answers and self._gone_box(m.topic) is not None:
+                continue
             try:  # decode_event takes the bytes and words any failure (UTF-8 included) on one line
                 ev = decode_event(m.payload)
             except ValueError as e:  # never storable, so acknowledged and counted
@@ -259,7 +301,7 @@ class Collector:
                 log.error("topic %s: message rejected (not stored): %s", m.topic, str(e)[:300])
                 continue
             good.append((ev, m.payload.decode("utf-8")))
-        self.stats.received += len(batch)
+        self.stats.received += len(batch) - len(answers)
         marks = self._insert_until_stored(good) if good else {}
         if marks is None:
             return  # stopped before the database took it: not acknowledged, the broker sends it again

@@ -22,7 +22,7 @@ class CollectorBroker(BrokerConfig):
     control_topic: str = Field(
         "edge-mtl/control", min_length=1,
         description="Where the collector asks a box to resend events it never got: <control_topic>/[site/]<box>/"
-        "replay (the boxes' forwarders' control_topic).",
+        "replay (the boxes' forwarders' control_topic); they answer what they no longer hold on .../gone.",
     )
     receive_maximum: int = Field(
         1000, ge=1, le=65535,

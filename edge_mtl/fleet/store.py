@@ -12,7 +12,8 @@ Layout (schema `edge_mtl` unless configured otherwise):
 * `gaps`: per named box, the ranges of `seq` never stored below its highest (a box's queue numbers its events
   without holes): found when a batch jumps past the box's last `seq` (from 1 for a box seen for the first time),
   narrowed or removed in the same transaction as the events that fill them (a resend, an import). The collector
-  asks the box to resend each one (automatic backfill, docs/fleet.md) and marks it `given_up` when nothing comes.
+  asks the box to resend each one (automatic backfill, docs/fleet.md) and marks it `given_up` when nothing comes
+  (`reason` 'no answer') or when the box answers that it no longer holds those events ('not on the box').
 
 Retention deletes events by capture time, in chunks, so a large delete never holds the writer up for long.
 """
@@ -81,6 +82,8 @@ _DDL = (
     " requests integer NOT NULL DEFAULT 0,"
     " given_up boolean NOT NULL DEFAULT false,"
     " PRIMARY KEY (box, from_seq))",
+    # why a gap was given up: 'no answer' (backfill_give_up_s passed) or 'not on the box' (the box said so)
+    "ALTER TABLE {s}.gaps ADD COLUMN IF NOT EXISTS reason text",
 )
 
 _COLUMNS = (
@@ -268,9 +271,10 @@ class EventStore:
         below = [x for x in seqs if x <= last]
         if not below:
             return
-        cur.execute(sql.SQL("SELECT from_seq, to_seq, site, found_at, requests, given_up FROM {s}.gaps WHERE box = %s "
-                            "AND to_seq >= %s AND from_seq <= %s FOR UPDATE").format(s=s), (box, below[0], below[-1]))
-        for lo, hi, gsite, found, requests, given_up in cur.fetchall():
+        cur.execute(sql.SQL("SELECT from_seq, to_seq, site, found_at, requests, given_up, reason FROM {s}.gaps "
+                            "WHERE box = %s AND to_seq >= %s AND from_seq <= %s FOR UPDATE").format(s=s),
+                    (box, below[0], below[-1]))
+        for lo, hi, gsite, found, requests, given_up, reason in cur.fetchall():
             if not any(lo <= x <= hi for x in below):
                 continue
             cur.execute(sql.SQL("SELECT seq FROM {s}.events WHERE box = %s AND seq BETWEEN %s AND %s ORDER BY seq")
@@ -279,9 +283,9 @@ class EventStore:
             cur.execute(sql.SQL("DELETE FROM {s}.gaps WHERE box = %s AND from_seq = %s").format(s=s), (box, lo))
             for a, b in left:  # what is left is asked for again after the grace (a resend may be under way)
                 cur.execute(sql.SQL("INSERT INTO {s}.gaps (box, site, from_seq, to_seq, found_at, progress_at, "
-                                    "next_request, requests, given_up) VALUES (%s, %s, %s, %s, %s, now(), "
-                                    "now() + make_interval(secs => %s), %s, %s)").format(s=s),
-                            (box, gsite, a, b, found, grace, requests if given_up else 0, given_up))
+                                    "next_request, requests, given_up, reason) VALUES (%s, %s, %s, %s, %s, now(), "
+                                    "now() + make_interval(secs => %s), %s, %s, %s)").format(s=s),
+                            (box, gsite, a, b, found, grace, requests if given_up else 0, given_up, reason))
 
     def _run(self, stmt: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """One statement on this store's schema (`{s}` in `stmt`) in a transaction of its own; its rows, if any."""
@@ -304,7 +308,35 @@ class EventStore:
                   "WHERE box = %s AND from_seq = %s", (retry_s, gap.box, gap.from_seq))
 
     def give_up_gap(self, gap: Gap) -> None:
-        self._run("UPDATE {s}.gaps SET given_up = true WHERE box = %s AND from_seq = %s", (gap.box, gap.from_seq))
+        """Nothing came for `gap` for too long: no longer asked for (`reason` 'no answer')."""
+        self._run("UPDATE {s}.gaps SET given_up = true, reason = 'no answer' WHERE box = %s AND from_seq = %s",
+                  (gap.box, gap.from_seq))
+
+    def gone_from_box(self, box: str, from_seq: int, to_seq: int) -> list[tuple[int, int]]:
+        """The box answered that it no longer holds `from_seq..to_seq`: the open gaps' parts in that range are given
+        up now (`reason` 'not on the box'), their parts outside it stay as they were. Returns the ranges given up."""
+        from psycopg import sql
+
+        s = self._s
+        out: list[tuple[int, int]] = []
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT from_seq, to_seq, site, found_at, progress_at, next_request, requests FROM "
+                                "{s}.gaps WHERE box = %s AND NOT given_up AND to_seq >= %s AND from_seq <= %s "
+                                "ORDER BY from_seq FOR UPDATE").format(s=s), (box, from_seq, to_seq))
+            for lo, hi, site, found, progress, due, requests in cur.fetchall():
+                lo, hi = int(lo), int(hi)
+                a, b = max(lo, from_seq), min(hi, to_seq)
+                pieces = [(lo, a - 1, False), (a, b, True), (b + 1, hi, False)]
+                cur.execute(sql.SQL("DELETE FROM {s}.gaps WHERE box = %s AND from_seq = %s").format(s=s), (box, lo))
+                for x, y, gone in pieces:
+                    if x <= y:
+                        cur.execute(sql.SQL("INSERT INTO {s}.gaps (box, site, from_seq, to_seq, found_at, progress_at, "
+                                            "next_request, requests, given_up, reason) VALUES (%s, %s, %s, %s, %s, %s, "
+                                            "%s, %s, %s, %s)").format(s=s),
+                                    (box, site, x, y, found, progress, due, requests, gone,
+                                     "not on the box" if gone else None))
+                out.append((a, b))
+        return out
 
     def missing(self) -> dict[str, tuple[int, int]]:
         """Per box with gaps: (events still asked for, events given up)."""

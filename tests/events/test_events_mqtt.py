@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -306,7 +307,8 @@ def test_replay_requests_resend_delivered_events_without_moving_the_cursor(
 ) -> None:
     """A box in a fleet listens on <control_topic>/<site>/<box>/replay: it resends the delivered events it still
     holds in the asked range (clamped to what it delivered; the oldest REPLAY_MAX_EVENTS of them it holds), logs
-    what retention removed, ignores a request that is not one, and its cursor does not move."""
+    what retention removed and answers it on <control_topic>/<site>/<box>/gone, ignores a request that is not one,
+    and its cursor does not move."""
     import paho.mqtt.client as mqtt
 
     from edge_mtl.events import mqtt as fwd_mod
@@ -326,18 +328,26 @@ def test_replay_requests_resend_delivered_events_without_moving_the_cursor(
         wait_until(lambda: fwd.delivered_seq == 10 and fwd.listening and len(sub.seqs()) == 10, 20, "delivery")
         assert queue.prune(None, 8) == 2  # retention removed seq 1 and 2 on the box
         pub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="asker")
+        answers: list[tuple[str, dict[str, int]]] = []
+        pub.on_message = lambda c, u, m: answers.append((m.topic, json.loads(m.payload)))
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
         try:
+            pub.subscribe(fwd.gone_topic, qos=1)
+            time.sleep(0.3)
             for body in ["{not json", '{"from_seq": 0, "to_seq": 3}', '{"from_seq": 1, "to_seq": 4}',
                          '{"from_seq": 9, "to_seq": 500}', '{"from_seq": 11, "to_seq": 20}',
                          '{"from_seq": 1, "to_seq": 10}']:  # the last: its oldest two still held, 3 and 4
                 pub.publish(fwd.replay_topic, body, qos=1).wait_for_publish(10)
-            wait_until(lambda: len(sub.seqs()) >= 16 and fwd.replayed == 6, 20, "the resent events")
+            wait_until(lambda: len(sub.seqs()) >= 16 and fwd.replayed == 6 and len(answers) >= 2, 20,
+                       "the resent events and the answers")
             time.sleep(0.5)  # nothing more comes
         finally:
             pub.disconnect()
             pub.loop_stop()
+    assert fwd.gone_topic == "edge-mtl/control/hq/box-1/gone"
+    # the two requests that reach below the oldest event held (seq 3) are answered; the others are not
+    assert answers == [(fwd.gone_topic, {"from_seq": 1, "to_seq": 2, "first_seq": 3})] * 2
     assert sorted(sub.seqs()[10:]) == [3, 3, 4, 4, 9, 10] and len(sub.seqs()) == 16
     assert fwd.delivered_seq == 10 and queue.get_cursor(fwd.cursor_name) == 10
     said = [r.getMessage() for r in caplog.records if r.name == "edge_mtl.events.mqtt"]

@@ -74,6 +74,13 @@ def test_store_keeps_each_named_box_gaps(postgres: Postgres) -> None:
         store.give_up_gap(g)
         assert [(x.from_seq, x.to_seq) for x in store.due_gaps()] == [(6, 9)]  # a given-up gap is not asked for
         assert store.missing() == {"b2": (4, 4)}
+        # the box answers that 2..7 are no longer on it: the open gap 6..9 splits, 6..7 given up now, 8..9 still
+        # asked for; the gap given up for no answer is left as it was
+        assert store.gone_from_box("b2", 2, 7) == [(6, 7)]
+        assert postgres.query("SELECT from_seq, to_seq, given_up, reason FROM gap_test.gaps WHERE box = 'b2' "
+                              "ORDER BY from_seq") == [(1, 4, True, "no answer"), (6, 7, True, "not on the box"),
+                                                       (8, 9, False, None)]
+        assert store.gone_from_box("b2", 20, 30) == [] and store.missing() == {"b2": (2, 6)}
 
 
 @pytest.fixture
@@ -161,3 +168,58 @@ def test_a_gap_nobody_fills_is_given_up_logged_and_counted(
     gave_up = [m for m in said if "given up" in m]
     assert len(gave_up) == 1 and "collect --import" in gave_up[0], said
     assert col.stats.boxes["box-z"].missing == 0
+
+
+def test_events_the_box_no_longer_holds_are_given_up_at_once(
+    postgres: Postgres, fleet_broker: Broker, box_queue: EventQueue, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """A box whose retention removed part of what the collector asks for says so on its `gone` topic: the
+    collector gives that part up at once (one error line, reason 'not on the box') instead of asking for a day,
+    and stores the rest the box resends. The box talks to a site broker bridged to the central one as docs/fleet.md
+    configures it, so the request and the answer both cross the bridge."""
+    from tests.events.events_helpers import mosquitto_path
+    from tests.fleet.conftest import FLEET_BROKER
+
+    d = tmp_path / "site-broker"
+    d.mkdir()
+    bridge = (f"{FLEET_BROKER}connection central\naddress 127.0.0.1:{fleet_broker.port}\ncleansession false\n"
+              f"remote_clientid site-east-bridge\nrestart_timeout 1 2\ntopic {TOPIC}/# out 1\n"
+              f"topic {CONTROL}/+/+/replay in 1\ntopic {CONTROL}/+/+/gone out 1\n")
+    site = Broker(str(mosquitto_path()), d, free_port(), extra=bridge, persistence=True)
+    site.start()
+    _append(box_queue, 0, 150)
+    fwd = MqttForwarder(box_queue.path, MqttConfig(host="127.0.0.1", port=site.port, topic=TOPIC,
+                                                   client_id="fwd-g", control_topic=CONTROL),
+                        poll_s=0.05, box="box-r", site="east")
+    fwd.start()
+    col: Collector | None = None
+    t: threading.Thread | None = None
+    try:
+        wait_until(lambda: fwd.delivered_seq == 150 and fwd.listening, 30, "150 events acknowledged by the broker")
+        assert box_queue.prune(None, 90) == 60  # the box's retention removed seq 1..60
+        cfg = collector_config(postgres, fleet_broker, metrics_port=free_port(), backfill_grace_s=0.5,
+                               backfill_give_up_s=3600.0)
+        cfg.broker.control_topic = CONTROL
+        col = Collector(cfg)
+        t = threading.Thread(target=col.run, name="collector", daemon=True)
+        with caplog.at_level("INFO", logger="edge_mtl.fleet.collect"):
+            t.start()
+            wait_until(lambda: col is not None and col.stats.subscribed, 20, "the collector's subscription")
+            _append(box_queue, 150, 10)
+            wait_until(lambda: postgres.query("SELECT count(*) FROM edge_mtl.events WHERE box = 'box-r'") == [(100,)],
+                       60, "the 90 events the box still held and the 10 new ones stored")
+            wait_until(lambda: postgres.query("SELECT from_seq, to_seq, given_up, reason FROM edge_mtl.gaps") ==
+                       [(1, 60, True, "not on the box")], 30, "the part the box no longer holds given up")
+            wait_until(lambda: col is not None and col.stats.boxes["box-r"].given_up == 60, 20, "counted")
+        assert col.stats.boxes["box-r"].missing == 0 and fwd.replayed == 90
+        said = [r.getMessage() for r in caplog.records if r.name == "edge_mtl.fleet.collect"]
+        gone = [m for m in said if "no longer on the box" in m]
+        assert gone == ["box east/box-r: events 1..60 are no longer on the box (its retention removed them): given "
+                        "up (its JSON-lines log may still hold them: edge-mtl collect --import)"], said
+    finally:
+        fwd.stop(10)
+        if col is not None and t is not None:
+            col.stop()
+            t.join(20)
+        site.stop()
