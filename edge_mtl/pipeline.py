@@ -173,7 +173,8 @@ class Pipeline:
         self.gallery_path = gallery or cfg.identity.gallery
         self.matcher: Matcher | None = None
         meta = recognizer.meta
-        self.gallery = GalleryWatch(self.gallery_path, meta.version, meta.compatible, recognizer.embedding_dim)
+        self.gallery = GalleryWatch(self.gallery_path, meta.version, meta.compatible, recognizer.embedding_dim,
+                                    score_norm=recognizer.score_norm)
         self.counters: dict[str, int] = {"frames": 0, "faces": 0, "analyses": 0, "events": 0}
         #: recognizer batch size -> number of calls: shows whether faces of several cameras share a batch
         self.batch_sizes: Counter[int] = Counter()
@@ -184,7 +185,10 @@ class Pipeline:
         """The identity threshold from the config and the loaded recognizer (`resolve_threshold`), logged."""
         i = self.cfg.identity
         th, source = resolve_threshold(i.threshold, i.false_accept_rate, self.recognizer.meta, self.recognizer.flip)
-        log.info("identity threshold %.3f (%s)", th, source)
+        norm = self.recognizer.score_norm
+        scores = "cosine similarity" if norm is None else (
+            f"similarity normalised against the recognizer's cohort of {norm.cohort.shape[0]} people")
+        log.info("identity threshold %.3f (%s), on %s", th, source, scores)
         return th
 
     def apply_identity_settings(self) -> None:

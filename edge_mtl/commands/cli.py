@@ -341,6 +341,14 @@ def cmd_calibrate_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score_cohort(args: argparse.Namespace) -> int:
+    from edge_mtl.export_tools.score_cohort import write_score_cohort
+
+    _emit(write_score_cohort(args.model, args.crops, source=args.source, people=args.people, top=args.top,
+                             seed=args.seed, copy_from=args.copy_from, output=args.output))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from edge_mtl.export_tools.export import export_checkpoint
 
@@ -511,6 +519,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", "-o", type=Path, required=True)
     s.set_defaults(func=cmd_calibrate_quality)
+
+    s = sub.add_parser(
+        "score-cohort",
+        help="put a cohort into a recognizer file: identity scores normalised against it hold better at strict "
+        "false-accept rates (then measure its thresholds: eval verification --stamp)",
+    )
+    s.add_argument("model", type=Path, help="recognizer ONNX, rewritten in place unless --output")
+    s.add_argument("--crops", type=Path, help="crop cache folder with celeba_samples (a recognizer training run's)")
+    s.add_argument("--source", default="celeba_samples", help="cached source of faces of known identity")
+    s.add_argument("--people", type=positive_int, default=2500, help="identities in the cohort")
+    s.add_argument("--top", type=positive_int, default=200, help="highest cohort similarities per face")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--from", dest="copy_from", type=Path,
+                   help="copy the cohort of this file of the same weights (for INT8 / FP16 variants)")
+    s.add_argument("--output", "-o", type=Path)
+    s.set_defaults(func=cmd_score_cohort)
 
     s = sub.add_parser("export", help="export a checkpoint to ONNX with metadata and a parity check")
     s.add_argument("checkpoint", type=Path)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from edge_mtl.identity.scorenorm import ScoreNorm
+
 EVERY_PAIR_FARS: tuple[float, ...] = (1e-3, 1e-4)
 
 
@@ -22,11 +24,14 @@ def every_pair_tar(
     people: Sequence[str],
     fars: tuple[float, ...] = EVERY_PAIR_FARS,
     block: int = 512,
+    norm: ScoreNorm | None = None,
 ) -> dict[str, float | int]:
     """TAR and threshold at each FAR over every unordered pair of different rows of unit-norm `embeddings`
-    (`people[i]`: who row i shows); a pair is accepted when its cosine similarity exceeds the threshold, chosen as
-    in `verification.far_threshold` (the (k+1)-th highest impostor score, k = floor(far x impostors))."""
+    (`people[i]`: who row i shows); a pair is accepted when its score exceeds the threshold, chosen as in
+    `verification.far_threshold` (the (k+1)-th highest impostor score, k = floor(far x impostors)). The score is the
+    cosine similarity, normalised against `norm`'s cohort when given (as the runtime matches)."""
     e = np.asarray(embeddings, np.float32)
+    stats = norm.stats(e) if norm is not None else None
     ids = np.unique(np.asarray(people), return_inverse=True)[1]
     n = len(ids)
     n_imp = n * (n - 1) // 2 - int(sum(c * (c - 1) // 2 for c in np.bincount(ids)))
@@ -38,6 +43,9 @@ def every_pair_tar(
     for s in range(0, n, block):
         rows = np.arange(s, min(n, s + block))
         sims = e[rows] @ e.T
+        if norm is not None and stats is not None:
+            mu, sd = stats
+            sims = norm.scores(sims, (mu[rows, None], sd[rows, None]), (mu[None, :], sd[None, :]))
         later = np.arange(n)[None, :] > rows[:, None]
         same = ids[rows][:, None] == ids[None, :]
         genuine.append(sims[later & same])

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from edge_mtl import defaults as D
 from edge_mtl.config import AppConfig
 from edge_mtl.errors import InputError
+from edge_mtl.identity.scorenorm import ScoreNorm
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.detector import FaceDetector
 from edge_mtl.runtime.recognizer import FaceRecognizer
@@ -115,6 +116,7 @@ def _models(det: FaceDetector, rec: FaceRecognizer) -> dict[str, Any]:
 
 def eval_verification(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     from edge_mtl.eval.verification import error_by_quality, read_pairs, verification_metrics
+    from edge_mtl.identity.scorenorm import pair_scores
     from edge_mtl.runtime.registry import load_detector, load_recognizer
 
     root = _root(opts)
@@ -142,16 +144,17 @@ def eval_verification(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     idx = {n: i for i, n in enumerate(names)}
     a = np.array([idx[p.a] for p in pairs])
     b = np.array([idx[p.b] for p in pairs])
-    sims = (res.embeddings[a] * res.embeddings[b]).sum(1).astype(np.float64)
+    sims = pair_scores(res.embeddings, a, b, rec.score_norm)  # as the runtime matches (a cohort, if the file has one)
     same_arr = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     out: dict[str, Any] = {"pairs_file": opts.pairs,
                            **verification_metrics(sims, same_arr, folds, fars=(1e-4, 1e-3, 1e-2))}
     out["images"] = listed
+    out["score_norm"] = _score_norm_figures(rec.score_norm)
     if opts.every_pair:
         from edge_mtl.eval.every_pair import every_pair_tar
 
-        out["every_pair"] = every_pair_tar(res.embeddings, [n.split("/")[0] for n in names])
+        out["every_pair"] = every_pair_tar(res.embeddings, [n.split("/")[0] for n in names], norm=rec.score_norm)
     out["images_without_face"] = missing
     out["ms_per_image_detect"] = round(1000 * t_det, 2)
     out["ms_per_face_recognize"] = round(1000 * t_rec, 2)
@@ -163,6 +166,11 @@ def eval_verification(opts: EvalOptions, cfg: AppConfig) -> dict[str, Any]:
     if opts.stamp:
         out["stamped"] = stamp_operating_points(opts, cfg, rec, out)
     return out
+
+
+def _score_norm_figures(norm: ScoreNorm | None) -> dict[str, Any] | None:
+    """How the scores were made, for the result: None for plain cosine, else the cohort's size and `top`."""
+    return None if norm is None else {"cohort": int(norm.cohort.shape[0]), "top": norm.top}
 
 
 def check_stamp_args(opts: EvalOptions, cfg: AppConfig) -> None:
@@ -192,7 +200,8 @@ def stamp_operating_points(
     path = model_path(r.model, "recognizer.onnx", r.backend.precision)
     model = load_model(path)
     meta = metadata_of(model, str(path))
-    if (meta.version, meta.precision) != (rec.meta.version, rec.meta.precision):
+    if (meta.version, meta.precision, meta.score_cohort) != (rec.meta.version, rec.meta.precision,
+                                                             rec.meta.score_cohort):
         raise InputError(f"{path} is not the model just evaluated")
     mode = "flip" if rec.flip else "plain"
     points = {far_key(far): float(result[f"threshold_at_far_{far:g}"]) for far in D.IDENTITY_FALSE_ACCEPT_RATES}
@@ -200,7 +209,8 @@ def stamp_operating_points(
         raise InputError(f"no finite threshold to stamp: {points}")
     merged = {**meta.operating_points, mode: points}
     day = datetime.datetime.now(datetime.UTC).date().isoformat()
-    source = (f"LFW View 2, {int(result['pairs'])} pairs, "
+    normed = ", scores normalised against its cohort" if rec.score_norm is not None else ""
+    source = (f"LFW View 2, {int(result['pairs'])} pairs{normed}, "
               f"detector {result['models']['detector']}, {day} (edge-mtl eval verification --stamp)")
     set_metadata(model, dataclasses.replace(meta, operating_points=merged, operating_points_source=source),
                  keep_extra=True)

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.errors import InputError
+from edge_mtl.identity.scorenorm import ScoreNorm
 
 log = logging.getLogger(__name__)
 
@@ -226,19 +227,25 @@ class Matcher:
     """Cosine matching of an embedding against the gallery: per person, the best of their embeddings.
 
     `margins` (per row, default 0) are taken off a row's similarity: what a recognizer declares for the embeddings of
-    a compatible earlier version, so that its threshold keeps the false-accept rate it has on its own embeddings."""
+    a compatible earlier version, so that its threshold keeps the false-accept rate it has on its own embeddings.
+    With `norm` (the recognizer's cohort, `edge_mtl.identity.scorenorm`), similarities are normalised by the cohort
+    statistics of the probe and of each gallery row (computed once here), on the cosine scale."""
 
     def __init__(
-        self, names: list[str], matrix: npt.NDArray[np.float32], margins: npt.NDArray[np.float32] | None = None
+        self, names: list[str], matrix: npt.NDArray[np.float32], margins: npt.NDArray[np.float32] | None = None,
+        norm: ScoreNorm | None = None,
     ) -> None:
         self.people = sorted(set(names))
         self.matrix = matrix.astype(np.float32)
         self.margins = np.zeros(len(names), np.float32) if margins is None else np.asarray(margins, np.float32)
         idx = {n: i for i, n in enumerate(self.people)}
         self.owner = np.array([idx[n] for n in names], np.int64)
+        self.norm = norm if norm is not None and len(names) and matrix.shape[1] == norm.cohort.shape[1] else None
+        self._row_stats = self.norm.stats(self.matrix) if self.norm is not None else None
 
     @staticmethod
-    def load(gallery: Gallery, model: str | None = None, compatible: Mapping[str, float] | None = None) -> Matcher:
+    def load(gallery: Gallery, model: str | None = None, compatible: Mapping[str, float] | None = None,
+             norm: ScoreNorm | None = None) -> Matcher:
         """The gallery's embeddings made by recognizer version `model` (all when None), or for people without
         those, by a version in `compatible` ({version: margin}, in order of preference, as `model` declares them;
         the margin is taken off those rows' similarities). Everyone else is left out, with a warning naming the
@@ -264,20 +271,25 @@ class Matcher:
                     gallery.path, len(who), other, model, compatible[other], model, _few(sorted(who)),
                 )
         margins = np.array([compatible.get(v, 0.0) if v != model else 0.0 for v in versions], np.float32)
-        return Matcher(names, mat, margins)
+        return Matcher(names, mat, margins, norm)
 
     def __len__(self) -> int:
         return len(self.people)
 
     def scores(self, embedding: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Best cosine similarity per person, less any cross-version margin (same order as `people`)."""
+        """Best similarity per person (cosine, or normalised against the cohort), less any cross-version margin
+        (same order as `people`)."""
         out = np.full(len(self.people), -1.0, np.float32)
         if not self.people:
             return out
         if self.matrix.shape[1] != embedding.shape[-1]:
             d, e = self.matrix.shape[1], embedding.shape[-1]
             raise ValueError(f"gallery embeddings are {d}-d, the recognizer's {e}-d")
-        sims = self.matrix @ embedding.astype(np.float32) - self.margins
+        e = embedding.astype(np.float32)
+        sims = self.matrix @ e
+        if self.norm is not None and self._row_stats is not None:
+            sims = self.norm.scores(sims, self.norm.stats(e), self._row_stats)
+        sims = sims - self.margins
         np.maximum.at(out, self.owner, sims)
         return out
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edge_mtl.errors import InputError
 from edge_mtl.identity.gallery import Gallery, Matcher
+from edge_mtl.identity.scorenorm import ScoreNorm
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ class GalleryWatch:
         compatible: Mapping[str, float] | None = None,
         embedding_dim: int | None = None,
         interval_s: float = 2.0,
+        score_norm: ScoreNorm | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
+        self.score_norm = score_norm  # the recognizer's cohort: matched scores are normalised against it
         self.model = model
         self.compatible = dict(compatible or {})
         self.embedding_dim = embedding_dim
@@ -110,7 +113,7 @@ class GalleryWatch:
         check = g.db.execute("PRAGMA quick_check").fetchall()
         if [r[0] for r in check] != ["ok"]:
             raise InputError(f"{self.path}: gallery is damaged (quick_check: {check[0][0]})")
-        matcher = Matcher.load(g, self.model, self.compatible)
+        matcher = Matcher.load(g, self.model, self.compatible, self.score_norm)
         d = matcher.matrix.shape[1] if len(matcher) else None
         if d is not None and self.embedding_dim is not None and d != self.embedding_dim:
             raise GalleryDimensionError(

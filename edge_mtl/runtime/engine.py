@@ -45,6 +45,9 @@ class ModelMetadata:
     # them, so that a recognizer upgrade or another precision keeps the false-accept rate the config asks for
     operating_points: dict[str, dict[str, float]] = field(default_factory=dict)
     operating_points_source: str = ""
+    # recognizer: the cohort its similarities are normalised against (`edge_mtl.identity.scorenorm`, written by
+    # `edge-mtl score-cohort`); "" for plain cosine similarity
+    score_cohort: str = ""
 
     def to_props(self) -> dict[str, str]:
         d = {
@@ -68,6 +71,8 @@ class ModelMetadata:
         if self.operating_points:
             d["operating_points"] = json.dumps(self.operating_points, sort_keys=True)
             d["operating_points_source"] = self.operating_points_source
+        if self.score_cohort:
+            d["score_cohort"] = self.score_cohort
         return {META_PREFIX + k: v for k, v in d.items()}
 
     @staticmethod
@@ -96,6 +101,7 @@ class ModelMetadata:
                 compatible=_compatible(json.loads(p.get("compatible", "{}"))),
                 operating_points=_operating_points(json.loads(p.get("operating_points", "{}"))),
                 operating_points_source=p.get("operating_points_source", ""),
+                score_cohort=p.get("score_cohort", ""),
             )
         except (KeyError, ValueError, TypeError, IndexError) as e:
             raise ModelError(f"{source}: malformed edge-mtl metadata ({e})") from None

@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mtl.errors import ModelError
+from edge_mtl.identity.scorenorm import ScoreNorm
 from edge_mtl.runtime.engine import Engine, ModelMetadata, normalize
 from edge_mtl.types import FaceAnalysis
 
@@ -17,6 +18,17 @@ def model_fill(meta: ModelMetadata) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
         raise ModelError(f"recognizer {meta.version}: malformed fill {value!r} (expected 0-255)")
     return value
+
+
+def model_score_norm(meta: ModelMetadata) -> ScoreNorm | None:
+    """The cohort a recognizer's similarities are normalised against (`edge_mtl.identity.scorenorm`); None for a
+    model that carries none (plain cosine similarity)."""
+    if not meta.score_cohort:
+        return None
+    try:
+        return ScoreNorm.from_metadata(meta.score_cohort)
+    except ValueError as e:
+        raise ModelError(f"recognizer {meta.version}: malformed {e}") from None
 
 
 class FaceRecognizer:
@@ -32,6 +44,7 @@ class FaceRecognizer:
         self.size = meta.input_size
         self.fill = model_fill(meta)  # the grey level it wants beyond the image in its aligned crops: for align_faces
         self.flip = flip
+        self.score_norm = model_score_norm(meta)  # identity scores against a cohort (None: plain cosine)
 
     @property
     def embedding_dim(self) -> int:

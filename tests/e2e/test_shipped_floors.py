@@ -21,6 +21,7 @@ from edge_mtl.config import AppConfig
 from edge_mtl.data import sources as S
 from edge_mtl.eval.suites import crops_for_images
 from edge_mtl.eval.verification import read_pairs, verification_metrics
+from edge_mtl.identity.scorenorm import pair_scores
 from edge_mtl.paths import default_model
 from edge_mtl.runtime.recognizer import FaceRecognizer
 from edge_mtl.runtime.registry import load_detector, open_recognizer
@@ -98,7 +99,7 @@ def utk(data_dir: Path) -> Utk:
 
 def _verify(rec: FaceRecognizer, d: Lfw) -> dict[str, float]:
     emb = rec.analyze(d.crops).embeddings
-    sims = (emb[d.a] * emb[d.b]).sum(1).astype(np.float64)
+    sims = pair_scores(emb, d.a, d.b, rec.score_norm)  # as the runtime scores: against its cohort, if it has one
     out = dict(verification_metrics(sims, d.same, d.folds))
     th = rec.meta.operating_points["plain"]["0.01"]  # the model's own LFW View 2 point (FAR 1e-2), not fitted here
     out["accuracy_at_own_threshold"] = float(((sims >= th) == d.same).mean())
