@@ -19,7 +19,9 @@ DETECTOR_NMS_THRESHOLD = 0.4
 
 # Cosine similarity for a name, for recognizers that carry no measured thresholds of their own (each shipped one does:
 # `edge-mtl eval verification --stamp`, and an unset `identity.threshold` follows them). These are recognizer-1.6's
-# LFW View 2 points: 1% of mismatched pairs falsely accepted at 0.381, 0.1% at 0.492; export/recognizer.md.
+# LFW View 2 points on plain cosine similarity, as a file just exported scores: 1% of mismatched pairs falsely
+# accepted at 0.381, 0.1% at 0.492; export/recognizer.md (the shipped files normalise against their score cohort and
+# carry their own points for that).
 IDENTITY_THRESHOLD = 0.38
 IDENTITY_THRESHOLD_FAR_1E3 = 0.49
 IDENTITY_FALSE_ACCEPT_RATE = 0.01

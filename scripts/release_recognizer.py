@@ -20,8 +20,9 @@ output lands in `--out`:
 4. compatibility: the margin, at the winner's own FAR 1e-2 threshold, that keeps a gallery enrolled by each
    earlier release at the winner's false-accept rate (`recognizer_view1.py --at-threshold`, every View 1 pair);
    earlier releases are the distinct versions of export/recognizer.onnx in git history, newest first;
-5. the release: `edge-mtl export --version --compatible-with ...`, `edge-mtl quantize --precision int8 --method
-   auto --save-calib`, operating points stamped into FP32, FP32 with flip and INT8 (`eval verification --stamp`),
+5. the release: `edge-mtl export --version --compatible-with ...`, its score cohort (`edge-mtl score-cohort`, the
+   INT8 file with the same), `edge-mtl quantize --precision int8 --method auto --save-calib`, operating points
+   stamped into FP32, FP32 with flip and INT8 (`eval verification --stamp`, on the normalised scores),
    attributes for INT8, flip and the held-out 1,000 (with `--utkface-full`), `benchmarks/flip_consistency.py`.
 
 Result: `OUT/release/` (recognizer.onnx, recognizer.int8.onnx, recognizer-int8.calib.json) and `OUT/summary.json`
@@ -458,8 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     fp32, int8 = rel_dir / "recognizer.onnx", rel_dir / "recognizer.int8.onnx"
     run(["edge-mtl", "export", cand_dir / f"{winner}_q.pt", "-o", fp32, "--version", a.version,
          *compatible_flags(margins)])
+    run(["edge-mtl", "score-cohort", fp32, "--crops", a.crops], stdout=out / "score_cohort.json")
     run(["edge-mtl", "quantize", fp32, "-o", int8, "--precision", "int8", "--method", "auto",
          "--save-calib", rel_dir / "recognizer-int8.calib.json"], stdout=out / "quantize.json")
+    run(["edge-mtl", "score-cohort", int8, "--from", fp32], stdout=out / "score_cohort_int8.json")
     for name, model, extra in (("fp32", fp32, []), ("flip", fp32, ["--flip"]), ("int8", int8, [])):
         run(["edge-mtl", "eval", "verification", "--json", "--quality-bins", "4", "--stamp", *extra,
              "--recognizer", model], stdout=out / f"stamp_{name}.json")

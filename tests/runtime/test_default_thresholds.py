@@ -126,8 +126,10 @@ def test_identity_decider_defaults_are_the_config_defaults() -> None:
 
 
 def test_shipped_recognizers_carry_their_measured_thresholds() -> None:
-    """Each shipped recognizer file carries its own LFW View 2 points (`edge-mtl eval verification --stamp`), and the
-    built-in fallback is the shipped FP32 model's, rounded, so a model without points behaves like the default."""
+    """Each shipped recognizer file carries its score cohort and its own LFW View 2 points measured with it
+    (`edge-mtl eval verification --stamp`). The built-in fallback, for a file without points (and so, as a file just
+    exported, without a cohort), is the shipped network's cosine points (0.381 / 0.492, export/recognizer.md); the
+    normalised scores are mapped onto the cosine scale, so the shipped points stay within a few hundredths of it."""
     from edge_mtl.runtime.onnxruntime import OnnxRuntimeEngine
 
     fp32, int8 = default_model("recognizer.onnx"), default_model("recognizer.int8.onnx")
@@ -137,6 +139,7 @@ def test_shipped_recognizers_carry_their_measured_thresholds() -> None:
     assert set(m32.operating_points) == {"plain", "flip"} and set(m8.operating_points) == {"plain"}
     for points in (*m32.operating_points.values(), *m8.operating_points.values()):
         assert set(points) == {"0.01", "0.001"} and 0 < points["0.01"] < points["0.001"] < 1
-    assert "LFW View 2, 6000 pairs" in m32.operating_points_source
-    assert abs(m32.operating_points["plain"]["0.01"] - D.IDENTITY_THRESHOLD) < 0.005
-    assert abs(m32.operating_points["plain"]["0.001"] - D.IDENTITY_THRESHOLD_FAR_1E3) < 0.005
+    assert "LFW View 2, 6000 pairs, scores normalised against its cohort" in m32.operating_points_source
+    assert m32.score_cohort and m8.score_cohort == m32.score_cohort
+    assert abs(m32.operating_points["plain"]["0.01"] - D.IDENTITY_THRESHOLD) < 0.02
+    assert abs(m32.operating_points["plain"]["0.001"] - D.IDENTITY_THRESHOLD_FAR_1E3) < 0.05
