@@ -97,21 +97,27 @@ def _append(q: EventQueue, start: int, n: int) -> None:
     q.append(evs)
 
 
+def _forwarding_box(q: EventQueue, port: int, client_id: str) -> MqttForwarder:
+    """Box box-r of site east with 150 events in its queue, forwarding to the broker on `port` and listening for
+    replay requests on CONTROL; started, and returned once all 150 are acknowledged and it listens."""
+    _append(q, 0, 150)
+    fwd = MqttForwarder(q.path, MqttConfig(host="127.0.0.1", port=port, topic=TOPIC, client_id=client_id,
+                                           control_topic=CONTROL), poll_s=0.05, box="box-r", site="east")
+    fwd.start()
+    wait_until(lambda: fwd.delivered_seq == 150 and fwd.listening, 30, "150 events acknowledged by the broker")
+    return fwd
+
+
 def test_events_the_broker_never_carried_are_asked_for_and_stored_once(
     postgres: Postgres, fleet_broker: Broker, box_queue: EventQueue
 ) -> None:
     """The gap docs/fleet.md names: a box publishes before the collector's session exists, so the broker drops
     those events. Once the collector sees the box's later events it asks for seq 1..150, the box resends them,
     and all 200 are stored once."""
-    _append(box_queue, 0, 150)
-    fwd = MqttForwarder(box_queue.path, MqttConfig(host="127.0.0.1", port=fleet_broker.port, topic=TOPIC,
-                                                   client_id="fwd-r", control_topic=CONTROL),
-                        poll_s=0.05, box="box-r", site="east")
-    fwd.start()
+    fwd = _forwarding_box(box_queue, fleet_broker.port, "fwd-r")
     col: Collector | None = None
     t: threading.Thread | None = None
     try:
-        wait_until(lambda: fwd.delivered_seq == 150 and fwd.listening, 30, "150 events acknowledged by the broker")
         cfg = collector_config(postgres, fleet_broker, metrics_port=free_port(), backfill_grace_s=0.5)
         cfg.broker.control_topic = CONTROL
         col = Collector(cfg)
@@ -188,15 +194,11 @@ def test_events_the_box_no_longer_holds_are_given_up_at_once(
               f"topic {CONTROL}/+/+/replay in 1\ntopic {CONTROL}/+/+/gone out 1\n")
     site = Broker(str(mosquitto_path()), d, free_port(), extra=bridge, persistence=True)
     site.start()
-    _append(box_queue, 0, 150)
-    fwd = MqttForwarder(box_queue.path, MqttConfig(host="127.0.0.1", port=site.port, topic=TOPIC,
-                                                   client_id="fwd-g", control_topic=CONTROL),
-                        poll_s=0.05, box="box-r", site="east")
-    fwd.start()
+    fwd: MqttForwarder | None = None
     col: Collector | None = None
     t: threading.Thread | None = None
     try:
-        wait_until(lambda: fwd.delivered_seq == 150 and fwd.listening, 30, "150 events acknowledged by the broker")
+        fwd = _forwarding_box(box_queue, site.port, "fwd-g")
         assert box_queue.prune(None, 90) == 60  # the box's retention removed seq 1..60
         cfg = collector_config(postgres, fleet_broker, metrics_port=free_port(), backfill_grace_s=0.5,
                                backfill_give_up_s=3600.0)
@@ -218,7 +220,8 @@ def test_events_the_box_no_longer_holds_are_given_up_at_once(
         assert gone == ["box east/box-r: events 1..60 are no longer on the box (its retention removed them): given "
                         "up (its JSON-lines log may still hold them: edge-mtl collect --import)"], said
     finally:
-        fwd.stop(10)
+        if fwd is not None:
+            fwd.stop(10)
         if col is not None and t is not None:
             col.stop()
             t.join(20)
