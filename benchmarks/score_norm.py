@@ -6,10 +6,11 @@ embeddings; the faces of the largest setting are embedded once, a smaller one ta
 LFW View 1 (the model-selection split) 10-fold accuracy over its 3,200 listed pairs and TAR at FAR 1e-3 / 1e-4 over
 every pair of its images, plain cosine beside normalised. With `--lfw-all` (evaluation: decide on View 1 first),
 the same over every pair of all 9,056 LFW images (`lfw_all`, as benchmarks/lfw_every_pair.py) and View 2's 6,000
-pairs in 10 folds with TAR at FAR 1e-3 / 1e-2 over its 3,000 impostor pairs.
+pairs in 10 folds with TAR at FAR 1e-3 / 1e-2 over its 3,000 impostor pairs. With `--cross OLD.onnx` (a model that
+carries its cohort and thresholds): a gallery of the earlier release matched by it, on View 1 (`cross_version`).
 
-Usage: python benchmarks/score_norm.py A.onnx ... --crops $EDGE_MTL_CACHE/crops [--data ../shared/data] [--people 2500 ...]
-           [--top 200 ...] [--lfw-all]
+Usage: python benchmarks/score_norm.py A.onnx ... --crops $EDGE_MTL_CACHE/crops [--data ../shared/data]
+           [--people 2500 ...] [--top 200 ...] [--lfw-all] [--cross OLD.onnx]
 The crop cache's `celeba_samples` and `lfw_dev` are written by any recognizer training run, `lfw_all` by
 benchmarks/lfw_every_pair.py.
 """
@@ -27,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_mtl.data.crops import add_sizes, load_source
+from edge_mtl.data.crops import CropSet, add_sizes, load_source
 from edge_mtl.errors import InputError
 from edge_mtl.eval.every_pair import every_pair_tar
 from edge_mtl.eval.verification import balanced_folds, read_pairs, tar_at_far, ten_fold_accuracy
@@ -55,6 +56,31 @@ def every(emb: np.ndarray, keys: Sequence[str], norm: ScoreNorm | None) -> dict[
     return {k: v for k, v in r.items() if k.startswith("tar_at_far")}
 
 
+def cross_version(old: Path, new_emb: np.ndarray, cs: CropSet, norm: ScoreNorm, t: float,  # type: ignore[type-arg]
+                  margin: float) -> dict[str, float]:
+    """A gallery enrolled with recognizer `old` matched by the new one (every ordered pair of View 1 images: the old
+    model's embedding of one, the new one's of the other), all scores normalised against the new one's cohort:
+    false-accept and false-reject rates at threshold `t` beside the new model's own, with the declared `margin` taken
+    off, and the least margin that brings the cross-version false-accept rate down to the model's own."""
+    rec = open_recognizer(old, max_batch=128)
+    e_old = rec.analyze(cs.rendered(rec.fill)).embeddings
+    people = np.array([k.split("/")[0] for k in cs.keys])
+    same = people[:, None] == people[None, :]
+    iu = np.triu_indices(len(people), 1)
+    off = ~np.eye(len(people), dtype=bool)
+    st_new, st_old = norm.stats(new_emb), norm.stats(e_old)
+    own = norm.scores(new_emb @ new_emb.T, (st_new[0][:, None], st_new[1][:, None]), (st_new[0][None], st_new[1][None]))
+    cross = norm.scores(e_old @ new_emb.T, (st_old[0][:, None], st_old[1][:, None]), (st_new[0][None], st_new[1][None]))
+    own_far = float((own[iu][~same[iu]] > t).mean())
+    imp, gen = cross[off & ~same], cross[off & same]
+    kth = imp.size - 1 - int(np.floor(own_far * imp.size))
+    return {"threshold": t, "own_far": round(own_far, 5), "own_frr": round(float((own[iu][same[iu]] <= t).mean()), 4),
+            "cross_far": round(float((imp > t).mean()), 5), "declared_margin": margin,
+            "cross_far_with_margin": round(float((imp - margin > t).mean()), 5),
+            "cross_frr_with_margin": round(float((gen - margin <= t).mean()), 4),
+            "margin_for_own_far": round(max(0.0, float(np.partition(imp, kth)[kth]) - t), 4)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", type=Path)
@@ -63,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--people", type=int, nargs="+", default=[2500], help="cohort identities (each a setting)")
     p.add_argument("--top", type=int, nargs="+", default=[200], help="highest cohort similarities (each a setting)")
     p.add_argument("--lfw-all", action="store_true", help="also every pair of all LFW images and View 2 (evaluation)")
+    p.add_argument("--cross", type=Path, help="an earlier recognizer the model declares compatible: its gallery "
+                   "matched with the model's own cohort (a model that carries one) at its stamped FAR 1e-2 point")
     a = p.parse_args(argv)
     root = data_root(a.data)
     if root is None:
@@ -97,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report = {"identities": int(norm.cohort.shape[0]), "faces": int(keep.sum()), "top": k,
                           "center": round(norm.center, 4), "spread": round(norm.spread, 4)}
                 settings.append((f"cohort {n} x top {k}", norm, report))
+        if a.cross is not None:
+            if rec.score_norm is None or "plain" not in rec.meta.operating_points:
+                p.error(f"--cross: {m} carries no cohort or no stamped points")
+            t = rec.meta.operating_points["plain"]["0.01"]
+            row = cross_version(a.cross, e1, v1, rec.score_norm, t, rec.meta.compatible.get(
+                open_recognizer(a.cross).meta.version, 0.0))
+            sys.stdout.write(json.dumps({"model": str(m), "cross": str(a.cross), **row}) + "\n")
         for name, norm, report in settings:
             row: dict[str, Any] = {"model": str(m), "scores": name, **({"cohort": report} if report else {})}
             row["view1"] = listed(e1, v1.index(), v1_pairs, norm)
