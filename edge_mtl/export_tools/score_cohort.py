@@ -2,10 +2,11 @@
 
 The cohort is made by the recognizer itself from training faces of known identity in the crop cache (`celeba_samples`,
 file names `IDENTITY_IMAGE.jpg`; never an evaluation set such as LFW): each identity's unit mean embedding over its
-first eight faces, for at most `people` identities with at least two faces, drawn at random with `seed`. `--from` copies the cohort of another
-file of the same weights instead (an INT8 or FP16 variant keeps its FP32 file's embedding space). The file is
-rewritten in place (or to `--output`) with its operating points dropped: thresholds measured on plain cosine
-similarities do not hold for normalised scores, so measure them again (`edge-mtl eval verification --stamp`).
+first eight faces, for at most `people` identities with at least two faces, drawn at random with `seed`. `--from`
+copies the cohort of another file of the same weights instead (an INT8 or FP16 variant keeps its FP32 file's
+embedding space). The file is rewritten in place (or to `--output`) with its operating points dropped: thresholds
+measured on plain cosine similarities do not hold for normalised scores, so measure them again (`edge-mtl eval
+verification --stamp`).
 """
 
 from __future__ import annotations

@@ -287,13 +287,18 @@ class Collector:
     def _write(self, batch: list[_Message]) -> None:
         """Store a batch (retrying through database outages), then acknowledge it; boxes' answers among it are
         applied in between (`_take_answers`)."""
-        answers = [(m, who) for m in batch if (who := self._gone_box(m.topic)) is not None]
+        answers: list[tuple[_Message, tuple[str, str | None]]] = []
+        events: list[_Message] = []
+        for m in batch:
+            who = self._gone_box(m.topic)
+            if who is None:
+                events.append(m)
+            else:
+                answers.append((m, who))
         if answers:
             self._take_answers(answers)
         good: list[tuple[dict[str, Any], str]] = []
-        for m in batch:
-            if answers and self._gone_box(m.topic) is not None:
-                continue
+        for m in events:
             try:  # decode_event takes the bytes and words any failure (UTF-8 included) on one line
                 ev = decode_event(m.payload)
             except ValueError as e:  # never storable, so acknowledged and counted
@@ -301,7 +306,7 @@ class Collector:
                 log.error("topic %s: message rejected (not stored): %s", m.topic, str(e)[:300])
                 continue
             good.append((ev, m.payload.decode("utf-8")))
-        self.stats.received += len(batch) - len(answers)
+        self.stats.received += len(events)
         marks = self._insert_until_stored(good) if good else {}
         if marks is None:
             return  # stopped before the database took it: not acknowledged, the broker sends it again
