@@ -355,3 +355,45 @@ def test_replay_requests_resend_delivered_events_without_moving_the_cursor(
     assert any("replay request ignored: bad range 0..3" in m for m in said), said
     assert any("events 1..2 are no longer on this box" in m for m in said), said
     assert any("asks for seq 9..10 again" in m for m in said), said  # 500 clamped to what was delivered
+
+
+def test_a_refused_answer_is_logged_once_and_never_blocks_events(
+    queue: EventQueue, make_broker: Callable[..., Broker], forwarders: Callable[..., MqttForwarder],
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker whose ACL lets the box take replay requests but not answer on its gone topic: the refusal of the
+    answer is logged once, is not taken for a refused event (no reconnect, no retry), and events keep flowing."""
+    import paho.mqtt.client as mqtt
+
+    replay = "edge-mtl/control/hq/box-1/replay"
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite {TOPIC}/#\ntopic readwrite {replay}\n")
+    broker = make_broker(extra=f"acl_file {acl}")
+    evs = [make_event(i) for i in range(10)]
+    for e in evs:
+        e.box, e.site = "box-1", "hq"
+    queue.append(evs)
+    fwd = forwarders(queue.path, _cfg(broker.port), box="box-1", site="hq")
+    with caplog.at_level("INFO", logger="edge_mtl.events.mqtt"):
+        fwd.start()
+        wait_until(lambda: fwd.delivered_seq == 10 and fwd.listening, 20, "delivery")
+        assert queue.prune(None, 8) == 2  # seq 1 and 2 are no longer on the box
+        pub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="asker2")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        try:
+            for _ in range(2):
+                pub.publish(replay, '{"from_seq": 1, "to_seq": 10}', qos=1).wait_for_publish(10)
+            wait_until(lambda: fwd.replayed == 16, 20, "the held events resent twice")
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+        e = make_event(10)
+        e.box, e.site = "box-1", "hq"
+        queue.append([e])
+        wait_until(lambda: fwd.delivered_seq == 11, 20, "a later event delivered")
+    said = [r.getMessage() for r in caplog.records if r.name == "edge_mtl.events.mqtt"]
+    assert sum("told the collector that seq 1..2" in m for m in said) == 2, said
+    refused = [m for m in said if "refused this box's answer on edge-mtl/control/hq/box-1/gone" in m]
+    assert len(refused) == 1, said
+    assert fwd.last_error is None and fwd.connected  # never taken for a refused event
