@@ -104,13 +104,13 @@ class IdentityDecider:
         emb = agg.embedding
         if emb is None or agg.observations < self.min_observations:
             return False
-        name, sim, _ = matcher.best(emb) if matcher is not None and len(matcher) else (None, -1.0, -1.0)
-        if matcher is not None and self.current is not None:
+        if matcher is not None and len(matcher):
+            scores = matcher.scores(emb)  # once: with a score cohort each call also scores the probe against it
+            name, sim, _ = matcher.best(emb, scores)
             # similarity of the incumbent, for hysteresis
-            cur_sim = float(matcher.scores(emb)[matcher.people.index(self.current)]) \
-                if self.current in matcher.people else -1.0
+            cur_sim = float(scores[matcher.people.index(self.current)]) if self.current in matcher.people else -1.0
         else:
-            cur_sim = -1.0
+            name, sim, cur_sim = None, -1.0, -1.0
         new: str | None
         if name is None or sim < self.threshold:
             # stay with the incumbent while it is still within margin of the threshold

@@ -293,9 +293,11 @@ class Matcher:
         np.maximum.at(out, self.owner, sims)
         return out
 
-    def best(self, embedding: npt.NDArray[np.float32]) -> tuple[str | None, float, float]:
-        """(best person, their similarity, the runner-up's similarity)."""
-        s = self.scores(embedding)
+    def best(self, embedding: npt.NDArray[np.float32],
+             scores: npt.NDArray[np.float32] | None = None) -> tuple[str | None, float, float]:
+        """(best person, their similarity, the runner-up's similarity); `scores`: this embedding's `scores`, when
+        the caller has them already."""
+        s = self.scores(embedding) if scores is None else scores
         if s.size == 0:
             return None, -1.0, -1.0
         order = np.argsort(-s)
