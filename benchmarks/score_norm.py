@@ -32,7 +32,7 @@ from edge_mtl.data.crops import CropSet, add_sizes, load_source
 from edge_mtl.errors import InputError
 from edge_mtl.eval.every_pair import every_pair_tar
 from edge_mtl.eval.verification import balanced_folds, read_pairs, tar_at_far, ten_fold_accuracy
-from edge_mtl.export_tools.score_cohort import cohort_faces, identity_crops
+from edge_mtl.export_tools.score_cohort import cohort_faces, embed_faces, identity_crops
 from edge_mtl.identity.scorenorm import ScoreNorm, fit_cohort, pair_scores
 from edge_mtl.paths import data_root
 from edge_mtl.runtime.registry import open_recognizer
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         e_all = rec.analyze(everything.rendered(rec.fill)).embeddings if everything is not None else None
         settings: list[tuple[str, ScoreNorm | None, dict[str, Any]]] = [("cosine", None, {})]
         chosen, rows = cohort_faces(names, present, max(a.people))
-        emb = rec.analyze(cohort.rendered(rec.fill, rows)).embeddings
+        emb = embed_faces(rec, cohort, rows)
         who = np.asarray(names)[rows]
         for n in a.people:
             keep = np.isin(who, chosen[:n])

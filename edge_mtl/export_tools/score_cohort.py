@@ -25,6 +25,7 @@ from edge_mtl.identity.scorenorm import DEFAULT_TOP, ScoreNorm, fit_cohort
 
 if TYPE_CHECKING:
     from edge_mtl.data.crops import CropSet
+    from edge_mtl.runtime.recognizer import FaceRecognizer
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,13 @@ def identity_crops(crops: Path, source: str = "celeba_samples") -> tuple[CropSet
     return cs, [identity_of(k) for k in cs.keys]
 
 
+def embed_faces(rec: FaceRecognizer, cs: CropSet, rows: npt.NDArray[np.int64],
+                chunk: int = 2048) -> npt.NDArray[np.float32]:
+    """The recognizer's embeddings of the cached faces `rows` (with its own fill), `chunk` crops in memory at a time."""
+    return np.concatenate([rec.analyze(cs.rendered(rec.fill, rows[i:i + chunk])).embeddings
+                           for i in range(0, len(rows), chunk)])
+
+
 def cohort_from_crops(model: Path, crops: Path, source: str = "celeba_samples", people: int = 2500,
                       per_person: int = 8, top: int = DEFAULT_TOP, seed: int = 0) -> tuple[ScoreNorm, dict[str, Any]]:
     """The cohort of `model` (a recognizer ONNX) from the crop cache's `source`; and a report."""
@@ -80,9 +88,7 @@ def cohort_from_crops(model: Path, crops: Path, source: str = "celeba_samples", 
         raise InputError(f"{crops}/{source}: {len(chosen)} identities with two faces or more; need more than "
                          f"--top {top}")
     rec = open_recognizer(model, max_batch=128)
-    emb = np.concatenate([rec.analyze(cs.rendered(rec.fill, picked[i:i + 2048])).embeddings
-                          for i in range(0, len(picked), 2048)])
-    norm = fit_cohort(emb, np.asarray(names)[picked], top=top)
+    norm = fit_cohort(embed_faces(rec, cs, picked), np.asarray(names)[picked], top=top)
     report = {"source": source, "identities": int(norm.cohort.shape[0]), "faces": len(picked), "top": top,
               "center": round(norm.center, 4), "spread": round(norm.spread, 4), "seed": seed}
     return norm, report
